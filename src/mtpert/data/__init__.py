@@ -1,0 +1,27 @@
+"""Data layer: dataset spec, preprocessing, OOD splits, public datasets and the simulator."""
+
+from mtpert.data.pp import detect_kind, log_normalize, prepare, require_kind, select_hvgs
+from mtpert.data.registry import DATASETS, list_datasets, load_dataset
+from mtpert.data.simulate import simulate
+from mtpert.data.spec import DEFAULT_MIN_CELLS, DatasetSpec
+from mtpert.data.split import Split, Target, eligible_groups, heldout_mask, holdout_condition, holdout_group
+
+__all__ = [
+    "DATASETS",
+    "DEFAULT_MIN_CELLS",
+    "DatasetSpec",
+    "Split",
+    "Target",
+    "detect_kind",
+    "eligible_groups",
+    "heldout_mask",
+    "holdout_condition",
+    "holdout_group",
+    "list_datasets",
+    "load_dataset",
+    "log_normalize",
+    "prepare",
+    "require_kind",
+    "select_hvgs",
+    "simulate",
+]

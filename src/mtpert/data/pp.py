@@ -1,0 +1,156 @@
+"""Preprocessing: detect counts vs log data, normalize once, pick HVGs without leakage.
+
+Models and metrics in mtpert work on log-normalized expression (``normalize_total`` to a fixed
+target sum, then ``log1p``). Users arrive with either raw counts or already-normalized data, and
+silently normalizing twice is one of the commonest mistakes in this field; so :func:`detect_kind`
+decides what ``X`` holds and every step refuses input of the wrong kind with a message that says
+which function to call instead.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import scanpy as sc
+import scipy.sparse as sp
+from anndata import AnnData
+
+from mtpert.data.spec import DatasetSpec, check_matrix
+from mtpert.errors import DataError
+
+DataKind = Literal["counts", "log", "unknown"]
+
+LOG_MAX = 20.0
+"""Largest value expected in log1p-normalized data: log1p(1e4 * 1.0) is about 9.2, so anything
+above 20 cannot be log1p of counts normalized to any usual target sum."""
+
+COUNTS_LAYER = "counts"
+"""Layer where :func:`log_normalize` keeps the raw counts."""
+
+
+def _values(X: np.ndarray | sp.spmatrix, max_values: int = 200_000) -> np.ndarray:
+    """The stored values of ``X`` (non-zeros of a sparse matrix), subsampled for speed."""
+    values = X.data if sp.issparse(X) else np.asarray(X).ravel()
+    if values.size > max_values:
+        values = values[np.random.default_rng(0).choice(values.size, max_values, replace=False)]
+    return np.asarray(values, dtype=np.float64)
+
+
+def detect_kind(adata: AnnData) -> DataKind:
+    """Say whether ``adata.X`` holds raw counts, log-normalized values, or neither.
+
+    ``"counts"``: every value is a non-negative integer. ``"log"``: non-integer values no larger
+    than :data:`LOG_MAX` (or scanpy's ``uns['log1p']`` marker is present). ``"unknown"``: anything
+    else, e.g. normalized but not logged, TPM, or scaled data.
+    """
+    values = _values(adata.X)
+    if values.size == 0:
+        return "unknown"
+    if values.min() < 0:
+        return "unknown"
+    if np.all(values == np.round(values)):
+        return "counts"
+    if "log1p" in adata.uns or values.max() <= LOG_MAX:
+        return "log"
+    return "unknown"
+
+
+def require_kind(adata: AnnData, expected: DataKind, *, what: str = "This step") -> None:
+    """Raise :class:`DataError` unless ``adata.X`` holds ``expected`` data."""
+    kind = detect_kind(adata)
+    if kind == expected:
+        return
+    advice = {
+        ("log", "counts"): "adata.X holds raw counts; run mtpert.data.log_normalize(adata) "
+        "(or mtpert.data.prepare) first.",
+        ("counts", "log"): "adata.X is already log-normalized; pass the raw counts "
+        f"(e.g. adata.layers['{COUNTS_LAYER}'] or adata.raw) instead.",
+    }
+    hint = advice.get(
+        (expected, kind),
+        "adata.X is neither raw counts nor log1p-normalized (non-integer values above "
+        f"{LOG_MAX:g}, or negative values); start from the raw counts.",
+    )
+    raise DataError(f"{what} needs {expected} data. {hint}")
+
+
+def log_normalize(adata: AnnData, *, target_sum: float = 1e4) -> None:
+    """Normalize raw counts to ``target_sum`` per cell and apply log1p, in place.
+
+    Keeps the counts in ``adata.layers['counts']``. Refuses data that is already log-normalized
+    rather than logging it twice.
+    """
+    check_matrix(adata.X)
+    require_kind(adata, "counts", what="log_normalize")
+    adata.layers[COUNTS_LAYER] = adata.X.copy()
+    adata.X = adata.X.astype(np.float32)
+    sc.pp.normalize_total(adata, target_sum=target_sum)
+    sc.pp.log1p(adata)
+
+
+def prepare(
+    adata: AnnData,
+    spec: DatasetSpec,
+    *,
+    n_hvg: int = 2000,
+    exclude: np.ndarray | None = None,
+    target_sum: float = 1e4,
+) -> AnnData:
+    """Validate, log-normalize if needed, and keep the ``n_hvg`` most variable genes.
+
+    Args:
+        adata: raw counts or log-normalized data; not modified.
+        spec: names of the obs keys.
+        n_hvg: number of highly variable genes to keep; ``None``-like values (0 or at least the
+            number of genes) keep every gene.
+        exclude: boolean mask of cells to leave out when *choosing* HVGs, normally the held-out
+            target (see :func:`mtpert.data.heldout_mask`), so that nothing is fitted on the cells
+            a model will be scored on. ``None`` chooses HVGs on all cells, the protocol of
+            scGen-era papers; use it only to reproduce published numbers.
+        target_sum: counts per cell after normalization.
+
+    Returns:
+        A new AnnData with log-normalized ``X`` over the selected genes (all cells kept).
+    """
+    spec.validate(adata, require_perturbed=False)
+    adata = adata.copy()
+    kind = detect_kind(adata)
+    if kind == "counts":
+        log_normalize(adata, target_sum=target_sum)
+    elif kind == "unknown":
+        require_kind(adata, "log", what="prepare")
+    if sp.issparse(adata.X) and not sp.isspmatrix_csr(adata.X):
+        adata.X = sp.csr_matrix(adata.X)
+    if not n_hvg or n_hvg >= adata.n_vars:
+        return adata
+    genes = select_hvgs(adata, n_hvg, exclude=exclude, batch_key=spec.batch_key)
+    return adata[:, genes].copy()
+
+
+def select_hvgs(
+    adata: AnnData,
+    n_hvg: int,
+    *,
+    exclude: np.ndarray | None = None,
+    batch_key: str | None = None,
+) -> list[str]:
+    """Names of the ``n_hvg`` most variable genes (scanpy's Seurat flavor on log data).
+
+    Cells where ``exclude`` is True take no part in the choice.
+    """
+    require_kind(adata, "log", what="select_hvgs")
+    fit_on = adata if exclude is None else adata[~np.asarray(exclude, dtype=bool)]
+    if fit_on.n_obs < 2:
+        raise DataError("Fewer than two cells are left to choose HVGs from after excluding the target.")
+    stats = sc.pp.highly_variable_genes(
+        fit_on,
+        n_top_genes=n_hvg,
+        flavor="seurat",
+        batch_key=batch_key if batch_key and fit_on.obs[batch_key].nunique() > 1 else None,
+        inplace=False,
+        subset=False,
+    )
+    # scanpy returns the table in gene order when subset=False
+    chosen = np.asarray(stats["highly_variable"], dtype=bool)
+    return adata.var_names[chosen].tolist()

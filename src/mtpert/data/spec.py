@@ -1,0 +1,169 @@
+"""Dataset spec: which obs columns hold the cell type, condition, dose and batch.
+
+Nothing in mtpert hard-codes an obs key; every function that needs one takes a
+:class:`DatasetSpec`. ``spec.validate(adata)`` checks an AnnData against it once, up front, so
+that a wrong key or a broken matrix fails with a message that names the fix rather than deep
+inside a model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from anndata import AnnData
+
+from mtpert.errors import DataError
+
+DEFAULT_MIN_CELLS = 20
+"""Fewest cells on each side (control and perturbed) for a group to serve as a held-out target."""
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Names of the obs columns that describe a perturbation experiment.
+
+    Attributes:
+        cell_type_key: obs column of the unit that is held out (a cell type, or a species).
+        condition_key: obs column of the perturbation label.
+        control: value of ``condition_key`` that marks unperturbed cells.
+        dose_key: optional numeric obs column with the dose of each cell.
+        control_dose: dose of control cells when ``dose_key`` is set.
+        batch_key: optional obs column with donor or batch.
+    """
+
+    cell_type_key: str = "cell_type"
+    condition_key: str = "condition"
+    control: str = "control"
+    dose_key: str | None = None
+    control_dose: float = 0.0
+    batch_key: str | None = None
+
+    @property
+    def obs_keys(self) -> list[str]:
+        """Every obs column the spec names."""
+        keys = [self.cell_type_key, self.condition_key, self.dose_key, self.batch_key]
+        return [k for k in keys if k is not None]
+
+    def to_dict(self) -> dict[str, object]:
+        """Plain-dict form, for saving alongside models and results."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, object]) -> DatasetSpec:
+        """Inverse of :meth:`to_dict`; unknown keys are an error, not silently dropped."""
+        unknown = set(values) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise DataError(f"Unknown DatasetSpec fields {sorted(unknown)}.")
+        return cls(**values)  # type: ignore[arg-type]
+
+    # ------------------------------------------------------------------ accessors
+    def is_control(self, adata: AnnData) -> np.ndarray:
+        """Boolean mask of control cells."""
+        return (adata.obs[self.condition_key].astype(str) == self.control).to_numpy()
+
+    def cell_types(self, adata: AnnData) -> list[str]:
+        """Sorted distinct values of the cell-type column."""
+        return sorted(adata.obs[self.cell_type_key].astype(str).unique())
+
+    def conditions(self, adata: AnnData) -> list[str]:
+        """Sorted distinct perturbation labels, control excluded."""
+        labels = adata.obs[self.condition_key].astype(str).unique()
+        return sorted(c for c in labels if c != self.control)
+
+    def counts_table(self, adata: AnnData) -> pd.DataFrame:
+        """Cells per cell type (rows) and condition (columns), control first."""
+        obs = adata.obs
+        table = pd.crosstab(obs[self.cell_type_key].astype(str), obs[self.condition_key].astype(str))
+        ordered = [self.control] + [c for c in table.columns if c != self.control]
+        return table.reindex(columns=[c for c in ordered if c in table.columns], fill_value=0)
+
+    # ------------------------------------------------------------------ validation
+    def validate(self, adata: AnnData, *, require_perturbed: bool = True) -> None:
+        """Raise :class:`DataError` naming the problem and its fix if ``adata`` does not fit.
+
+        Checks: the named obs keys exist, the cell-type/condition columns have no missing
+        values, control cells exist (and, unless ``require_perturbed`` is False, perturbed cells),
+        a numeric dose column, unique gene names, and an expression matrix that is finite and
+        non-negative.
+        """
+        if adata.n_obs == 0 or adata.n_vars == 0:
+            raise DataError(f"The AnnData is empty ({adata.n_obs} cells x {adata.n_vars} genes).")
+        missing = [k for k in self.obs_keys if k not in adata.obs.columns]
+        if missing:
+            raise DataError(
+                f"obs key(s) {missing} not found; available obs columns: {list(adata.obs.columns)}. "
+                "Pass the right names in DatasetSpec (CLI: --cell-type-key/--condition-key/--dose-key)."
+            )
+        for key in (self.cell_type_key, self.condition_key):
+            n_missing = int(adata.obs[key].isna().sum())
+            if n_missing:
+                raise DataError(f"obs['{key}'] has {n_missing} missing values; drop or label those cells.")
+        control = self.is_control(adata)
+        if not control.any():
+            seen = sorted(adata.obs[self.condition_key].astype(str).unique())[:10]
+            raise DataError(
+                f"No control cells: no cell has obs['{self.condition_key}'] == '{self.control}'. "
+                f"Values present: {seen}. Set DatasetSpec(control=...) (CLI: --control)."
+            )
+        if require_perturbed and control.all():
+            raise DataError(f"Every cell is control ('{self.control}'); there is no perturbation to model.")
+        if self.dose_key is not None:
+            dose = adata.obs[self.dose_key]
+            if not pd.api.types.is_numeric_dtype(dose):
+                raise DataError(
+                    f"obs['{self.dose_key}'] must be numeric (got dtype {dose.dtype}); convert it, "
+                    "e.g. adata.obs[key] = adata.obs[key].astype(float)."
+                )
+            if not np.isfinite(dose.to_numpy(dtype=float)).all():
+                raise DataError(f"obs['{self.dose_key}'] has NaN or infinite doses.")
+        if not adata.var_names.is_unique:
+            dupes = adata.var_names[adata.var_names.duplicated()].unique()[:5].tolist()
+            raise DataError(
+                f"Gene names are not unique (e.g. {dupes}); call adata.var_names_make_unique() first."
+            )
+        check_matrix(adata.X)
+
+
+def check_matrix(X: np.ndarray | sp.spmatrix, *, what: str = "adata.X") -> None:
+    """Raise :class:`DataError` if ``X`` holds NaN, infinite or negative values."""
+    values = X.data if sp.issparse(X) else np.asarray(X)
+    if values.size == 0:
+        return
+    if not np.isfinite(values).all():
+        n_bad = int((~np.isfinite(values)).sum())
+        raise DataError(
+            f"{what} holds {n_bad} NaN or infinite values; mtpert needs finite expression. "
+            "Remove or impute those entries first."
+        )
+    if values.min() < 0:
+        raise DataError(
+            f"{what} holds negative values (min {values.min():.3g}); mtpert expects raw counts or "
+            "log-normalized expression, not scaled/centred data. Use the unscaled matrix."
+        )
+
+
+def require_groups(
+    adata: AnnData, spec: DatasetSpec, cell_type: str, conditions: Iterable[str], *, min_cells: int = 1
+) -> None:
+    """Raise :class:`DataError` if ``cell_type`` lacks ``min_cells`` control or perturbed cells.
+
+    Used before holding a group out: a target with no (or too few) cells cannot be scored.
+    """
+    table = spec.counts_table(adata)
+    if cell_type not in table.index:
+        raise DataError(
+            f"Cell type '{cell_type}' not found in obs['{spec.cell_type_key}']; "
+            f"available: {list(table.index)}."
+        )
+    for condition in [spec.control, *conditions]:
+        n = int(table.loc[cell_type].get(condition, 0))
+        if n < min_cells:
+            raise DataError(
+                f"Cell type '{cell_type}' has {n} cells under '{condition}', fewer than the {min_cells} "
+                "needed to hold it out and score it. Pick another target, or lower min_cells "
+                "(CLI: --min-cells) if you accept noisier scores."
+            )

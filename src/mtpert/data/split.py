@@ -1,0 +1,217 @@
+"""Out-of-distribution splits: what a model may train on, and what it is scored on.
+
+Two protocols of the field:
+
+* :func:`holdout_group` -- hold out every perturbed cell of one target group (a cell type, or any
+  grouping column such as species). The target's control cells stay visible: they are the input
+  from which the model predicts the target's response.
+* :func:`holdout_condition` -- hold out one condition (or dose) in every cell type, to test
+  interpolation or extrapolation to a condition never seen in training.
+
+The remaining cells are divided into train and validation, stratified by group x condition and
+seeded, so every run of a benchmark sees the same split.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+
+from mtpert.data.spec import DEFAULT_MIN_CELLS, DatasetSpec, require_groups
+from mtpert.errors import DataError
+
+
+@dataclass(frozen=True)
+class Target:
+    """One scored prediction task: perturb ``control`` cells of ``group`` into ``condition``."""
+
+    group: str
+    condition: str
+    dose: float | None
+    control: pd.Index
+    truth: pd.Index
+
+    def label(self) -> str:
+        """Short human-readable name, e.g. ``'CD14 Mono -> stimulated'``."""
+        dose = "" if self.dose is None else f" @ {self.dose:g}"
+        return f"{self.group} -> {self.condition}{dose}"
+
+
+@dataclass(frozen=True)
+class Split:
+    """Cell names for training, validation and the held-out targets of one OOD split."""
+
+    train: pd.Index
+    val: pd.Index
+    targets: tuple[Target, ...]
+    description: str
+
+    def subset(self, adata: AnnData, which: str) -> AnnData:
+        """``adata`` restricted to ``'train'`` or ``'val'`` cells (a view)."""
+        if which not in ("train", "val"):
+            raise ValueError(f"which must be 'train' or 'val', not {which!r}")
+        return adata[getattr(self, which)]
+
+    @property
+    def heldout(self) -> pd.Index:
+        """Every cell a model must never see during training."""
+        return pd.Index(np.unique(np.concatenate([t.truth.to_numpy() for t in self.targets])))
+
+
+def heldout_mask(adata: AnnData, spec: DatasetSpec, group: str, *, group_key: str | None = None) -> np.ndarray:
+    """Boolean mask of the perturbed cells of ``group``: the cells to exclude from any fitting."""
+    key = group_key or spec.cell_type_key
+    return (adata.obs[key].astype(str) == group).to_numpy() & ~spec.is_control(adata)
+
+
+def _condition_values(adata: AnnData, spec: DatasetSpec, mask: np.ndarray) -> list[tuple[str, float | None]]:
+    """Distinct (condition, dose) pairs among the cells in ``mask``, control excluded."""
+    obs = adata.obs.loc[mask & ~spec.is_control(adata)]
+    if spec.dose_key is None:
+        return [(c, None) for c in sorted(obs[spec.condition_key].astype(str).unique())]
+    pairs = obs[[spec.condition_key, spec.dose_key]].astype({spec.condition_key: str}).drop_duplicates()
+    return sorted((c, float(d)) for c, d in pairs.itertuples(index=False))
+
+
+def _condition_mask(adata: AnnData, spec: DatasetSpec, condition: str, dose: float | None) -> np.ndarray:
+    mask = (adata.obs[spec.condition_key].astype(str) == condition).to_numpy()
+    if dose is not None and spec.dose_key is not None:
+        mask &= np.isclose(adata.obs[spec.dose_key].to_numpy(dtype=float), dose)
+    return mask
+
+
+def _train_val(adata: AnnData, spec: DatasetSpec, keep: np.ndarray, val_fraction: float, seed: int, group_key: str):
+    """Stratified (group x condition) seeded train/validation division of the cells in ``keep``."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}.")
+    obs = adata.obs.loc[keep]
+    strata = obs[group_key].astype(str) + "|" + obs[spec.condition_key].astype(str)
+    if spec.dose_key is not None:
+        strata = strata + "|" + obs[spec.dose_key].astype(str)
+    rng = np.random.default_rng(seed)
+    val_names: list[np.ndarray] = []
+    for _, names in obs.index.to_series().groupby(strata.to_numpy(), sort=True):
+        n_val = int(round(len(names) * val_fraction))
+        if n_val and len(names) - n_val >= 1:
+            val_names.append(rng.choice(names.to_numpy(), n_val, replace=False))
+    val = pd.Index(np.concatenate(val_names)) if val_names else pd.Index([], dtype=object)
+    in_val = obs.index.isin(val)
+    return pd.Index(obs.index[~in_val]), pd.Index(obs.index[in_val])
+
+
+def holdout_group(
+    adata: AnnData,
+    spec: DatasetSpec,
+    group: str,
+    *,
+    group_key: str | None = None,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    min_cells: int = DEFAULT_MIN_CELLS,
+) -> Split:
+    """Hold out every perturbed cell of ``group``; one target per (condition, dose) it has.
+
+    Args:
+        group: the held-out value of ``group_key`` (default: the spec's cell-type key).
+        group_key: obs column to hold out by, e.g. a species column for cross-species transfer.
+        min_cells: fewest control and perturbed cells the target needs to be scored.
+    """
+    key = group_key or spec.cell_type_key
+    spec.validate(adata)
+    if key not in adata.obs.columns:
+        raise DataError(f"Group key '{key}' not in obs; available: {list(adata.obs.columns)}.")
+    in_group = (adata.obs[key].astype(str) == group).to_numpy()
+    if not in_group.any():
+        raise DataError(
+            f"No cells with obs['{key}'] == '{group}'; available: "
+            f"{sorted(adata.obs[key].astype(str).unique())}."
+        )
+    conditions = _condition_values(adata, spec, in_group)
+    if not conditions:
+        raise DataError(f"'{group}' has no perturbed cells, so there is nothing to hold out and score.")
+    spec_for_group = spec if key == spec.cell_type_key else DatasetSpec(**{**spec.to_dict(), "cell_type_key": key})
+    require_groups(adata, spec_for_group, group, sorted({c for c, _ in conditions}), min_cells=min_cells)
+
+    control_names = adata.obs_names[in_group & spec.is_control(adata)]
+    targets = tuple(
+        Target(group, cond, dose, pd.Index(control_names), pd.Index(adata.obs_names[in_group & _condition_mask(adata, spec, cond, dose)]))
+        for cond, dose in conditions
+    )
+    keep = ~heldout_mask(adata, spec, group, group_key=key)
+    train, val = _train_val(adata, spec, keep, val_fraction, seed, key)
+    return Split(train, val, targets, f"hold out {key}={group}")
+
+
+def holdout_condition(
+    adata: AnnData,
+    spec: DatasetSpec,
+    condition: str,
+    *,
+    dose: float | None = None,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    min_cells: int = DEFAULT_MIN_CELLS,
+) -> Split:
+    """Hold out one condition (at one dose, if given) in every cell type.
+
+    Each cell type with at least ``min_cells`` control and held-out cells becomes a target;
+    the others' held-out cells are still removed from training but not scored.
+    """
+    spec.validate(adata)
+    if spec.dose_key is not None and dose is None:
+        raise DataError(
+            f"The spec has a dose key ('{spec.dose_key}'); say which dose of '{condition}' to hold out."
+        )
+    held = _condition_mask(adata, spec, condition, dose) & ~spec.is_control(adata)
+    if not held.any():
+        raise DataError(
+            f"No perturbed cells with condition '{condition}'"
+            + (f" at dose {dose:g}" if dose is not None else "")
+            + f"; available conditions: {spec.conditions(adata)}."
+        )
+    cell_type = adata.obs[spec.cell_type_key].astype(str).to_numpy()
+    control = spec.is_control(adata)
+    targets = []
+    for group in sorted(np.unique(cell_type[held])):
+        truth = adata.obs_names[held & (cell_type == group)]
+        ctrl = adata.obs_names[control & (cell_type == group)]
+        if len(truth) >= min_cells and len(ctrl) >= min_cells:
+            targets.append(Target(group, condition, dose, pd.Index(ctrl), pd.Index(truth)))
+    if not targets:
+        raise DataError(
+            f"No cell type has {min_cells} control and {min_cells} '{condition}' cells to score; "
+            "lower min_cells (CLI: --min-cells) or pick another condition."
+        )
+    train, val = _train_val(adata, spec, ~held, val_fraction, seed, spec.cell_type_key)
+    label = condition if dose is None else f"{condition} @ {dose:g}"
+    return Split(train, val, tuple(targets), f"hold out condition {label}")
+
+
+def eligible_groups(
+    adata: AnnData, spec: DatasetSpec, *, group_key: str | None = None, min_cells: int = DEFAULT_MIN_CELLS
+) -> pd.DataFrame:
+    """Table of each group's control and perturbed cell counts and whether it can be held out.
+
+    Columns: ``n_control``, ``n_perturbed`` (smallest count over its conditions), ``eligible``,
+    ``reason`` (empty when eligible).
+    """
+    key = group_key or spec.cell_type_key
+    obs = adata.obs
+    control = spec.is_control(adata)
+    groups = obs[key].astype(str)
+    rows = []
+    for group in sorted(groups.unique()):
+        in_group = (groups == group).to_numpy()
+        n_ctrl = int((in_group & control).sum())
+        per_condition = obs.loc[in_group & ~control, spec.condition_key].astype(str).value_counts()
+        n_pert = int(per_condition.min()) if len(per_condition) else 0
+        reason = ""
+        if n_ctrl < min_cells:
+            reason = f"{n_ctrl} control cells < {min_cells}"
+        elif n_pert < min_cells:
+            reason = f"{n_pert} perturbed cells < {min_cells}"
+        rows.append({key: group, "n_control": n_ctrl, "n_perturbed": n_pert, "eligible": not reason, "reason": reason})
+    return pd.DataFrame(rows).set_index(key)

@@ -1,0 +1,19 @@
+"""Exceptions raised by mtpert.
+
+Every error mtpert raises on bad input says what is wrong and how to fix it; these classes let
+callers catch mtpert's input errors without catching unrelated bugs.
+"""
+
+from __future__ import annotations
+
+
+class MtpertError(Exception):
+    """Base class of every error mtpert raises on purpose."""
+
+
+class DataError(MtpertError, ValueError):
+    """The AnnData does not fit what the operation needs (keys, values, groups, genes)."""
+
+
+class DatasetUnavailableError(MtpertError, OSError):
+    """A registered public dataset could not be downloaded or read from its cache."""
