@@ -24,7 +24,7 @@ from mtpert.data.spec import DEFAULT_MIN_CELLS, DatasetSpec, require_groups
 from mtpert.errors import DataError
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Target:
     """One scored prediction task: perturb ``control`` cells of ``group`` into ``condition``."""
 
@@ -40,7 +40,7 @@ class Target:
         return f"{self.group} -> {self.condition}{dose}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Split:
     """Cell names for training, validation and the held-out targets of one OOD split."""
 

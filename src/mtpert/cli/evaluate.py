@@ -1,0 +1,48 @@
+"""``mtpert evaluate``: score a predictions file against the truth."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from mtpert.cli.options import CellTypeKey, ConditionKey, Control, DoseKey, console, make_spec, user_errors
+
+
+def evaluate(
+    truth: Annotated[Path, typer.Argument(help="h5ad with the control and true perturbed cells.", exists=True, dir_okay=False)],
+    pred: Annotated[Path, typer.Argument(help="h5ad with predicted cells (log-normalized), obs naming cell type and condition.", exists=True, dir_okay=False)],
+    out: Annotated[Path, typer.Option(help="Where to write the tidy table (.csv or .parquet).")] = Path("scores.csv"),
+    cell_type_key: CellTypeKey = "cell_type",
+    condition_key: ConditionKey = "condition",
+    control: Control = "control",
+    dose_key: DoseKey = None,
+) -> None:
+    """Score every (cell type, condition) in PRED against TRUTH with the full evaluation suite.
+
+    TRUTH may hold raw counts: they are log-normalized over all their genes, then restricted to
+    the genes of PRED, which is how the prediction's training data was prepared.
+    """
+    import anndata as ad
+
+    from mtpert.data.pp import detect_kind, log_normalize
+    from mtpert.io import write_table
+    from mtpert.metrics import evaluate_prediction
+
+    spec = make_spec(cell_type_key, condition_key, control, dose_key)
+    with user_errors():
+        truth_data = ad.read_h5ad(truth)
+        pred_data = ad.read_h5ad(pred)
+        if detect_kind(truth_data) == "counts":
+            log_normalize(truth_data)
+        missing = pred_data.var_names.difference(truth_data.var_names)
+        if len(missing):
+            raise KeyError(f"{len(missing)} predicted genes are not in {truth} (e.g. {missing[:5].tolist()}).")
+        scores = evaluate_prediction(truth_data[:, pred_data.var_names], pred_data, spec)
+        write_table(scores, out)
+    headline = ["r2_all", "r2_top100", "deg_overlap_top100", "e_distance_rel"]
+    shown = scores[scores["metric"].isin(headline)]
+    index = [c for c in (cell_type_key, condition_key, dose_key) if c and c in shown.columns]
+    console.print(shown.pivot_table(index=index, columns="metric", values="value").round(3).to_string())
+    console.print(f"wrote {len(scores)} rows to [bold]{out}[/]")

@@ -1,0 +1,37 @@
+"""Atomic file writing: a crash or kill mid-write never leaves a half-written result."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+import pandas as pd
+
+
+def atomic_write(target: str | os.PathLike[str], write: Callable[[BinaryIO], object]) -> Path:
+    """Call ``write`` on a temporary file beside ``target``, then rename it into place."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def write_table(table: pd.DataFrame, target: str | os.PathLike[str]) -> Path:
+    """Write ``table`` atomically as CSV or parquet, chosen by the file suffix."""
+    target = Path(target)
+    suffix = target.suffix.lower()
+    if suffix == ".csv":
+        return atomic_write(target, lambda f: table.to_csv(f, index=False))
+    if suffix in (".parquet", ".pq"):
+        return atomic_write(target, lambda f: table.to_parquet(f, index=False))
+    raise ValueError(f"Unsupported table format '{suffix}' for {target}; use .csv or .parquet.")
