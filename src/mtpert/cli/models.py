@@ -11,7 +11,8 @@ def models() -> None:
     """List the registered models."""
     from mtpert.models.registry import list_models
 
-    table = Table("model", "description")
+    table = Table("model", "class", "options", "description")
     for name, row in list_models().iterrows():
-        table.add_row(str(name), row["description"])
+        options = ", ".join(f"{k}={v}" for k, v in row["options"].items())
+        table.add_row(str(name), row["class"], options, row["description"])
     console.print(table)

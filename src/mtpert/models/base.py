@@ -16,7 +16,7 @@ import json
 import os
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, ClassVar, Self
+from typing import Any, Self
 
 import numpy as np
 import pandas as pd
@@ -43,12 +43,13 @@ class NotFittedError(MtpertError, RuntimeError):
 class PerturbationModel(ABC):
     """Base class: fit on AnnData, predict AnnData, save and load.
 
-    Subclasses set ``name`` (the registry key), take their hyperparameters as keyword-only
-    constructor arguments and pass them to ``super().__init__`` so they are saved explicitly, and
-    implement :meth:`_fit`, :meth:`_predict`, :meth:`_learned` and :meth:`_restore`.
+    Subclasses set ``name`` (their registry key; a class serving several presets may make it
+    a property derived from its options), take their hyperparameters as keyword-only constructor
+    arguments and pass them to ``super().__init__`` so they are saved explicitly, and implement
+    :meth:`_fit`, :meth:`_predict`, :meth:`_learned` and :meth:`_restore`.
     """
 
-    name: ClassVar[str]
+    name: str
 
     def __init__(self, spec: DatasetSpec, **hparams: Any) -> None:
         self.spec = spec
@@ -121,9 +122,9 @@ class PerturbationModel(ABC):
         if not (path / CONFIG_FILE).is_file():
             raise FileNotFoundError(f"No saved mtpert model at {path} (missing {CONFIG_FILE}).")
         config = json.loads((path / CONFIG_FILE).read_text())
-        model_cls = get_model(config["model"])
-        if cls is not PerturbationModel and not issubclass(model_cls, cls):
-            raise MtpertError(f"{path} holds a '{config['model']}' model, not a {cls.name}.")
+        model_cls = get_model(config["model"]).cls
+        if not issubclass(model_cls, cls):
+            raise MtpertError(f"{path} holds a '{config['model']}' model ({model_cls.__name__}), not a {cls.__name__}.")
         model = model_cls(DatasetSpec.from_dict(config["spec"]), **config["hparams"])
         model.genes = list(config["genes"])
         tensors = torch.load(path / WEIGHTS_FILE, map_location="cpu", weights_only=True)

@@ -1,22 +1,54 @@
-"""Model names -> classes, so the CLI and the benchmark take models by name."""
+"""Model names -> presets, so the CLI and the benchmark take models by name.
+
+A preset is a model class plus the options that make it that model: ``mtvae_ot`` is the one
+multi-task class with a variational latent and the OT objective, not a class of its own.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 
 import pandas as pd
 
+from mtpert.data.spec import DatasetSpec
 from mtpert.models.base import PerturbationModel
 from mtpert.models.simple import ControlPredictor, MeanShift
 
-MODELS: MappingProxyType[str, type[PerturbationModel]] = MappingProxyType(
-    {cls.name: cls for cls in (ControlPredictor, MeanShift)}
+
+@dataclass(frozen=True)
+class ModelPreset:
+    """A registered model: ``preset(spec, **overrides)`` builds it."""
+
+    name: str
+    cls: type[PerturbationModel]
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    def __call__(self, spec: DatasetSpec, **overrides: Any) -> PerturbationModel:
+        return self.cls(spec, **{**self.params, **overrides})
+
+    @property
+    def description(self) -> str:
+        """First line of the class docstring."""
+        return (self.cls.__doc__ or "").strip().splitlines()[0]
+
+
+MODELS: Mapping[str, ModelPreset] = MappingProxyType(
+    {
+        preset.name: preset
+        for preset in (
+            ModelPreset("control", ControlPredictor),
+            ModelPreset("mean_shift", MeanShift),
+        )
+    }
 )
-"""Every registered model, keyed by its ``name``. Built once at import; never changed."""
+"""Every registered model by name. Built once at import; never changed."""
 
 
-def get_model(name: str) -> type[PerturbationModel]:
-    """The model class registered as ``name``."""
+def get_model(name: str) -> ModelPreset:
+    """The preset registered as ``name``; call it with a DatasetSpec to build the model."""
     try:
         return MODELS[name]
     except KeyError:
@@ -24,6 +56,9 @@ def get_model(name: str) -> type[PerturbationModel]:
 
 
 def list_models() -> pd.DataFrame:
-    """One row per registered model: its name and the first line of its docstring."""
-    rows = [{"model": n, "description": (c.__doc__ or "").strip().splitlines()[0]} for n, c in MODELS.items()]
+    """One row per registered model: name, class, options and description."""
+    rows = [
+        {"model": p.name, "class": p.cls.__name__, "options": dict(p.params), "description": p.description}
+        for p in MODELS.values()
+    ]
     return pd.DataFrame(rows).set_index("model")
