@@ -5,6 +5,7 @@ Any learned model should beat both; where it does not, the benchmark says so.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -73,9 +74,8 @@ class MeanShift(PerturbationModel):
         keys = self._cell_conditions(train)
         labels = np.array([_key_string(*k) for k in keys])
         perturbed = {k for k, ctrl in zip(keys, is_control, strict=True) if not ctrl}
-        self.conditions = sorted(perturbed, key=lambda k: (k[0], k[1] or 0.0))
-        shifts = []
-        for key in self.conditions:
+        self.conditions, shifts = [], []
+        for key in sorted(perturbed, key=lambda k: (k[0], k[1] or 0.0)):
             in_condition = labels == _key_string(*key)
             per_type = []
             for t in np.unique(cell_type[in_condition]):
@@ -83,12 +83,20 @@ class MeanShift(PerturbationModel):
                 pert = in_condition & (cell_type == t)
                 if ctrl.sum() >= self.min_cells and pert.sum() >= self.min_cells:
                     per_type.append(dense(train.X[pert]).mean(0) - dense(train.X[ctrl]).mean(0))
-            if not per_type:
-                raise DataError(
+            if per_type:
+                self.conditions.append(key)
+                shifts.append(np.mean(per_type, axis=0))
+            else:
+                warnings.warn(
                     f"mean_shift: no training cell type has {self.min_cells} control and {self.min_cells} "
-                    f"'{_key_string(*key)}' cells to estimate a shift from; lower min_cells."
+                    f"'{_key_string(*key)}' cells; that condition cannot be predicted (lower min_cells?).",
+                    stacklevel=3,
                 )
-            shifts.append(np.mean(per_type, axis=0))
+        if not self.conditions:
+            raise DataError(
+                f"mean_shift: no condition has a training cell type with {self.min_cells} control and "
+                f"{self.min_cells} perturbed cells to estimate a shift from; lower min_cells."
+            )
         self.shifts = np.asarray(shifts, dtype=np.float32)
 
     def _predict(self, control: AnnData, condition: str, dose: float | None) -> np.ndarray:
