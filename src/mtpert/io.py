@@ -19,11 +19,18 @@ def atomic_write(target: str | os.PathLike[str], write: Callable[[BinaryIO], obj
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file normal permissions
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return target
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_table(table: pd.DataFrame, target: str | os.PathLike[str]) -> Path:

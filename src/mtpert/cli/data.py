@@ -15,9 +15,9 @@ app = typer.Typer(help="Inspect datasets: local files or registered public ones.
 @app.command("info")
 def info(
     data: Annotated[str, typer.Argument(help="An .h5ad file, or the name of a registered dataset.")],
-    cell_type_key: CellTypeKey = "cell_type",
-    condition_key: ConditionKey = "condition",
-    control: Control = "control",
+    cell_type_key: CellTypeKey = None,
+    condition_key: ConditionKey = None,
+    control: Control = None,
     dose_key: DoseKey = None,
     min_cells: MinCells = 20,
 ) -> None:
@@ -26,7 +26,7 @@ def info(
     from mtpert.data.registry import load_dataset
     from mtpert.data.split import eligible_groups
 
-    spec = make_spec(cell_type_key, condition_key, control, dose_key)
+    spec = make_spec(cell_type_key, condition_key, control, dose_key, data=data)
     with user_errors():
         adata = load_dataset(data)
         spec.validate(adata)
@@ -36,8 +36,8 @@ def info(
     console.print(f"[bold]{data}[/]: {adata.n_obs:,} cells x {adata.n_vars:,} genes; X holds {kind[detect_kind(adata)]}")
     console.print(f"conditions: {', '.join(spec.conditions(adata))} (control: '{spec.control}')")
 
-    table = Table(title=f"cells per {cell_type_key} and {condition_key}", title_justify="left")
-    table.add_column(cell_type_key)
+    table = Table(title=f"cells per {spec.cell_type_key} and {spec.condition_key}", title_justify="left")
+    table.add_column(spec.cell_type_key)
     for column in counts.columns:
         table.add_column(str(column), justify="right")
     table.add_column(f"hold out? (>= {min_cells} per side)")

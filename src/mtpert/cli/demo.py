@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.progress import Progress
 
-from mtpert.cli.options import console, user_errors
+from mtpert.cli.options import console, print_frame, user_errors
 
 
 def demo(
@@ -24,6 +24,6 @@ def demo(
         task = progress.add_task("fitting models", total=None)
         results = run_demo(out, models=names, seed=seed, on_progress=lambda msg: progress.update(task, description=msg))
     table = results[results["metric"].isin(DEMO_METRICS)].pivot_table(index="model", columns="metric", values="value")
-    console.print("Mean over held-out cell types (relative distances: < 1 beats predicting control):")
-    console.print(table[list(DEMO_METRICS)].reindex(names).round(3).to_string())
+    console.print("Mean over held-out cell types (*_rel: below 1 beats predicting no change):")
+    print_frame(table[list(DEMO_METRICS)].reindex(names).T)
     console.print(f"Results and figures in [bold]{out}/[/] (results.csv, metrics.png, scatter.png)")

@@ -7,16 +7,16 @@ from typing import Annotated
 
 import typer
 
-from mtpert.cli.options import CellTypeKey, ConditionKey, Control, DoseKey, console, make_spec, user_errors
+from mtpert.cli.options import CellTypeKey, ConditionKey, Control, DoseKey, console, make_spec, print_frame, user_errors
 
 
 def evaluate(
     truth: Annotated[Path, typer.Argument(help="h5ad with the control and true perturbed cells.", exists=True, dir_okay=False)],
     pred: Annotated[Path, typer.Argument(help="h5ad with predicted cells (log-normalized), obs naming cell type and condition.", exists=True, dir_okay=False)],
     out: Annotated[Path, typer.Option(help="Where to write the tidy table (.csv or .parquet).")] = Path("scores.csv"),
-    cell_type_key: CellTypeKey = "cell_type",
-    condition_key: ConditionKey = "condition",
-    control: Control = "control",
+    cell_type_key: CellTypeKey = None,
+    condition_key: ConditionKey = None,
+    control: Control = None,
     dose_key: DoseKey = None,
 ) -> None:
     """Score every (cell type, condition) in PRED against TRUTH with the full evaluation suite.
@@ -43,6 +43,6 @@ def evaluate(
         write_table(scores, out)
     headline = ["r2_all", "r2_top100", "deg_overlap_top100", "e_distance_rel"]
     shown = scores[scores["metric"].isin(headline)]
-    index = [c for c in (cell_type_key, condition_key, dose_key) if c and c in shown.columns]
-    console.print(shown.pivot_table(index=index, columns="metric", values="value").round(3).to_string())
+    index = [c for c in (spec.cell_type_key, spec.condition_key, spec.dose_key) if c and c in shown.columns]
+    print_frame(shown.pivot_table(index=index, columns="metric", values="value"))
     console.print(f"wrote {len(scores)} rows to [bold]{out}[/]")

@@ -1,8 +1,8 @@
 """Data layer: dataset spec, preprocessing, OOD splits, public datasets and the simulator."""
 
 from mtpert.data.pp import detect_kind, log_normalize, prepare, require_kind, select_hvgs
-from mtpert.data.registry import DATASETS, list_datasets, load_dataset
-from mtpert.data.simulate import simulate
+from mtpert.data.registry import DATASETS, RemoteDataset, list_datasets, load_dataset
+from mtpert.data.simulate import simulate, true_log_means, true_response
 from mtpert.data.spec import DEFAULT_MIN_CELLS, DatasetSpec
 from mtpert.data.split import Split, Target, eligible_groups, heldout_mask, holdout_condition, holdout_group
 
@@ -10,6 +10,7 @@ __all__ = [
     "DATASETS",
     "DEFAULT_MIN_CELLS",
     "DatasetSpec",
+    "RemoteDataset",
     "Split",
     "Target",
     "detect_kind",
@@ -24,4 +25,6 @@ __all__ = [
     "require_kind",
     "select_hvgs",
     "simulate",
+    "true_log_means",
+    "true_response",
 ]

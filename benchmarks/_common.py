@@ -1,0 +1,43 @@
+"""What every benchmark script needs: where the shared data is, and how to record a run."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import anndata as ad
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+
+
+def kang_path() -> Path:
+    """The shared Kang 2018 subset: ``$MTPERT_DATA_DIR`` or ``../shared/data`` beside the repo."""
+    data_dir = Path(os.environ.get("MTPERT_DATA_DIR", REPO.parent / "shared" / "data"))
+    path = data_dir / "kang2018_pbmc_ifnb_2k.h5ad"
+    if not path.is_file():
+        sys.exit(f"{path} not found; set MTPERT_DATA_DIR to the folder holding kang2018_pbmc_ifnb_2k.h5ad.")
+    return path
+
+
+def load_kang() -> ad.AnnData:
+    return ad.read_h5ad(kang_path())
+
+
+def provenance(command: str, seconds: float) -> str:
+    """Markdown lines saying how, when and where a result was produced."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    return (
+        f"- command: `{command}`\n"
+        f"- commit: {commit}; run {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; {seconds:.0f} s wall\n"
+        f"- machine: {platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}\n"
+    )
