@@ -102,6 +102,7 @@ class PerturbationModel(ABC):
         path.mkdir(parents=True, exist_ok=True)
         config = {
             "model": self.name,
+            "class": type(self).__name__,
             "mtpert_version": mtpert.__version__,
             "hparams": self.hparams,
             "spec": self.spec.to_dict(),
@@ -116,13 +117,11 @@ class PerturbationModel(ABC):
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> PerturbationModel:
         """Read a model written by :meth:`save`; works on the base class or the right subclass."""
-        from mtpert.models.registry import get_model
-
         path = Path(path)
         if not (path / CONFIG_FILE).is_file():
             raise FileNotFoundError(f"No saved mtpert model at {path} (missing {CONFIG_FILE}).")
         config = json.loads((path / CONFIG_FILE).read_text())
-        model_cls = get_model(config["model"]).cls
+        model_cls = _model_class(config)
         if not issubclass(model_cls, cls):
             raise MtpertError(f"{path} holds a '{config['model']}' model ({model_cls.__name__}), not a {cls.__name__}.")
         model = model_cls(DatasetSpec.from_dict(config["spec"]), **config["hparams"])
@@ -176,6 +175,18 @@ class PerturbationModel(ABC):
                 "(model.genes), preprocessed the same way."
             )
         return control[:, genes]
+
+
+def _model_class(config: dict[str, Any]) -> type[PerturbationModel]:
+    """The class of a saved model: by its registered name, else (for a combination of options
+    without a preset, e.g. ``mtvae_adv_ot``) by its class name among the registered classes."""
+    from mtpert.models.registry import MODELS, get_model
+
+    if config["model"] not in MODELS:
+        classes = {preset.cls.__name__: preset.cls for preset in MODELS.values()}
+        if config.get("class") in classes:
+            return classes[config["class"]]
+    return get_model(config["model"]).cls
 
 
 def dense(X: np.ndarray | sp.spmatrix) -> np.ndarray:

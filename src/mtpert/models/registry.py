@@ -15,6 +15,7 @@ import pandas as pd
 
 from mtpert.data.spec import DatasetSpec
 from mtpert.models.base import PerturbationModel
+from mtpert.models.multitask import MultiTaskModel
 from mtpert.models.simple import ControlPredictor, MeanShift
 
 
@@ -41,6 +42,14 @@ MODELS: Mapping[str, ModelPreset] = MappingProxyType(
         for preset in (
             ModelPreset("control", ControlPredictor),
             ModelPreset("mean_shift", MeanShift),
+            ModelPreset("mtae", MultiTaskModel),
+            ModelPreset("mtvae", MultiTaskModel, {"latent": "variational"}),
+            ModelPreset("mtae_adv", MultiTaskModel, {"regularizer": "adversarial"}),
+            ModelPreset("mtae_advg", MultiTaskModel, {"regularizer": "gaussian"}),
+            ModelPreset("mtae_ot", MultiTaskModel, {"objective": "ot"}),
+            ModelPreset("mtvae_ot", MultiTaskModel, {"latent": "variational", "objective": "ot"}),
+            ModelPreset("mtae_plus_ot", MultiTaskModel, {"objective": "both"}),
+            ModelPreset("mtvae_plus_ot", MultiTaskModel, {"latent": "variational", "objective": "both"}),
         )
     }
 )

@@ -1,0 +1,474 @@
+"""The multi-task autoencoder family: one model trained on every condition at once.
+
+An encoder maps a cell to a latent state; a decoder steered by a condition vector (see
+:mod:`mtpert.models.film`) maps the state back to expression under any condition the model
+knows. To predict a held-out cell type, its control cells are encoded and decoded under the
+target condition. The thesis' eight variants are three independent options of one class:
+
+==============  ==================  ===============  ==================
+preset          latent              regularizer      objective
+==============  ==================  ===============  ==================
+mtae            deterministic       none             reconstruction
+mtvae           variational         none             reconstruction
+mtae_adv        deterministic       adversarial      reconstruction
+mtae_advg       deterministic       gaussian         reconstruction
+mtae_ot         deterministic       none             ot
+mtvae_ot        variational         none             ot
+mtae_plus_ot    deterministic       none             both
+mtvae_plus_ot   variational         none             both
+==============  ==================  ===============  ==================
+
+plus the conditioning mechanism (``film`` by default). Other combinations work too and are named
+from their options (e.g. ``mtvae_adv_ot_concat``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal, get_args
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+from anndata import AnnData
+from sklearn.decomposition import PCA
+from torch import Tensor, nn
+
+from mtpert.data.spec import DatasetSpec
+from mtpert.errors import DataError
+from mtpert.models.base import NotFittedError, PerturbationModel
+from mtpert.models.film import CONDITIONINGS, ConditionEncoder, ConditionedMLP, Conditioning
+from mtpert.train.data import Batch, CellData
+from mtpert.train.loop import TrainConfig, train
+from mtpert.train.pairing import DEFAULT_BLOCK_SIZE, pair_within_groups
+
+Latent = Literal["deterministic", "variational"]
+Regularizer = Literal["none", "adversarial", "gaussian"]
+Objective = Literal["reconstruction", "ot", "both"]
+
+PREDICT_BATCH = 4096
+"""Cells encoded and decoded at once when predicting."""
+
+
+class MultiTaskNet(nn.Module):
+    """Encoder, condition-steered decoder and, for the regularizers, a latent discriminator.
+
+    Implements :class:`mtpert.train.Trainable`. Condition index 0 is control.
+    """
+
+    def __init__(
+        self,
+        n_genes: int,
+        n_conditions: int,
+        *,
+        hidden: tuple[int, ...],
+        latent_dim: int,
+        dose_dim: int,
+        latent: Latent,
+        regularizer: Regularizer,
+        objective: Objective,
+        conditioning: Conditioning,
+        condition_encoder: bool,
+        dropout: float,
+        input_dropout: float,
+        kl_weight: float,
+        adv_weight: float,
+        control_dose: float,
+        class_weight: Tensor,
+    ) -> None:
+        super().__init__()
+        self.variational = latent == "variational"
+        self.regularizer = regularizer
+        self.recon = objective in ("reconstruction", "both")
+        self.ot = objective in ("ot", "both")
+        self.multihead = conditioning == "multihead"
+        self.kl_weight = kl_weight
+        self.adv_weight = adv_weight
+        self.control_dose = control_dose
+        self.monitored = tuple(k for k, on in (("recon", self.recon), ("ot", self.ot), ("kl", self.variational)) if on)
+
+        self.condition = ConditionEncoder(n_conditions, dose_dim)
+        self.encoder = ConditionedMLP(
+            n_genes,
+            hidden,
+            latent_dim * (2 if self.variational else 1),
+            conditioning=conditioning if condition_encoder else None,
+            cond_dim=self.condition.dim if condition_encoder else 0,
+            dropout=dropout,
+            input_dropout=input_dropout,
+        )
+        if self.multihead:  # hidden blocks see only the dose; one output layer per condition
+            block_conditioning: Conditioning | None = "concat" if dose_dim else None
+            cond_dim, n_heads = dose_dim, n_conditions
+        else:
+            block_conditioning, cond_dim, n_heads = conditioning, self.condition.dim, 1
+        self.decoder = ConditionedMLP(
+            latent_dim, hidden[::-1], n_genes, conditioning=block_conditioning, cond_dim=cond_dim, n_heads=n_heads, dropout=dropout
+        )
+        self.discriminator: nn.Module | None = None
+        if regularizer != "none":
+            n_out = n_conditions if regularizer == "adversarial" else 1
+            width = 128
+            self.discriminator = nn.Sequential(
+                nn.Linear(latent_dim, width), nn.SiLU(), nn.Linear(width, width), nn.SiLU(), nn.Linear(width, n_out)
+            )
+        self.register_buffer("class_weight", class_weight.float())
+
+    @torch.no_grad()
+    def start_at_mean(self, gene_mean: Tensor) -> None:
+        """Set every output bias to the mean expression, so training starts from the average cell
+        rather than from zero (faster, and no early epochs spent learning the gene means)."""
+        for head in self.decoder.heads:
+            head.bias.copy_(gene_mean)
+
+    # ------------------------------------------------------------------ encode / decode
+    def encode(self, x: Tensor, condition: Tensor, dose: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """Posterior mean and log-variance (None for a deterministic latent)."""
+        c = self.condition(condition, dose) if self.encoder.conditioning is not None else None
+        out = self.encoder(x, c)
+        if not self.variational:
+            return out, None
+        mean, logvar = out.chunk(2, dim=-1)
+        return mean, logvar.clamp(-10.0, 10.0)
+
+    def sample(self, mean: Tensor, logvar: Tensor | None) -> Tensor:
+        """A reparameterized draw while training; the posterior mean otherwise."""
+        if logvar is None or not self.training:
+            return mean
+        return mean + torch.randn_like(mean) * (0.5 * logvar).exp()
+
+    def decode(self, z: Tensor, condition: Tensor, dose: Tensor | None) -> Tensor:
+        """Expression of latent states ``z`` under each row's condition (and dose)."""
+        if self.multihead:
+            c = self.condition.embed_dose(dose) if self.condition.dose is not None else None  # type: ignore[arg-type]
+            return self.decoder(z, c, head=condition)
+        return self.decoder(z, self.condition(condition, dose))
+
+    def encode_control(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Encode control cells (the control code and dose, where the encoder is conditioned)."""
+        condition = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        dose = torch.full((x.shape[0],), self.control_dose, device=x.device) if self.condition.dose is not None else None
+        return self.encode(x, condition, dose)
+
+    # ------------------------------------------------------------------ training
+    def losses(self, batch: Batch) -> dict[str, Tensor]:
+        mean, logvar = self.encode(batch.x, batch.condition, batch.dose)
+        z = self.sample(mean, logvar)
+        terms: dict[str, Tensor] = {}
+        if self.recon:
+            terms["recon"] = nn.functional.mse_loss(self.decode(z, batch.condition, batch.dose), batch.x)
+        if self.ot:
+            terms["ot"] = self._ot_loss(batch)
+        if logvar is not None:
+            kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).sum(-1).mean()
+            terms["kl"] = self.kl_weight * kl
+        if self.discriminator is not None:
+            terms["adv"] = self.adv_weight * self._fooling_loss(z)
+        return terms
+
+    def _ot_loss(self, batch: Batch) -> Tensor:
+        """MSE of each paired cell against its control partner decoded under the cell's condition."""
+        if batch.source is None or batch.paired is None:
+            return batch.x.new_zeros(())
+        z = self.sample(*self.encode_control(batch.source))
+        dose = batch.dose[batch.paired] if batch.dose is not None else None
+        return nn.functional.mse_loss(self.decode(z, batch.condition[batch.paired], dose), batch.x[batch.paired])
+
+    def _fooling_loss(self, z: Tensor) -> Tensor:
+        """The encoder's adversarial term: 0 when the discriminator is fooled.
+
+        ``adversarial``: KL divergence from the uniform distribution over conditions to the
+        discriminator's prediction (bounded, unlike maximizing its error). ``gaussian``: the
+        non-saturating GAN loss for latents to be taken as draws from N(0, I).
+        """
+        logits = self.discriminator(z)  # type: ignore[misc]
+        if self.regularizer == "adversarial":
+            return -logits.log_softmax(-1).mean(-1).mean() - math.log(logits.shape[-1])
+        return nn.functional.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
+
+    def discriminator_loss(self, batch: Batch) -> Tensor:
+        """``adversarial``: class-balanced cross-entropy of the condition read from the latent.
+        ``gaussian``: telling N(0, I) draws (real) from encoded latents (fake)."""
+        with torch.no_grad():
+            z = self.sample(*self.encode(batch.x, batch.condition, batch.dose))
+        logits = self.discriminator(z)  # type: ignore[misc]
+        if self.regularizer == "adversarial":
+            return nn.functional.cross_entropy(logits, batch.condition, weight=self.class_weight)
+        prior = self.discriminator(torch.randn_like(z))  # type: ignore[misc]
+        bce = nn.functional.binary_cross_entropy_with_logits
+        return 0.5 * (bce(prior, torch.ones_like(prior)) + bce(logits, torch.zeros_like(logits)))
+
+
+class MultiTaskModel(PerturbationModel):
+    """Multi-task autoencoder: one encoder, one condition-steered decoder, every condition at once.
+
+    Args:
+        spec: obs keys of the dataset.
+        latent: ``deterministic`` (autoencoder) or ``variational`` (VAE, KL weight ``kl_weight``).
+        regularizer: ``none``; ``adversarial`` (a discriminator reads the condition from the
+            latent and the encoder learns to fool it, so the latent keeps cell state and drops the
+            perturbation); ``gaussian`` (adversarial autoencoder: latents indistinguishable from
+            N(0, I) draws).
+        objective: ``reconstruction`` (each cell decoded under its own condition), ``ot`` (a
+            control cell's latent decoded under a perturbation must give the perturbed cell it is
+            paired with by optimal transport, within its cell type, in a PCA space fit on the
+            training cells), or ``both`` (the sum).
+        conditioning: ``film``, ``additive``, ``concat`` or ``multihead`` (see
+            :mod:`mtpert.models.film`).
+        condition_encoder: condition the encoder too (not with ``multihead``); control cells are
+            then encoded under the control code when predicting.
+        hidden: encoder hidden widths (the decoder mirrors them).
+        latent_dim: latent size.
+        dose_dim: width of the dose embedding, used when the spec has a dose key.
+        dropout, input_dropout: dropout after hidden blocks and on the encoder input (denoising).
+        lr, weight_decay, batch_size, max_epochs, patience, warmup_epochs, grad_clip: see
+            :class:`mtpert.train.TrainConfig`.
+        kl_weight: weight of the KL term (``variational``) against the per-gene MSE.
+        adv_weight: weight of the encoder's adversarial term.
+        ot_pcs: principal components of the OT pairing space.
+        ot_block_size: groups larger than this are paired by minibatch OT in blocks of this size.
+        device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
+        seed: seeds initialization, minibatch order, dropout and OT blocks; None draws it from
+            torch's global generator (so :func:`mtpert.benchmark.holdout.seed_everything`
+            governs it).
+        progress: show a progress bar while training.
+    """
+
+    def __init__(
+        self,
+        spec: DatasetSpec,
+        *,
+        latent: Latent = "deterministic",
+        regularizer: Regularizer = "none",
+        objective: Objective = "reconstruction",
+        conditioning: Conditioning = "film",
+        condition_encoder: bool = False,
+        hidden: tuple[int, ...] | list[int] = (256, 128),
+        latent_dim: int = 64,
+        dose_dim: int = 16,
+        dropout: float = 0.1,
+        input_dropout: float = 0.1,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        batch_size: int = 128,
+        max_epochs: int = 100,
+        patience: int = 15,
+        warmup_epochs: int = 5,
+        grad_clip: float = 1.0,
+        kl_weight: float = 1e-3,
+        adv_weight: float = 0.1,
+        ot_pcs: int = 50,
+        ot_block_size: int = DEFAULT_BLOCK_SIZE,
+        device: str = "auto",
+        seed: int | None = None,
+        progress: bool = True,
+    ) -> None:
+        _check_choice("latent", latent, get_args(Latent))
+        _check_choice("regularizer", regularizer, get_args(Regularizer))
+        _check_choice("objective", objective, get_args(Objective))
+        _check_choice("conditioning", conditioning, CONDITIONINGS)
+        if condition_encoder and conditioning == "multihead":
+            raise ValueError(
+                "multihead gives the decoder one output layer per condition and has no encoder form; "
+                "use condition_encoder=False or another conditioning."
+            )
+        hidden = tuple(int(h) for h in hidden)
+        if not hidden or min(hidden) < 1 or latent_dim < 1:
+            raise ValueError(f"hidden needs at least one positive width and latent_dim >= 1; got {hidden}, {latent_dim}.")
+        super().__init__(
+            spec,
+            latent=latent, regularizer=regularizer, objective=objective, conditioning=conditioning,
+            condition_encoder=condition_encoder, hidden=list(hidden), latent_dim=latent_dim, dose_dim=dose_dim,
+            dropout=dropout, input_dropout=input_dropout, lr=lr, weight_decay=weight_decay,
+            batch_size=batch_size, max_epochs=max_epochs, patience=patience, warmup_epochs=warmup_epochs,
+            grad_clip=grad_clip, kl_weight=kl_weight, adv_weight=adv_weight, ot_pcs=ot_pcs,
+            ot_block_size=ot_block_size, device=device, seed=seed, progress=progress,
+        )  # fmt: skip
+        self.options = {"latent": latent, "regularizer": regularizer, "objective": objective, "conditioning": conditioning}
+        self.condition_encoder = condition_encoder
+        self.train_config = TrainConfig(
+            lr=lr, weight_decay=weight_decay, batch_size=batch_size, max_epochs=max_epochs, patience=patience,
+            warmup_epochs=warmup_epochs, grad_clip=grad_clip, progress=progress,
+        )  # fmt: skip
+        self.device = _resolve_device(device)
+        self.seed = seed
+        self.conditions: list[str] = []
+        self.dose_scale: float | None = None
+        self.net: MultiTaskNet | None = None
+        self._history: dict[str, list[float]] = {}
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        """Preset name derived from the options, e.g. ``mtvae_plus_ot`` or ``mtae_adv_concat``."""
+        o = self.options
+        parts = ["mtvae" if o["latent"] == "variational" else "mtae"]
+        parts += {"none": [], "adversarial": ["adv"], "gaussian": ["advg"]}[o["regularizer"]]
+        parts += {"reconstruction": [], "ot": ["ot"], "both": ["plus", "ot"]}[o["objective"]]
+        parts += [] if o["conditioning"] == "film" else [o["conditioning"]]
+        parts += ["condenc"] if self.condition_encoder else []
+        return "_".join(parts)
+
+    @property
+    def history(self) -> pd.DataFrame:
+        """Per-epoch training history: ``epoch``, ``lr``, ``train_<term>`` and ``val_<term>`` losses."""
+        if not self._history:
+            raise NotFittedError(f"{self.name}: fit the model to get a training history.")
+        return pd.DataFrame(self._history)
+
+    # ------------------------------------------------------------------ fit / predict
+    def _fit(self, train_data: AnnData, val: AnnData | None) -> None:
+        spec = self.spec
+        self.conditions = [spec.control, *spec.conditions(train_data)]
+        if spec.dose_key is not None:
+            doses = train_data.obs[spec.dose_key].to_numpy(dtype=float)
+            if doses.min() < 0 or spec.control_dose < 0:
+                raise DataError(f"obs['{spec.dose_key}'] has negative doses; the dose encoding takes log1p(dose) of doses >= 0.")
+            self.dose_scale = float(np.log1p(doses).max()) or 1.0
+        seed = self.seed if self.seed is not None else int(torch.randint(2**31 - 1, (1,)).item())
+        pca = self._pairing_space(train_data, seed) if self.options["objective"] != "reconstruction" else None
+        data = self._cell_data(train_data, pca, seed)
+        if data.partner is not None and not (data.partner >= 0).any():
+            raise DataError(
+                f"objective='{self.options['objective']}' pairs control and perturbed cells of the same cell "
+                "type, but no training cell type has both; use objective='reconstruction'."
+            )
+        val_data = self._cell_data(val, pca, seed) if val is not None and val.n_obs else None
+        counts = np.bincount(data.condition, minlength=len(self.conditions)).astype(np.float64)
+        class_weight = torch.as_tensor(len(data) / (len(counts) * np.maximum(counts, 1.0)))
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            self.net = self._build(class_weight)
+            self.net.start_at_mean(torch.as_tensor(np.asarray(data.X.mean(axis=0)).ravel()))
+            generator = torch.Generator().manual_seed(seed)
+            history = train(self.net, data, val_data, self.train_config, device=self.device, generator=generator)
+        self._history = {k: [float(v) for v in history[k]] for k in history.columns}
+
+    def _predict(self, control: AnnData, condition: str, dose: float | None) -> np.ndarray:
+        index = self._condition_index(condition)
+        if self.spec.dose_key is None and dose is not None:
+            raise DataError("This model was trained without doses (the spec has no dose_key); leave dose=None.")
+        if dose is not None and dose < 0:
+            raise DataError(f"dose must be >= 0, got {dose}.")
+        net = self._fitted_net()
+        cells = CellData(_csr(control.X), np.zeros(control.n_obs, dtype=np.int64))
+        out = []
+        with torch.no_grad():
+            for batch in cells.batches(PREDICT_BATCH, device=self.device):
+                z, _ = net.encode_control(batch.x)
+                target = torch.full_like(batch.condition, index)
+                scaled = None if dose is None else torch.full((len(batch),), self._scale_dose(dose), device=self.device)
+                out.append(net.decode(z, target, scaled).clamp_min(0.0).cpu().numpy())
+        return np.concatenate(out)
+
+    def encode(self, adata: AnnData) -> np.ndarray:
+        """Latent states (posterior means) of ``adata``'s cells, each encoded under its own condition
+        where the encoder is conditioned; e.g. for a UMAP, or to probe what the latent keeps."""
+        net = self._fitted_net()
+        cells = self._cell_data(self._aligned(adata), None, 0)
+        with torch.no_grad():
+            return np.concatenate(
+                [net.encode(b.x, b.condition, b.dose)[0].cpu().numpy() for b in cells.batches(PREDICT_BATCH, device=self.device)]
+            )
+
+    # ------------------------------------------------------------------ save / load
+    def _learned(self) -> dict[str, Any]:
+        return {"conditions": self.conditions, "dose_scale": self.dose_scale, "history": self._history}
+
+    def _tensors(self) -> dict[str, Tensor]:
+        return self._fitted_net().state_dict()
+
+    def _restore(self, learned: dict[str, Any], tensors: dict[str, Tensor]) -> None:
+        self.conditions = list(learned["conditions"])
+        self.dose_scale = learned["dose_scale"]
+        self._history = {k: list(v) for k, v in learned["history"].items()}
+        self.net = self._build(tensors["class_weight"])
+        self.net.load_state_dict(tensors)
+        self.net.to(self.device).eval()
+
+    # ------------------------------------------------------------------ helpers
+    def _build(self, class_weight: Tensor) -> MultiTaskNet:
+        h = self.hparams
+        return MultiTaskNet(
+            len(self.genes),  # type: ignore[arg-type]
+            len(self.conditions),
+            hidden=tuple(h["hidden"]), latent_dim=h["latent_dim"],
+            dose_dim=h["dose_dim"] if self.spec.dose_key is not None else 0,
+            latent=h["latent"], regularizer=h["regularizer"], objective=h["objective"],
+            conditioning=h["conditioning"], condition_encoder=h["condition_encoder"],
+            dropout=h["dropout"], input_dropout=h["input_dropout"],
+            kl_weight=h["kl_weight"], adv_weight=h["adv_weight"],
+            control_dose=self._scale_dose(self.spec.control_dose) if self.spec.dose_key is not None else 0.0,
+            class_weight=class_weight,
+        )  # fmt: skip
+
+    def _fitted_net(self) -> MultiTaskNet:
+        if self.net is None:
+            raise NotFittedError(f"{self.name}: call fit first.")
+        return self.net
+
+    def _condition_index(self, condition: str) -> int:
+        if condition not in self.conditions[1:]:
+            raise DataError(
+                f"{self.name} was not trained on condition '{condition}' and cannot predict it; "
+                f"known conditions: {self.conditions[1:]}."
+            )
+        return self.conditions.index(condition)
+
+    def _scale_dose(self, dose: np.ndarray | float) -> np.ndarray | float:
+        """log1p(dose) scaled so the largest training dose is 1."""
+        return np.log1p(dose) / self.dose_scale  # type: ignore[operator]
+
+    def _pairing_space(self, adata: AnnData, seed: int) -> PCA:
+        n_pcs = min(self.hparams["ot_pcs"], adata.n_obs - 1, adata.n_vars)
+        return PCA(n_components=n_pcs, svd_solver="covariance_eigh", random_state=seed).fit(_csr(adata.X))
+
+    def _cell_data(self, adata: AnnData, pca: PCA | None, seed: int) -> CellData:
+        """Cells as a :class:`CellData`; with a pairing space, perturbed cells get OT partners."""
+        spec = self.spec
+        labels = adata.obs[spec.condition_key].astype(str).to_numpy()
+        index = pd.Index(self.conditions).get_indexer(labels)
+        if (index < 0).any():
+            unknown = sorted(set(labels[index < 0]))
+            raise DataError(
+                f"Cells with conditions {unknown} that the training cells do not have; known: {self.conditions}. "
+                "Drop them, or include them in the training cells."
+            )
+        X = _csr(adata.X)
+        dose = None
+        if spec.dose_key is not None:
+            dose = np.asarray(self._scale_dose(adata.obs[spec.dose_key].to_numpy(dtype=float)), dtype=np.float32)
+        partner = None
+        if pca is not None:
+            groups = adata.obs[spec.condition_key].astype(str)
+            if spec.dose_key is not None:
+                groups = groups + "@" + adata.obs[spec.dose_key].astype(str)
+            partner = pair_within_groups(
+                pca.transform(X).astype(np.float64),
+                adata.obs[spec.cell_type_key].astype(str).to_numpy(),
+                groups.to_numpy(),
+                index == 0,
+                block_size=self.hparams["ot_block_size"],
+                seed=seed,
+            )
+        return CellData(X, index.astype(np.int64), dose, partner)
+
+
+def _csr(X: np.ndarray | sp.spmatrix) -> sp.csr_matrix | np.ndarray:
+    """``X`` as float32, CSR if sparse (dense arrays stay dense)."""
+    return sp.csr_matrix(X, dtype=np.float32) if sp.issparse(X) else np.asarray(X, dtype=np.float32)
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}.")
+
+
+def _resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} but CUDA is not available; use device='auto' or 'cpu'.")
+    return resolved

@@ -1,0 +1,7 @@
+"""Training machinery: sparse minibatches, OT pairing and the optimization loop."""
+
+from mtpert.train.data import Batch, CellData
+from mtpert.train.loop import TrainConfig, Trainable, evaluate, train
+from mtpert.train.pairing import ot_pairs, pair_within_groups
+
+__all__ = ["Batch", "CellData", "TrainConfig", "Trainable", "evaluate", "ot_pairs", "pair_within_groups", "train"]

@@ -1,0 +1,179 @@
+"""A small, readable training loop: AdamW, warm-up, plateau decay, early stopping, clipping.
+
+The loop knows nothing about autoencoders. It trains any module that follows :class:`Trainable`:
+``losses(batch)`` returns the weighted loss terms of one minibatch (their sum is minimized), and
+``monitored`` names the terms whose validation sum decides early stopping and learning-rate decay
+(adversarial terms, which rise as the model succeeds at fooling, are left out). A module with a
+``discriminator`` gets alternating steps: one discriminator step on each minibatch, then one
+step of everything else against the updated discriminator.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Protocol
+
+import pandas as pd
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from torch import Tensor, nn
+
+from mtpert.train.data import Batch, CellData
+
+MIN_RELATIVE_IMPROVEMENT = 1e-4
+"""A validation loss must fall by this fraction of the best so far to reset early stopping."""
+
+
+class Trainable(Protocol):
+    """What :func:`train` needs from a module (besides being an ``nn.Module``)."""
+
+    monitored: tuple[str, ...]
+    discriminator: nn.Module | None
+
+    def losses(self, batch: Batch) -> dict[str, Tensor]:
+        """Weighted loss terms of one minibatch, each a scalar."""
+        ...
+
+    def discriminator_loss(self, batch: Batch) -> Tensor:
+        """Loss of the discriminator alone on one minibatch (only called if there is one)."""
+        ...
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimization settings.
+
+    Attributes:
+        lr: peak AdamW learning rate (also the discriminator's).
+        weight_decay: AdamW weight decay.
+        batch_size: cells per minibatch.
+        max_epochs: upper bound on passes over the training cells.
+        patience: epochs without a validation improvement before stopping; the learning rate is
+            halved after ``patience // 3`` such epochs (ReduceLROnPlateau).
+        warmup_epochs: epochs of linear learning-rate warm-up from ~0 to ``lr``.
+        grad_clip: maximum gradient norm.
+        progress: show a rich progress bar.
+    """
+
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    batch_size: int = 128
+    max_epochs: int = 200
+    patience: int = 20
+    warmup_epochs: int = 5
+    grad_clip: float = 1.0
+    progress: bool = True
+
+
+def train(
+    module: nn.Module,
+    data: CellData,
+    val: CellData | None,
+    config: TrainConfig,
+    *,
+    device: torch.device,
+    generator: torch.Generator,
+) -> pd.DataFrame:
+    """Train ``module`` (a :class:`Trainable`) in place and restore its best weights.
+
+    Early stopping and learning-rate decay watch the validation loss, or the training loss when
+    ``val`` is None or empty. ``generator`` orders the minibatches.
+
+    Returns:
+        The history: one row per epoch with ``epoch``, ``lr`` and ``train_<term>`` /
+        ``val_<term>`` columns (``disc`` is the discriminator's loss).
+    """
+    trainable: Trainable = module  # type: ignore[assignment]
+    val = val if val is not None and len(val) else None
+    module.to(device)
+    disc = trainable.discriminator
+    disc_ids = {id(p) for p in disc.parameters()} if disc is not None else set()
+    params = [p for p in module.parameters() if id(p) not in disc_ids]
+    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    disc_opt = (
+        torch.optim.AdamW(disc.parameters(), lr=config.lr, weight_decay=config.weight_decay) if disc is not None else None
+    )
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=max(1, config.patience // 3))
+    warmup_steps = config.warmup_epochs * math.ceil(len(data) / config.batch_size)
+
+    rows: list[dict[str, float]] = []
+    best, best_state, stale, step = math.inf, {}, 0, 0
+    with _progress_bar(config) as bar:
+        task = bar.add_task("training", total=config.max_epochs, status="")
+        for epoch in range(1, config.max_epochs + 1):
+            module.train()
+            sums: defaultdict[str, float] = defaultdict(float)
+            for batch in data.batches(config.batch_size, device=device, generator=generator):
+                step += 1
+                if step <= warmup_steps:
+                    for group in (*opt.param_groups, *(disc_opt.param_groups if disc_opt else ())):
+                        group["lr"] = config.lr * step / warmup_steps
+                if disc_opt is not None:
+                    disc_loss = trainable.discriminator_loss(batch)
+                    _step(disc_opt, disc_loss, list(disc.parameters()), config.grad_clip)  # type: ignore[union-attr]
+                    sums["disc"] += disc_loss.item() * len(batch)
+                terms = trainable.losses(batch)
+                _step(opt, sum(terms.values()), params, config.grad_clip)  # type: ignore[arg-type]
+                for name, value in terms.items():
+                    sums[name] += value.item() * len(batch)
+            row = {"epoch": float(epoch), "lr": opt.param_groups[0]["lr"]}
+            row |= {f"train_{k}": v / len(data) for k, v in sums.items()}
+            if val is not None:
+                row |= {f"val_{k}": v for k, v in evaluate(module, val, config.batch_size, device).items()}
+            rows.append(row)
+            prefix = "val" if val is not None else "train"
+            monitor = sum(row.get(f"{prefix}_{k}", 0.0) for k in trainable.monitored)
+            if step > warmup_steps:
+                plateau.step(monitor)
+            if best == math.inf or monitor < best - MIN_RELATIVE_IMPROVEMENT * abs(best):
+                best, best_state, stale = monitor, _state(module), 0
+            else:
+                stale += 1
+            bar.update(task, advance=1, status=f"{prefix} loss {monitor:.4f} (best {best:.4f})")
+            if stale >= config.patience:
+                break
+    module.load_state_dict(best_state)
+    module.eval()
+    return pd.DataFrame(rows)
+
+
+@torch.no_grad()
+def evaluate(module: nn.Module, data: CellData, batch_size: int, device: torch.device) -> dict[str, float]:
+    """Mean loss terms (and discriminator loss, if any) over ``data`` in evaluation mode."""
+    trainable: Trainable = module  # type: ignore[assignment]
+    module.eval()
+    sums: defaultdict[str, float] = defaultdict(float)
+    for batch in data.batches(batch_size, device=device):
+        for name, value in trainable.losses(batch).items():
+            sums[name] += value.item() * len(batch)
+        if trainable.discriminator is not None:
+            sums["disc"] += trainable.discriminator_loss(batch).item() * len(batch)
+    return {k: v / len(data) for k, v in sums.items()}
+
+
+def _step(opt: torch.optim.Optimizer, loss: Tensor, params: list[Tensor], clip: float) -> None:
+    """One optimizer step; a loss without gradient (e.g. no paired cells in the batch) is skipped."""
+    if not loss.requires_grad:
+        return
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    nn.utils.clip_grad_norm_(params, clip)
+    opt.step()
+
+
+def _state(module: nn.Module) -> dict[str, Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _progress_bar(config: TrainConfig) -> Progress:
+    return Progress(
+        TextColumn("epoch"),
+        MofNCompleteColumn(),
+        BarColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        disable=not config.progress,
+        transient=True,
+    )
