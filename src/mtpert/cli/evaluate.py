@@ -43,6 +43,6 @@ def evaluate(
         write_table(scores, out)
     headline = ["r2_all", "r2_top100", "deg_overlap_top100", "e_distance_rel"]
     shown = scores[scores["metric"].isin(headline)]
-    index = [c for c in (spec.cell_type_key, spec.condition_key, spec.dose_key) if c and c in shown.columns]
+    index = [c for c in ("cell_type", "condition", "dose") if c in shown.columns]  # evaluate_prediction's id columns
     print_frame(shown.pivot_table(index=index, columns="metric", values="value"))
     console.print(f"wrote {len(scores)} rows to [bold]{out}[/]")
