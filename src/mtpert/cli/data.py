@@ -55,4 +55,9 @@ def list_registered() -> None:
     """Public datasets mtpert can download (checksummed and cached)."""
     from mtpert.data.registry import list_datasets
 
-    console.print(list_datasets().to_string())
+    table = Table("name", "cells", "MB", "checksum", "description")
+    for name, row in list_datasets().iterrows():
+        cells = "?" if row["n_cells"] != row["n_cells"] else f"{int(row['n_cells']):,}"  # NaN: unknown
+        size = "?" if row["size_mb"] != row["size_mb"] else f"{row['size_mb']:g}"
+        table.add_row(str(name), cells, size, str(row["checksum"]), str(row["description"]))
+    console.print(table)

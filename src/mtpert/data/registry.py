@@ -230,7 +230,7 @@ def _fetch(entry: RemoteDataset, cache: Path) -> Path:
     target = cache / entry.filename
     instead = (
         f"If you have the file, pass it: load_dataset('{entry.name}', path='/path/to/file.h5ad') "
-        "(CLI: --data FILE)."
+        "(CLI: give the file path in place of the dataset name)."
     )
     if not entry.urls:
         if target.is_file():
