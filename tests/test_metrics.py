@@ -100,6 +100,7 @@ def test_control_as_prediction_scores_one_on_every_relative_distance(data) -> No
     # predicting no change: correlation of changes undefined, R² over the true DEGs poor
     assert math.isnan(scores["pearson_delta_all"])
     assert scores["r2_top20"] < 0.5
+    assert scores["deg_overlap_top100"] == 0, "a prediction identical to control has no DEGs"
 
 
 def test_a_better_prediction_scores_better(data) -> None:
@@ -199,9 +200,22 @@ def test_top_degs_on_anndata_returns_names_in_truth_gene_order(data) -> None:
 def test_constant_genes_get_t_zero_not_nan() -> None:
     control = np.array([[1.0, 0.0, 2.0], [1.0, 0.0, 4.0]])
     perturbed = np.array([[1.0, 0.0, 5.0], [1.0, 0.0, 7.0]])
-    t = welch_t(control, perturbed)
-    # gene 2: means 3 and 6, variances 2 and 2 -> t = 3 / sqrt(2/2 + 2/2)
+    # gene 2: means 3 and 6, variances 2 and 2 -> se = sqrt(2/2 + 2/2); plain Welch t = 3 / sqrt(2)
+    t = welch_t(control, perturbed, s0=0.0)
     assert t[0] == 0 and t[1] == 0 and t[2] == pytest.approx(3 / math.sqrt(2))
+    # moderated: s0 = median positive se = sqrt(2), so t = 3 / (2 sqrt(2))
+    assert welch_t(control, perturbed)[2] == pytest.approx(3 / (2 * math.sqrt(2)))
+
+
+def test_tiny_shifts_of_undetected_genes_do_not_outrank_real_degs() -> None:
+    """A smooth prediction nudging an all-zero gene must not beat a large, noisy real change."""
+    rng = np.random.default_rng(0)
+    control = np.abs(rng.normal(1.0, 0.5, size=(200, 50)))
+    control[:, 0] = 0.0  # never detected
+    pred = control + 0.01  # the same tiny shift everywhere: gene 0 becomes constant 0.01
+    pred[:, 1] += 1.0  # a real response
+    assert abs(welch_t(control, pred, s0=0.0)[0]) > 1e6, "plain Welch t is degenerate here"
+    assert top_degs(control, pred, n=1, genes=[f"g{i}" for i in range(50)])[0] == "g1"
 
 
 def test_deg_overlap_with_fewer_genes_than_100_uses_all(data) -> None:

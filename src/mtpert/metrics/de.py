@@ -1,20 +1,25 @@
-"""Differentially expressed genes: Welch t-test per gene, ranked by |t|.
+"""Differentially expressed genes: Welch t-test per gene with a variance floor, ranked by |t|.
 
 Genes are ranked by the absolute t statistic, so up- and down-regulated genes compete for the
 same top-k list: a model must get both directions right, and a response dominated by
 repression is not ignored. Ties (e.g. several genes with t = 0) keep gene order, so rankings
-are deterministic.
+are deterministic. Genes whose means are exactly equal are not DEGs at all.
+
+The plain Welch t divides by the standard error of the difference, which is ~0 for genes that
+are almost never detected. Predictions are often smooth (a shift added to every cell), and then
+a gene at 0 in every control cell that the model nudges by 0.007 gets an infinite t and ranks
+above ISG15. Following SAM (Tusher et al. 2001, PNAS 98:5116), a fudge constant ``s0`` -- the
+median standard error over genes -- is added to every gene's standard error, so a difference
+must be large against typical noise, not merely against a degenerate zero.
 """
 
 from __future__ import annotations
 
-import warnings
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike
-from scipy import stats
 
 from mtpert.metrics.inputs import Cells, load_sets
 
@@ -22,27 +27,43 @@ if TYPE_CHECKING:
     from mtpert.metrics.pair import EvalPair
 
 
-def welch_t(control: np.ndarray, perturbed: np.ndarray) -> np.ndarray:
-    """Welch's t statistic of ``perturbed`` vs ``control`` for every gene (column).
+def welch_t(control: np.ndarray, perturbed: np.ndarray, *, s0: float | None = None) -> np.ndarray:
+    """Welch's t statistic of ``perturbed`` vs ``control`` for every gene (column), moderated.
 
-    A gene constant at the same value in both groups gets t = 0 (scipy gives NaN); a gene constant
-    in each group at different values gets ±inf, a perfect separation that ranks first.
+    ``t = (mean_p - mean_c) / (se + s0)`` with ``se`` Welch's standard error of the difference.
+    ``s0=None`` uses the median ``se`` over genes with ``se > 0`` (SAM's fudge constant); pass
+    ``s0=0`` for the plain Welch t (then a gene constant in each group at different values gets
+    ±inf). A gene with equal means gets t = 0.
     """
-    with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
-        warnings.simplefilter("ignore", RuntimeWarning)
-        t = stats.ttest_ind(perturbed, control, equal_var=False, axis=0).statistic
-    return np.where(np.isnan(t), 0.0, t)
+    n_p, n_c = len(perturbed), len(control)
+    if n_p < 2 or n_c < 2:
+        raise ValueError(f"A t-test needs at least 2 cells per group (got {n_c} control, {n_p} perturbed).")
+    diff = perturbed.mean(0) - control.mean(0)
+    se = np.sqrt(perturbed.var(0, ddof=1) / n_p + control.var(0, ddof=1) / n_c)
+    if s0 is None:
+        positive = se[se > 0]
+        s0 = float(np.median(positive)) if positive.size else 1.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = diff / (se + s0)
+    return np.where(diff == 0, 0.0, t)
 
 
 def rank_genes(control: np.ndarray, perturbed: np.ndarray) -> np.ndarray:
-    """Gene indices ordered from most to least differentially expressed (|Welch t|, descending)."""
-    return np.argsort(-np.abs(welch_t(control, perturbed)), kind="stable")
+    """Indices of genes whose means differ, from most to least differentially expressed.
+
+    Ordered by |moderated t|, descending. Genes with exactly equal means are no DEGs and are left
+    out, so a prediction identical to control has no DEGs (and a DEG overlap of 0), rather than
+    an arbitrary top-k taken in gene order.
+    """
+    t = np.abs(welch_t(control, perturbed))
+    order = np.argsort(-t, kind="stable")
+    return order[t[order] > 0]
 
 
 def top_degs(
     control: Cells, perturbed: Cells, n: int = 100, *, genes: ArrayLike | None = None
 ) -> pd.Index:
-    """Names of the ``n`` genes with the largest |Welch t|, ``perturbed`` vs ``control``, top first.
+    """Names of the ``n`` genes with the largest |moderated Welch t|, ``perturbed`` vs ``control``.
 
     Inputs are log-normalized AnnData or arrays, checked and gene-aligned as in
     :class:`~mtpert.metrics.EvalPair`; ``genes`` names the columns of arrays (unnamed columns
