@@ -115,6 +115,11 @@ class Block(nn.Module):
 class ConditionedMLP(nn.Module):
     """Blocks of ``hidden`` widths steered by a condition vector, then a linear output layer.
 
+    The condition steers the output layer too (modulated, or fed ``c``), so each condition can
+    move each output (gene) on its own: a uniform shift per condition, the mean-shift baseline,
+    is one setting of the weights, and the hidden layers learn how the response depends on the
+    cell's state.
+
     Args:
         n_in, n_out: input and output widths.
         hidden: widths of the hidden blocks.
@@ -152,18 +157,29 @@ class ConditionedMLP(nn.Module):
             Block(a, b, concat_dim=concat_dim, dropout=dropout) for a, b in zip(widths[:-1], widths[1:], strict=True)
         )
         self.film = (
-            FiLMGenerator(cond_dim, hidden, scale=conditioning == "film") if conditioning in ("film", "additive") else None
+            FiLMGenerator(cond_dim, [*hidden, n_out], scale=conditioning == "film")
+            if conditioning in ("film", "additive")
+            else None
         )
-        self.heads = nn.ModuleList(nn.Linear(widths[-1], n_out) for _ in range(n_heads))
+        self.heads = nn.ModuleList(nn.Linear(widths[-1] + concat_dim, n_out) for _ in range(n_heads))
 
     def forward(self, x: Tensor, c: Tensor | None = None, head: Tensor | None = None) -> Tensor:
         if self.conditioning is not None and c is None:
             raise ValueError(f"This network is conditioned ({self.conditioning}); pass the condition vector c.")
         h = self.input_dropout(x)
-        params = self.film(c) if self.film is not None else [(None, None)] * len(self.blocks)
+        params = self.film(c) if self.film is not None else [(None, None)] * (len(self.blocks) + 1)
         concat = c if self.conditioning == "concat" else None
-        for block, (gamma, beta) in zip(self.blocks, params, strict=True):
+        for block, (gamma, beta) in zip(self.blocks, params[:-1], strict=True):
             h = block(h, concat, gamma, beta)
+        if concat is not None:
+            h = torch.cat([h, concat], dim=-1)
+        out = self._heads(h, head)
+        gamma, beta = params[-1]
+        if gamma is not None:
+            out = out * gamma
+        return out if beta is None else out + beta
+
+    def _heads(self, h: Tensor, head: Tensor | None) -> Tensor:
         if len(self.heads) == 1:
             return self.heads[0](h)
         if head is None:

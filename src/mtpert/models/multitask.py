@@ -40,7 +40,7 @@ from mtpert.errors import DataError
 from mtpert.models.base import NotFittedError, PerturbationModel
 from mtpert.models.film import CONDITIONINGS, ConditionEncoder, ConditionedMLP, Conditioning
 from mtpert.train.data import Batch, CellData
-from mtpert.train.loop import TrainConfig, train
+from mtpert.train.loop import TrainConfig, cpu_threads, train
 from mtpert.train.pairing import DEFAULT_BLOCK_SIZE, pair_within_groups
 
 Latent = Literal["deterministic", "variational"]
@@ -229,6 +229,9 @@ class MultiTaskModel(PerturbationModel):
         ot_pcs: principal components of the OT pairing space.
         ot_block_size: groups larger than this are paired by minibatch OT in blocks of this size.
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
+        num_threads: torch CPU threads while fitting and predicting; None keeps torch's setting
+            (one per core). Use 1 when other processes busy the cores: threads that wait on each
+            other then slow training down many times over.
         seed: seeds initialization, minibatch order, dropout and OT blocks; None draws it from
             torch's global generator (so :func:`mtpert.benchmark.holdout.seed_everything`
             governs it).
@@ -261,6 +264,7 @@ class MultiTaskModel(PerturbationModel):
         ot_pcs: int = 50,
         ot_block_size: int = DEFAULT_BLOCK_SIZE,
         device: str = "auto",
+        num_threads: int | None = None,
         seed: int | None = None,
         progress: bool = True,
     ) -> None:
@@ -283,7 +287,7 @@ class MultiTaskModel(PerturbationModel):
             dropout=dropout, input_dropout=input_dropout, lr=lr, weight_decay=weight_decay,
             batch_size=batch_size, max_epochs=max_epochs, patience=patience, warmup_epochs=warmup_epochs,
             grad_clip=grad_clip, kl_weight=kl_weight, adv_weight=adv_weight, ot_pcs=ot_pcs,
-            ot_block_size=ot_block_size, device=device, seed=seed, progress=progress,
+            ot_block_size=ot_block_size, device=device, num_threads=num_threads, seed=seed, progress=progress,
         )  # fmt: skip
         self.options = {"latent": latent, "regularizer": regularizer, "objective": objective, "conditioning": conditioning}
         self.condition_encoder = condition_encoder
@@ -292,6 +296,7 @@ class MultiTaskModel(PerturbationModel):
             warmup_epochs=warmup_epochs, grad_clip=grad_clip, progress=progress,
         )  # fmt: skip
         self.device = _resolve_device(device)
+        self.num_threads = num_threads
         self.seed = seed
         self.conditions: list[str] = []
         self.dose_scale: float | None = None
@@ -318,6 +323,10 @@ class MultiTaskModel(PerturbationModel):
 
     # ------------------------------------------------------------------ fit / predict
     def _fit(self, train_data: AnnData, val: AnnData | None) -> None:
+        with cpu_threads(self.num_threads):
+            self._train(train_data, val)
+
+    def _train(self, train_data: AnnData, val: AnnData | None) -> None:
         spec = self.spec
         self.conditions = [spec.control, *spec.conditions(train_data)]
         if spec.dose_key is not None:
@@ -354,7 +363,7 @@ class MultiTaskModel(PerturbationModel):
         net = self._fitted_net()
         cells = CellData(_csr(control.X), np.zeros(control.n_obs, dtype=np.int64))
         out = []
-        with torch.no_grad():
+        with torch.no_grad(), cpu_threads(self.num_threads):
             for batch in cells.batches(PREDICT_BATCH, device=self.device):
                 z, _ = net.encode_control(batch.x)
                 target = torch.full_like(batch.condition, index)
@@ -367,7 +376,7 @@ class MultiTaskModel(PerturbationModel):
         where the encoder is conditioned; e.g. for a UMAP, or to probe what the latent keeps."""
         net = self._fitted_net()
         cells = self._cell_data(self._aligned(adata), None, 0)
-        with torch.no_grad():
+        with torch.no_grad(), cpu_threads(self.num_threads):
             return np.concatenate(
                 [net.encode(b.x, b.condition, b.dose)[0].cpu().numpy() for b in cells.batches(PREDICT_BATCH, device=self.device)]
             )

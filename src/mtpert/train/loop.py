@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -151,6 +153,18 @@ def evaluate(module: nn.Module, data: CellData, batch_size: int, device: torch.d
         if trainable.discriminator is not None:
             sums["disc"] += trainable.discriminator_loss(batch).item() * len(batch)
     return {k: v / len(data) for k, v in sums.items()}
+
+
+@contextmanager
+def cpu_threads(n: int | None) -> Iterator[None]:
+    """Run the block with ``n`` torch CPU threads (None: as set), then restore the setting."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _step(opt: torch.optim.Optimizer, loss: Tensor, params: list[Tensor], clip: float) -> None:
