@@ -1,0 +1,120 @@
+"""Every registered model vs "mean shift" and "control" on the shared Kang subset.
+
+Run: python benchmarks/models_kang.py [model ...]
+Each eligible cell type (>= 20 control and stimulated cells) is held out in turn, with HVGs chosen
+without its stimulated cells, under seeds 1, 2 and 19193; the whole evaluation suite is scored.
+Each model runs in a fresh process, so its peak resident memory is its own; a model whose
+per-model table already exists is skipped (delete benchmarks/results/models_kang/<model>.csv to
+rerun it). Writes benchmarks/results/models_kang.md from every per-model table present.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import resource
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+
+import pandas as pd
+from _common import RESULTS, load_kang, provenance
+
+from mtpert.benchmark import run_holdout
+from mtpert.data import DatasetSpec
+from mtpert.io import atomic_write, write_table
+from mtpert.models import MODELS
+
+SEEDS = (1, 2, 19193)
+OUT = RESULTS / "models_kang"
+HEADLINE = ["deg_overlap_top100", "r2_all", "r2_top20", "r2_top100", "r2_top100_boot", "pearson_delta_all",
+            "pearson_delta_top100", "e_distance_rel", "wasserstein_rel", "euclidean_rel", "mean_pairwise_rel",
+            "mmd_rel"]
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_model(name: str) -> str:
+    """Fit and score ``name`` on every fold; runs in its own process."""
+    raw = load_kang()
+    loaded_mb = peak_rss_mb()
+    start = time.perf_counter()
+    results = run_holdout(raw, DatasetSpec(), [name], seeds=SEEDS, on_progress=lambda m: print(m, flush=True))
+    results["wall_seconds_all_folds"] = time.perf_counter() - start
+    results["peak_rss_mb"] = peak_rss_mb()
+    results["rss_after_loading_mb"] = loaded_mb
+    write_table(results, OUT / f"{name}.csv")
+    return name
+
+
+def summarize(results: pd.DataFrame) -> str:
+    """The Markdown summary: headline means, cost, per-cell-type R², comparison with mean shift."""
+    headline = results[results["metric"].isin(HEADLINE)]
+    means = headline.pivot_table(index="model", columns="metric", values="value")[HEADLINE]
+    spread = headline.groupby(["model", "metric", "seed"])["value"].mean().groupby(["model", "metric"]).std()
+    cost = results.groupby("model").agg(
+        fit_s_per_fold=("fit_seconds", "mean"), fit_s_max=("fit_seconds", "max"),
+        peak_rss_mb=("peak_rss_mb", "first"), rss_after_loading_mb=("rss_after_loading_mb", "first"),
+    )
+    order = means.sort_values("r2_top100", ascending=False).index
+    per_group = (
+        results[results["metric"] == "r2_top100"]
+        .pivot_table(index="group", columns="model", values="value")[order]
+    )
+    # where each model beats mean shift: per metric, cell types whose seed-mean is better
+    lines = []
+    by_group = headline.groupby(["model", "group", "metric"])["value"].mean().unstack("metric")
+    higher = results.drop_duplicates("metric").set_index("metric")["higher_is_better"]
+    if "mean_shift" in means.index:
+        reference = by_group.loc["mean_shift"]
+        for model in order:
+            if model in ("mean_shift", "control"):
+                continue
+            wins = []
+            for metric in HEADLINE:
+                diff = by_group.loc[model][metric] - reference[metric]
+                better = (diff > 0) if higher[metric] else (diff < 0)
+                wins.append(f"{metric} {int(better.sum())}/{len(better)}")
+            lines.append(f"- **{model}** beats mean shift on: " + ", ".join(wins))
+    return (
+        "## Mean over held-out cell types and seeds\n\n" + means.loc[order].round(3).to_markdown() + "\n\n"
+        "## Spread across seeds (std of the per-seed means)\n\n"
+        + spread.unstack("metric")[HEADLINE].loc[order].round(3).to_markdown() + "\n\n"
+        "## Cost (2,000 HVGs, ~1.7k training cells per fold; CPU)\n\n" + cost.loc[order].round(1).to_markdown() + "\n\n"
+        "## R² over the top-100 true DEGs, per held-out cell type (mean over seeds)\n\n"
+        + per_group.round(3).to_markdown() + "\n\n"
+        "## Against mean shift (cell types where the model's seed-mean is better)\n\n" + "\n".join(lines) + "\n"
+    )
+
+
+def main() -> None:
+    names = sys.argv[1:] or list(MODELS)
+    unknown = set(names) - set(MODELS)
+    if unknown:
+        sys.exit(f"Unknown models {sorted(unknown)}; registered: {list(MODELS)}")
+    todo = [n for n in names if not (OUT / f"{n}.csv").is_file()]
+    start = time.perf_counter()
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=context, max_tasks_per_child=1) as pool:
+        for done in pool.map(run_model, todo):
+            print(f"finished {done}", flush=True)
+    seconds = time.perf_counter() - start
+    tables = [pd.read_csv(OUT / f"{n}.csv") for n in MODELS if (OUT / f"{n}.csv").is_file()]
+    results = pd.concat(tables, ignore_index=True)
+    text = (
+        "# Models on the shared Kang 2018 subset\n\n"
+        + provenance("python benchmarks/models_kang.py", seconds)
+        + f"\nHeld-out cell types: {', '.join(sorted(results['group'].unique()))} (>= 20 control and stimulated "
+        f"cells each); seeds {', '.join(map(str, SEEDS))}; 2,000 HVGs chosen without the held-out stimulated "
+        "cells. `*_rel` distances: pred-to-truth over control-to-truth in PCA space (< 1 beats predicting no "
+        "change). The wall time above covers only the models run in this invocation; per-model tables "
+        "are in `models_kang/`.\n\n" + summarize(results)
+    )
+    atomic_write(RESULTS / "models_kang.md", lambda f: f.write(text.encode()))
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
