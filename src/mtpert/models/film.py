@@ -17,6 +17,7 @@ batch). LayerNorm normalizes each cell on its own, identically in training and p
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import Literal, get_args
 
@@ -41,7 +42,9 @@ class ConditionEncoder(nn.Module):
         self.n_conditions = n_conditions
         self.dose_dim = dose_dim
         self.dose = (
-            nn.Sequential(nn.Linear(1, dose_dim), nn.SiLU(), nn.Linear(dose_dim, dose_dim)) if dose_dim else None
+            nn.Sequential(nn.Linear(1, dose_dim), nn.SiLU(), nn.Linear(dose_dim, dose_dim))
+            if dose_dim
+            else None
         )
 
     @property
@@ -72,7 +75,9 @@ class FiLMGenerator(nn.Module):
     learns how much each condition should move it.
     """
 
-    def __init__(self, cond_dim: int, widths: Sequence[int], *, scale: bool, hidden: int = 64) -> None:
+    def __init__(
+        self, cond_dim: int, widths: Sequence[int], *, scale: bool, hidden: int = 64
+    ) -> None:
         super().__init__()
         self.widths = list(widths)
         self.scale = scale
@@ -101,7 +106,13 @@ class Block(nn.Module):
         self.act = nn.SiLU()
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, h: Tensor, c: Tensor | None = None, gamma: Tensor | None = None, beta: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        h: Tensor,
+        c: Tensor | None = None,
+        gamma: Tensor | None = None,
+        beta: Tensor | None = None,
+    ) -> Tensor:
         if c is not None:
             h = torch.cat([h, c], dim=-1)
         h = self.norm(self.linear(h))
@@ -154,18 +165,23 @@ class ConditionedMLP(nn.Module):
         widths = [n_in, *hidden]
         concat_dim = cond_dim if conditioning == "concat" else 0
         self.blocks = nn.ModuleList(
-            Block(a, b, concat_dim=concat_dim, dropout=dropout) for a, b in zip(widths[:-1], widths[1:], strict=True)
+            Block(a, b, concat_dim=concat_dim, dropout=dropout)
+            for a, b in itertools.pairwise(widths)
         )
         self.film = (
             FiLMGenerator(cond_dim, [*hidden, n_out], scale=conditioning == "film")
             if conditioning in ("film", "additive")
             else None
         )
-        self.heads = nn.ModuleList(nn.Linear(widths[-1] + concat_dim, n_out) for _ in range(n_heads))
+        self.heads = nn.ModuleList(
+            nn.Linear(widths[-1] + concat_dim, n_out) for _ in range(n_heads)
+        )
 
     def forward(self, x: Tensor, c: Tensor | None = None, head: Tensor | None = None) -> Tensor:
         if self.conditioning is not None and c is None:
-            raise ValueError(f"This network is conditioned ({self.conditioning}); pass the condition vector c.")
+            raise ValueError(
+                f"This network is conditioned ({self.conditioning}); pass the condition vector c."
+            )
         h = self.input_dropout(x)
         params = self.film(c) if self.film is not None else [(None, None)] * (len(self.blocks) + 1)
         concat = c if self.conditioning == "concat" else None
@@ -183,7 +199,9 @@ class ConditionedMLP(nn.Module):
         if len(self.heads) == 1:
             return self.heads[0](h)
         if head is None:
-            raise ValueError(f"This network has {len(self.heads)} output heads; pass head= for every cell.")
+            raise ValueError(
+                f"This network has {len(self.heads)} output heads; pass head= for every cell."
+            )
         out = h.new_empty(h.shape[0], self.heads[0].out_features)
         for k in head.unique().tolist():
             rows = head == k

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from mtpert.data.spec import DatasetSpec
 from mtpert.errors import DataError
 from mtpert.models.base import NotFittedError, PerturbationModel
-from mtpert.models.film import CONDITIONINGS, ConditionEncoder, ConditionedMLP, Conditioning
+from mtpert.models.film import CONDITIONINGS, ConditionedMLP, ConditionEncoder, Conditioning
 from mtpert.train.data import Batch, CellData
 from mtpert.train.loop import TrainConfig, cpu_threads, train
 from mtpert.train.pairing import DEFAULT_BLOCK_SIZE, pair_within_groups
@@ -86,7 +86,6 @@ class MultiTaskNet(nn.Module):
         self.kl_weight = kl_weight
         self.adv_weight = adv_weight
         self.control_dose = control_dose
-        self.monitored = tuple(k for k, on in (("recon", self.recon), ("ot", self.ot), ("kl", self.variational)) if on)
 
         self.condition = ConditionEncoder(n_conditions, dose_dim)
         self.encoder = ConditionedMLP(
@@ -104,15 +103,29 @@ class MultiTaskNet(nn.Module):
         else:
             block_conditioning, cond_dim, n_heads = conditioning, self.condition.dim, 1
         self.decoder = ConditionedMLP(
-            latent_dim, hidden[::-1], n_genes, conditioning=block_conditioning, cond_dim=cond_dim, n_heads=n_heads, dropout=dropout
+            latent_dim,
+            hidden[::-1],
+            n_genes,
+            conditioning=block_conditioning,
+            cond_dim=cond_dim,
+            n_heads=n_heads,
+            dropout=dropout,
         )
         self.discriminator: nn.Module | None = None
         if regularizer != "none":
-            n_out = n_conditions if regularizer == "adversarial" else 1
             width = 128
-            self.discriminator = nn.Sequential(
-                nn.Linear(latent_dim, width), nn.SiLU(), nn.Linear(width, width), nn.SiLU(), nn.Linear(width, n_out)
-            )
+            layers = [nn.Linear(latent_dim, width), nn.SiLU(), nn.Linear(width, width), nn.SiLU()]
+            if regularizer == "adversarial":
+                # standardized input: otherwise the encoder "fools" it by shrinking the latent, which
+                # flattens the discriminator's logits without removing any information
+                layers = [
+                    nn.BatchNorm1d(latent_dim, affine=False),
+                    *layers,
+                    nn.Linear(width, n_conditions),
+                ]
+            else:  # the scale of the latent is part of what must match N(0, I)
+                layers.append(nn.Linear(width, 1))
+            self.discriminator = nn.Sequential(*layers)
         self.register_buffer("class_weight", class_weight.float())
 
     @torch.no_grad()
@@ -123,7 +136,9 @@ class MultiTaskNet(nn.Module):
             head.bias.copy_(gene_mean)
 
     # ------------------------------------------------------------------ encode / decode
-    def encode(self, x: Tensor, condition: Tensor, dose: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    def encode(
+        self, x: Tensor, condition: Tensor, dose: Tensor | None
+    ) -> tuple[Tensor, Tensor | None]:
         """Posterior mean and log-variance (None for a deterministic latent)."""
         c = self.condition(condition, dose) if self.encoder.conditioning is not None else None
         out = self.encoder(x, c)
@@ -148,7 +163,11 @@ class MultiTaskNet(nn.Module):
     def encode_control(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
         """Encode control cells (the control code and dose, where the encoder is conditioned)."""
         condition = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
-        dose = torch.full((x.shape[0],), self.control_dose, device=x.device) if self.condition.dose is not None else None
+        dose = (
+            torch.full((x.shape[0],), self.control_dose, device=x.device)
+            if self.condition.dose is not None
+            else None
+        )
         return self.encode(x, condition, dose)
 
     # ------------------------------------------------------------------ training
@@ -157,15 +176,28 @@ class MultiTaskNet(nn.Module):
         z = self.sample(mean, logvar)
         terms: dict[str, Tensor] = {}
         if self.recon:
-            terms["recon"] = nn.functional.mse_loss(self.decode(z, batch.condition, batch.dose), batch.x)
+            terms["recon"] = nn.functional.mse_loss(
+                self.decode(z, batch.condition, batch.dose), batch.x
+            )
         if self.ot:
             terms["ot"] = self._ot_loss(batch)
         if logvar is not None:
             kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).sum(-1).mean()
             terms["kl"] = self.kl_weight * kl
         if self.discriminator is not None:
-            terms["adv"] = self.adv_weight * self._fooling_loss(z)
+            terms["adv"] = self.adv_weight * self._fooling_loss(self._clean_latent(batch))
         return terms
+
+    def _clean_latent(self, batch: Batch) -> Tensor:
+        """The latent the regularizers act on: the posterior mean without dropout, as used when
+        predicting. (Dropout noise would let the encoder hide the condition in directions the
+        noise swamps during training but not at prediction.)"""
+        training = self.encoder.training
+        self.encoder.eval()
+        try:
+            return self.encode(batch.x, batch.condition, batch.dose)[0]
+        finally:
+            self.encoder.train(training)
 
     def _ot_loss(self, batch: Batch) -> Tensor:
         """MSE of each paired cell against its control partner decoded under the cell's condition."""
@@ -173,7 +205,9 @@ class MultiTaskNet(nn.Module):
             return batch.x.new_zeros(())
         z = self.sample(*self.encode_control(batch.source))
         dose = batch.dose[batch.paired] if batch.dose is not None else None
-        return nn.functional.mse_loss(self.decode(z, batch.condition[batch.paired], dose), batch.x[batch.paired])
+        return nn.functional.mse_loss(
+            self.decode(z, batch.condition[batch.paired], dose), batch.x[batch.paired]
+        )
 
     def _fooling_loss(self, z: Tensor) -> Tensor:
         """The encoder's adversarial term: 0 when the discriminator is fooled.
@@ -191,7 +225,7 @@ class MultiTaskNet(nn.Module):
         """``adversarial``: class-balanced cross-entropy of the condition read from the latent.
         ``gaussian``: telling N(0, I) draws (real) from encoded latents (fake)."""
         with torch.no_grad():
-            z = self.sample(*self.encode(batch.x, batch.condition, batch.dose))
+            z = self._clean_latent(batch)
         logits = self.discriminator(z)  # type: ignore[misc]
         if self.regularizer == "adversarial":
             return nn.functional.cross_entropy(logits, batch.condition, weight=self.class_weight)
@@ -222,8 +256,8 @@ class MultiTaskModel(PerturbationModel):
         latent_dim: latent size.
         dose_dim: width of the dose embedding, used when the spec has a dose key.
         dropout, input_dropout: dropout after hidden blocks and on the encoder input (denoising).
-        lr, weight_decay, batch_size, max_epochs, patience, warmup_epochs, grad_clip: see
-            :class:`mtpert.train.TrainConfig`.
+        lr, weight_decay, batch_size, max_epochs, patience, warmup_epochs, grad_clip, disc_steps:
+            see :class:`mtpert.train.TrainConfig`.
         kl_weight: weight of the KL term (``variational``) against the per-gene MSE.
         adv_weight: weight of the encoder's adversarial term.
         ot_pcs: principal components of the OT pairing space.
@@ -259,6 +293,7 @@ class MultiTaskModel(PerturbationModel):
         patience: int = 15,
         warmup_epochs: int = 5,
         grad_clip: float = 1.0,
+        disc_steps: int = 5,
         kl_weight: float = 1e-3,
         adv_weight: float = 0.1,
         ot_pcs: int = 50,
@@ -279,21 +314,28 @@ class MultiTaskModel(PerturbationModel):
             )
         hidden = tuple(int(h) for h in hidden)
         if not hidden or min(hidden) < 1 or latent_dim < 1:
-            raise ValueError(f"hidden needs at least one positive width and latent_dim >= 1; got {hidden}, {latent_dim}.")
+            raise ValueError(
+                f"hidden needs at least one positive width and latent_dim >= 1; got {hidden}, {latent_dim}."
+            )
         super().__init__(
             spec,
             latent=latent, regularizer=regularizer, objective=objective, conditioning=conditioning,
             condition_encoder=condition_encoder, hidden=list(hidden), latent_dim=latent_dim, dose_dim=dose_dim,
             dropout=dropout, input_dropout=input_dropout, lr=lr, weight_decay=weight_decay,
             batch_size=batch_size, max_epochs=max_epochs, patience=patience, warmup_epochs=warmup_epochs,
-            grad_clip=grad_clip, kl_weight=kl_weight, adv_weight=adv_weight, ot_pcs=ot_pcs,
+            grad_clip=grad_clip, disc_steps=disc_steps, kl_weight=kl_weight, adv_weight=adv_weight, ot_pcs=ot_pcs,
             ot_block_size=ot_block_size, device=device, num_threads=num_threads, seed=seed, progress=progress,
         )  # fmt: skip
-        self.options = {"latent": latent, "regularizer": regularizer, "objective": objective, "conditioning": conditioning}
+        self.options = {
+            "latent": latent,
+            "regularizer": regularizer,
+            "objective": objective,
+            "conditioning": conditioning,
+        }
         self.condition_encoder = condition_encoder
         self.train_config = TrainConfig(
             lr=lr, weight_decay=weight_decay, batch_size=batch_size, max_epochs=max_epochs, patience=patience,
-            warmup_epochs=warmup_epochs, grad_clip=grad_clip, progress=progress,
+            warmup_epochs=warmup_epochs, grad_clip=grad_clip, disc_steps=disc_steps, progress=progress,
         )  # fmt: skip
         self.device = _resolve_device(device)
         self.num_threads = num_threads
@@ -332,10 +374,16 @@ class MultiTaskModel(PerturbationModel):
         if spec.dose_key is not None:
             doses = train_data.obs[spec.dose_key].to_numpy(dtype=float)
             if doses.min() < 0 or spec.control_dose < 0:
-                raise DataError(f"obs['{spec.dose_key}'] has negative doses; the dose encoding takes log1p(dose) of doses >= 0.")
+                raise DataError(
+                    f"obs['{spec.dose_key}'] has negative doses; the dose encoding takes log1p(dose) of doses >= 0."
+                )
             self.dose_scale = float(np.log1p(doses).max()) or 1.0
         seed = self.seed if self.seed is not None else int(torch.randint(2**31 - 1, (1,)).item())
-        pca = self._pairing_space(train_data, seed) if self.options["objective"] != "reconstruction" else None
+        pca = (
+            self._pairing_space(train_data, seed)
+            if self.options["objective"] != "reconstruction"
+            else None
+        )
         data = self._cell_data(train_data, pca, seed)
         if data.partner is not None and not (data.partner >= 0).any():
             raise DataError(
@@ -351,13 +399,17 @@ class MultiTaskModel(PerturbationModel):
             self.net = self._build(class_weight)
             self.net.start_at_mean(torch.as_tensor(np.asarray(data.X.mean(axis=0)).ravel()))
             generator = torch.Generator().manual_seed(seed)
-            history = train(self.net, data, val_data, self.train_config, device=self.device, generator=generator)
+            history = train(
+                self.net, data, val_data, self.train_config, device=self.device, generator=generator
+            )
         self._history = {k: [float(v) for v in history[k]] for k in history.columns}
 
     def _predict(self, control: AnnData, condition: str, dose: float | None) -> np.ndarray:
         index = self._condition_index(condition)
         if self.spec.dose_key is None and dose is not None:
-            raise DataError("This model was trained without doses (the spec has no dose_key); leave dose=None.")
+            raise DataError(
+                "This model was trained without doses (the spec has no dose_key); leave dose=None."
+            )
         if dose is not None and dose < 0:
             raise DataError(f"dose must be >= 0, got {dose}.")
         net = self._fitted_net()
@@ -367,7 +419,11 @@ class MultiTaskModel(PerturbationModel):
             for batch in cells.batches(PREDICT_BATCH, device=self.device):
                 z, _ = net.encode_control(batch.x)
                 target = torch.full_like(batch.condition, index)
-                scaled = None if dose is None else torch.full((len(batch),), self._scale_dose(dose), device=self.device)
+                scaled = (
+                    None
+                    if dose is None
+                    else torch.full((len(batch),), self._scale_dose(dose), device=self.device)
+                )
                 out.append(net.decode(z, target, scaled).clamp_min(0.0).cpu().numpy())
         return np.concatenate(out)
 
@@ -378,12 +434,19 @@ class MultiTaskModel(PerturbationModel):
         cells = self._cell_data(self._aligned(adata), None, 0)
         with torch.no_grad(), cpu_threads(self.num_threads):
             return np.concatenate(
-                [net.encode(b.x, b.condition, b.dose)[0].cpu().numpy() for b in cells.batches(PREDICT_BATCH, device=self.device)]
+                [
+                    net.encode(b.x, b.condition, b.dose)[0].cpu().numpy()
+                    for b in cells.batches(PREDICT_BATCH, device=self.device)
+                ]
             )
 
     # ------------------------------------------------------------------ save / load
     def _learned(self) -> dict[str, Any]:
-        return {"conditions": self.conditions, "dose_scale": self.dose_scale, "history": self._history}
+        return {
+            "conditions": self.conditions,
+            "dose_scale": self.dose_scale,
+            "history": self._history,
+        }
 
     def _tensors(self) -> dict[str, Tensor]:
         return self._fitted_net().state_dict()
@@ -431,7 +494,9 @@ class MultiTaskModel(PerturbationModel):
 
     def _pairing_space(self, adata: AnnData, seed: int) -> PCA:
         n_pcs = min(self.hparams["ot_pcs"], adata.n_obs - 1, adata.n_vars)
-        return PCA(n_components=n_pcs, svd_solver="covariance_eigh", random_state=seed).fit(_csr(adata.X))
+        return PCA(n_components=n_pcs, svd_solver="covariance_eigh", random_state=seed).fit(
+            _csr(adata.X)
+        )
 
     def _cell_data(self, adata: AnnData, pca: PCA | None, seed: int) -> CellData:
         """Cells as a :class:`CellData`; with a pairing space, perturbed cells get OT partners."""
@@ -447,7 +512,9 @@ class MultiTaskModel(PerturbationModel):
         X = _csr(adata.X)
         dose = None
         if spec.dose_key is not None:
-            dose = np.asarray(self._scale_dose(adata.obs[spec.dose_key].to_numpy(dtype=float)), dtype=np.float32)
+            dose = np.asarray(
+                self._scale_dose(adata.obs[spec.dose_key].to_numpy(dtype=float)), dtype=np.float32
+            )
         partner = None
         if pca is not None:
             groups = adata.obs[spec.condition_key].astype(str)
@@ -479,5 +546,7 @@ def _resolve_device(device: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     resolved = torch.device(device)
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} but CUDA is not available; use device='auto' or 'cpu'.")
+        raise ValueError(
+            f"device={device!r} but CUDA is not available; use device='auto' or 'cpu'."
+        )
     return resolved

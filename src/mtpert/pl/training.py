@@ -27,7 +27,13 @@ def loss_curves(history: pd.DataFrame, *, ax: Axes | None = None, title: str | N
         for split, style in (("train", "-"), ("val", "--")):
             column = f"{split}_{term}"
             if column in history.columns:
-                ax.plot(history["epoch"], history[column], ls=style, c=colors[i % len(colors)], label=f"{split} {term}")
+                ax.plot(
+                    history["epoch"],
+                    history[column],
+                    ls=style,
+                    c=colors[i % len(colors)],
+                    label=f"{split} {term}",
+                )
     if (history[columns].dropna() > 0).all().all():
         ax.set_yscale("log")
     ax.set_xlabel("epoch")

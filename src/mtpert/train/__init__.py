@@ -1,7 +1,17 @@
 """Training machinery: sparse minibatches, OT pairing and the optimization loop."""
 
 from mtpert.train.data import Batch, CellData
-from mtpert.train.loop import TrainConfig, Trainable, cpu_threads, evaluate, train
+from mtpert.train.loop import Trainable, TrainConfig, cpu_threads, evaluate, train
 from mtpert.train.pairing import ot_pairs, pair_within_groups
 
-__all__ = ["Batch", "CellData", "TrainConfig", "Trainable", "cpu_threads", "evaluate", "ot_pairs", "pair_within_groups", "train"]
+__all__ = [
+    "Batch",
+    "CellData",
+    "TrainConfig",
+    "Trainable",
+    "cpu_threads",
+    "evaluate",
+    "ot_pairs",
+    "pair_within_groups",
+    "train",
+]

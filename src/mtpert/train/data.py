@@ -58,7 +58,11 @@ class CellData:
     ) -> Iterator[Batch]:
         """Minibatches in a random order drawn from ``generator``, or in row order without one."""
         n = len(self)
-        order = torch.randperm(n, generator=generator).numpy() if generator is not None else np.arange(n)
+        order = (
+            torch.randperm(n, generator=generator).numpy()
+            if generator is not None
+            else np.arange(n)
+        )
         for start in range(0, n, batch_size):
             rows = np.sort(order[start : start + batch_size])  # sorted slices are faster on CSR
             yield self._batch(rows, device)

@@ -2,10 +2,9 @@
 
 The loop knows nothing about autoencoders. It trains any module that follows :class:`Trainable`:
 ``losses(batch)`` returns the weighted loss terms of one minibatch (their sum is minimized), and
-``monitored`` names the terms whose validation sum decides early stopping and learning-rate decay
-(adversarial terms, which rise as the model succeeds at fooling, are left out). A module with a
-``discriminator`` gets alternating steps: one discriminator step on each minibatch, then one
-step of everything else against the updated discriminator.
+the validation sum of those terms decides early stopping and learning-rate decay. A module with a
+``discriminator`` gets alternating steps: ``disc_steps`` discriminator steps on each minibatch,
+then one step of everything else against the updated discriminator.
 """
 
 from __future__ import annotations
@@ -24,6 +23,9 @@ from torch import Tensor, nn
 
 from mtpert.train.data import Batch, CellData
 
+DISC = "disc"
+"""History name of the discriminator's loss, the one recorded term the model does not minimize."""
+
 MIN_RELATIVE_IMPROVEMENT = 1e-4
 """A validation loss must fall by this fraction of the best so far to reset early stopping."""
 
@@ -31,7 +33,6 @@ MIN_RELATIVE_IMPROVEMENT = 1e-4
 class Trainable(Protocol):
     """What :func:`train` needs from a module (besides being an ``nn.Module``)."""
 
-    monitored: tuple[str, ...]
     discriminator: nn.Module | None
 
     def losses(self, batch: Batch) -> dict[str, Tensor]:
@@ -56,6 +57,9 @@ class TrainConfig:
             halved after ``patience // 3`` such epochs (ReduceLROnPlateau).
         warmup_epochs: epochs of linear learning-rate warm-up from ~0 to ``lr``.
         grad_clip: maximum gradient norm.
+        disc_steps: discriminator steps per minibatch, before the step of everything else; several
+            keep the discriminator near its best, so the encoder must remove what it reads rather
+            than dodge a lagging discriminator.
         progress: show a rich progress bar.
     """
 
@@ -66,6 +70,7 @@ class TrainConfig:
     patience: int = 20
     warmup_epochs: int = 5
     grad_clip: float = 1.0
+    disc_steps: int = 5
     progress: bool = True
 
 
@@ -85,19 +90,24 @@ def train(
 
     Returns:
         The history: one row per epoch with ``epoch``, ``lr`` and ``train_<term>`` /
-        ``val_<term>`` columns (``disc`` is the discriminator's loss).
+        ``val_<term>`` columns (``disc``: the discriminator's loss, not part of the monitored sum).
     """
     trainable: Trainable = module  # type: ignore[assignment]
     val = val if val is not None and len(val) else None
     module.to(device)
     disc = trainable.discriminator
-    disc_ids = {id(p) for p in disc.parameters()} if disc is not None else set()
+    disc_params = list(disc.parameters()) if disc is not None else []
+    disc_ids = {id(p) for p in disc_params}
     params = [p for p in module.parameters() if id(p) not in disc_ids]
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     disc_opt = (
-        torch.optim.AdamW(disc.parameters(), lr=config.lr, weight_decay=config.weight_decay) if disc is not None else None
+        torch.optim.AdamW(disc_params, lr=config.lr, weight_decay=config.weight_decay)
+        if disc is not None
+        else None
     )
-    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=max(1, config.patience // 3))
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        opt, factor=0.5, patience=max(1, config.patience // 3)
+    )
     warmup_steps = config.warmup_epochs * math.ceil(len(data) / config.batch_size)
 
     rows: list[dict[str, float]] = []
@@ -112,21 +122,24 @@ def train(
                 if step <= warmup_steps:
                     for group in (*opt.param_groups, *(disc_opt.param_groups if disc_opt else ())):
                         group["lr"] = config.lr * step / warmup_steps
-                if disc_opt is not None:
+                for _ in range(config.disc_steps if disc_opt is not None else 0):
                     disc_loss = trainable.discriminator_loss(batch)
-                    _step(disc_opt, disc_loss, list(disc.parameters()), config.grad_clip)  # type: ignore[union-attr]
-                    sums["disc"] += disc_loss.item() * len(batch)
+                    _step(disc_opt, disc_loss, disc_params, config.grad_clip)  # type: ignore[arg-type]
+                if disc_opt is not None:
+                    sums[DISC] += disc_loss.item() * len(batch)
                 terms = trainable.losses(batch)
                 _step(opt, sum(terms.values()), params, config.grad_clip)  # type: ignore[arg-type]
                 for name, value in terms.items():
                     sums[name] += value.item() * len(batch)
-            row = {"epoch": float(epoch), "lr": opt.param_groups[0]["lr"]}
-            row |= {f"train_{k}": v / len(data) for k, v in sums.items()}
+            means = {"train": {k: v / len(data) for k, v in sums.items()}}
             if val is not None:
-                row |= {f"val_{k}": v for k, v in evaluate(module, val, config.batch_size, device).items()}
-            rows.append(row)
+                means["val"] = evaluate(module, val, config.batch_size, device)
+            rows.append(
+                {"epoch": float(epoch), "lr": opt.param_groups[0]["lr"]}
+                | {f"{split}_{k}": v for split, values in means.items() for k, v in values.items()}
+            )
             prefix = "val" if val is not None else "train"
-            monitor = sum(row.get(f"{prefix}_{k}", 0.0) for k in trainable.monitored)
+            monitor = sum(v for k, v in means[prefix].items() if k != DISC)
             if step > warmup_steps:
                 plateau.step(monitor)
             if best == math.inf or monitor < best - MIN_RELATIVE_IMPROVEMENT * abs(best):
@@ -142,7 +155,9 @@ def train(
 
 
 @torch.no_grad()
-def evaluate(module: nn.Module, data: CellData, batch_size: int, device: torch.device) -> dict[str, float]:
+def evaluate(
+    module: nn.Module, data: CellData, batch_size: int, device: torch.device
+) -> dict[str, float]:
     """Mean loss terms (and discriminator loss, if any) over ``data`` in evaluation mode."""
     trainable: Trainable = module  # type: ignore[assignment]
     module.eval()
@@ -151,7 +166,7 @@ def evaluate(module: nn.Module, data: CellData, batch_size: int, device: torch.d
         for name, value in trainable.losses(batch).items():
             sums[name] += value.item() * len(batch)
         if trainable.discriminator is not None:
-            sums["disc"] += trainable.discriminator_loss(batch).item() * len(batch)
+            sums[DISC] += trainable.discriminator_loss(batch).item() * len(batch)
     return {k: v / len(data) for k, v in sums.items()}
 
 

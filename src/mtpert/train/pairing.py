@@ -66,7 +66,9 @@ def pair_within_groups(
             continue
         for c in np.unique(condition[in_type & ~is_control]):
             cells = np.flatnonzero(in_type & ~is_control & (condition == c))
-            partner[cells] = controls[ot_pairs(coords[controls], coords[cells], block_size=block_size, seed=seed)]
+            partner[cells] = controls[
+                ot_pairs(coords[controls], coords[cells], block_size=block_size, seed=seed)
+            ]
     return partner
 
 
