@@ -144,6 +144,8 @@ def test_preset_names_are_derived_from_options() -> None:
         ({"conditioning": "film2"}, "conditioning must be one of"),
         ({"conditioning": "multihead", "condition_encoder": True}, "no encoder form"),
         ({"hidden": ()}, "at least one positive width"),
+        ({"prediction": "residual", "objective": "ot"}, "never trains"),
+        ({"batch_size": 0}, "batch_size must be > 0"),
     ],
 )
 def test_bad_options_name_the_choices(options: dict, message: str) -> None:
@@ -170,6 +172,20 @@ def test_history_and_loss_curves(single_dose) -> None:
     assert isinstance(loss_curves(history), Axes)
     with pytest.raises(ValueError, match="train_<term>"):
         loss_curves(pd.DataFrame({"epoch": [1]}))
+
+
+def test_residual_prediction_keeps_each_cells_variation(single_dose) -> None:
+    _, data, split, train, val = single_dose
+    control = dense(data[split.targets[0].control].X)
+    spread = {}
+    for prediction in ("decoded", "residual"):  # same seed, same training: only prediction differs
+        model = build("mtae", SPEC, **SMALL, max_epochs=20, seed=0, prediction=prediction).fit(
+            train, val
+        )
+        pred = dense(model.predict(data[split.targets[0].control], "stimulated").X)
+        spread[prediction] = pred.var(0).mean() / control.var(0).mean()
+    assert model.name == "mtae_residual"
+    assert spread["decoded"] < 0.8 < spread["residual"] < 1.2, spread
 
 
 # ---------------------------------------------------------------------- options all train
@@ -299,37 +315,33 @@ def test_dose_encoding_interpolates_an_unseen_dose() -> None:
         )  # beats either neighbour
 
 
-def test_adversarial_regularizer_fools_its_discriminator() -> None:
-    """The encoder learns to hide the condition, from its discriminator and from a linear probe.
+def test_adversarial_regularizer_hides_condition_from_a_linear_probe() -> None:
+    """A linear probe reads the condition from the latent less well with the regularizer.
 
-    The baseline is the same model and discriminator training without the encoder's adversarial
-    term (``adv_weight=0``). With the term the discriminator ends nearer chance (cross-entropy
-    ln 2 = 0.69), and a linear probe fitted afterwards reads the condition less well. (With this
-    setup the probe's balanced accuracy drops by 0.17-0.27 for simulation seeds 3-5; alternating
-    adversarial training does not always remove what a fresh probe can read, e.g. with a wider
-    network on seed 5 it did not.)
+    The baseline is the same model, discriminator training included, without the encoder's
+    adversarial term (``adv_weight=0``). On simulation seeds 3 and 4 the probe's balanced accuracy
+    drops from 0.71 / 0.81 to 0.53 / 0.56; on seed 5 only from 0.89 to 0.85: alternating
+    adversarial training does not always remove what a fresh probe can read.
     """
     sim = simulate(
         n_cell_types=3, n_genes=100, n_cells=80, effect_size=1.5, responsive_fraction=0.2, seed=3
     )
     _, _, train, val = fold(sim, SPEC)
     is_perturbed = (train.obs["condition"] != "control").to_numpy()
-    disc_loss, probe = {}, {}
+    accuracy = {}
     for weight in (0.0, 0.1):
         seed_everything(0)
         model = build(
             "mtae_adv", SPEC, **SMALL, adv_weight=weight, max_epochs=60, patience=100, batch_size=32
         )
-        model.fit(train, val)
-        disc_loss[weight] = model.history["val_disc"].iloc[-10:].mean()
-        z = model.encode(train)
+        z = model.fit(train, val).encode(train)
         z = (z - z.mean(0)) / (z.std(0) + 1e-6)
-        lr = LogisticRegression(max_iter=2000)
-        probe[weight] = cross_val_score(
-            lr, z, is_perturbed, cv=5, scoring="balanced_accuracy"
+        probe = LogisticRegression(max_iter=2000)
+        accuracy[weight] = cross_val_score(
+            probe, z, is_perturbed, cv=5, scoring="balanced_accuracy"
         ).mean()
-    assert disc_loss[0.1] > disc_loss[0.0] + 0.05, disc_loss
-    assert probe[0.1] < probe[0.0] - 0.1, probe
+    assert accuracy[0.0] > 0.65, accuracy
+    assert accuracy[0.1] < accuracy[0.0] - 0.1, accuracy
 
 
 # ---------------------------------------------------------------------- real data

@@ -46,9 +46,18 @@ from mtpert.train.pairing import DEFAULT_BLOCK_SIZE, pair_within_groups
 Latent = Literal["deterministic", "variational"]
 Regularizer = Literal["none", "adversarial", "gaussian"]
 Objective = Literal["reconstruction", "ot", "both"]
+Prediction = Literal["decoded", "residual"]
 
 PREDICT_BATCH = 4096
 """Cells encoded and decoded at once when predicting."""
+
+
+class Standardize(nn.Module):
+    """Each dimension to zero mean and unit variance over the batch (no running statistics, so
+    training and validation batches are treated alike, and a batch of one cell is no error)."""
+
+    def forward(self, z: Tensor) -> Tensor:
+        return (z - z.mean(0)) / (z.std(0, unbiased=False) + 1e-5)
 
 
 class MultiTaskNet(nn.Module):
@@ -86,6 +95,9 @@ class MultiTaskNet(nn.Module):
         self.kl_weight = kl_weight
         self.adv_weight = adv_weight
         self.control_dose = control_dose
+        self.monitored = tuple(
+            k for k, on in (("recon", self.recon), ("ot", self.ot), ("kl", self.variational)) if on
+        )
 
         self.condition = ConditionEncoder(n_conditions, dose_dim)
         self.encoder = ConditionedMLP(
@@ -118,11 +130,7 @@ class MultiTaskNet(nn.Module):
             if regularizer == "adversarial":
                 # standardized input: otherwise the encoder "fools" it by shrinking the latent, which
                 # flattens the discriminator's logits without removing any information
-                layers = [
-                    nn.BatchNorm1d(latent_dim, affine=False),
-                    *layers,
-                    nn.Linear(width, n_conditions),
-                ]
+                layers = [Standardize(), *layers, nn.Linear(width, n_conditions)]
             else:  # the scale of the latent is part of what must match N(0, I)
                 layers.append(nn.Linear(width, 1))
             self.discriminator = nn.Sequential(*layers)
@@ -160,15 +168,19 @@ class MultiTaskNet(nn.Module):
             return self.decoder(z, c, head=condition)
         return self.decoder(z, self.condition(condition, dose))
 
+    def control_code(self, n: int, device: torch.device) -> tuple[Tensor, Tensor | None]:
+        """Condition indices and (scaled) doses of ``n`` control cells."""
+        condition = torch.zeros(n, dtype=torch.long, device=device)
+        dose = (
+            None
+            if self.condition.dose is None
+            else torch.full((n,), self.control_dose, device=device)
+        )
+        return condition, dose
+
     def encode_control(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
         """Encode control cells (the control code and dose, where the encoder is conditioned)."""
-        condition = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
-        dose = (
-            torch.full((x.shape[0],), self.control_dose, device=x.device)
-            if self.condition.dose is not None
-            else None
-        )
-        return self.encode(x, condition, dose)
+        return self.encode(x, *self.control_code(x.shape[0], x.device))
 
     # ------------------------------------------------------------------ training
     def losses(self, batch: Batch) -> dict[str, Tensor]:
@@ -221,11 +233,12 @@ class MultiTaskNet(nn.Module):
             return -logits.log_softmax(-1).mean(-1).mean() - math.log(logits.shape[-1])
         return nn.functional.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
 
-    def discriminator_loss(self, batch: Batch) -> Tensor:
+    def discriminator_input(self, batch: Batch) -> Tensor:
+        return self._clean_latent(batch)
+
+    def discriminator_loss(self, z: Tensor, batch: Batch) -> Tensor:
         """``adversarial``: class-balanced cross-entropy of the condition read from the latent.
         ``gaussian``: telling N(0, I) draws (real) from encoded latents (fake)."""
-        with torch.no_grad():
-            z = self._clean_latent(batch)
         logits = self.discriminator(z)  # type: ignore[misc]
         if self.regularizer == "adversarial":
             return nn.functional.cross_entropy(logits, batch.condition, weight=self.class_weight)
@@ -252,6 +265,11 @@ class MultiTaskModel(PerturbationModel):
             :mod:`mtpert.models.film`).
         condition_encoder: condition the encoder too (not with ``multihead``); control cells are
             then encoded under the control code when predicting.
+        prediction: ``decoded`` (the decoder's output under the target condition) or ``residual``
+            (each control cell plus the decoded change, decoding under the target minus decoding
+            under control). Decoded cells are denoised averages, narrower than real cells, which
+            distribution distances (E-distance, MMD) penalize; residual keeps each cell's own
+            variation and adds the model's cell-specific change.
         hidden: encoder hidden widths (the decoder mirrors them).
         latent_dim: latent size.
         dose_dim: width of the dose embedding, used when the spec has a dose key.
@@ -281,6 +299,7 @@ class MultiTaskModel(PerturbationModel):
         objective: Objective = "reconstruction",
         conditioning: Conditioning = "film",
         condition_encoder: bool = False,
+        prediction: Prediction = "decoded",
         hidden: tuple[int, ...] | list[int] = (256, 128),
         latent_dim: int = 64,
         dose_dim: int = 16,
@@ -307,6 +326,12 @@ class MultiTaskModel(PerturbationModel):
         _check_choice("regularizer", regularizer, get_args(Regularizer))
         _check_choice("objective", objective, get_args(Objective))
         _check_choice("conditioning", conditioning, CONDITIONINGS)
+        _check_choice("prediction", prediction, get_args(Prediction))
+        if prediction == "residual" and objective == "ot":
+            raise ValueError(
+                "prediction='residual' subtracts the decoding under the control condition, which "
+                "objective='ot' never trains; use objective='both' or prediction='decoded'."
+            )
         if condition_encoder and conditioning == "multihead":
             raise ValueError(
                 "multihead gives the decoder one output layer per condition and has no encoder form; "
@@ -320,7 +345,7 @@ class MultiTaskModel(PerturbationModel):
         super().__init__(
             spec,
             latent=latent, regularizer=regularizer, objective=objective, conditioning=conditioning,
-            condition_encoder=condition_encoder, hidden=list(hidden), latent_dim=latent_dim, dose_dim=dose_dim,
+            condition_encoder=condition_encoder, prediction=prediction, hidden=list(hidden), latent_dim=latent_dim, dose_dim=dose_dim,
             dropout=dropout, input_dropout=input_dropout, lr=lr, weight_decay=weight_decay,
             batch_size=batch_size, max_epochs=max_epochs, patience=patience, warmup_epochs=warmup_epochs,
             grad_clip=grad_clip, disc_steps=disc_steps, kl_weight=kl_weight, adv_weight=adv_weight, ot_pcs=ot_pcs,
@@ -333,6 +358,7 @@ class MultiTaskModel(PerturbationModel):
             "conditioning": conditioning,
         }
         self.condition_encoder = condition_encoder
+        self.residual = prediction == "residual"
         self.train_config = TrainConfig(
             lr=lr, weight_decay=weight_decay, batch_size=batch_size, max_epochs=max_epochs, patience=patience,
             warmup_epochs=warmup_epochs, grad_clip=grad_clip, disc_steps=disc_steps, progress=progress,
@@ -354,6 +380,7 @@ class MultiTaskModel(PerturbationModel):
         parts += {"reconstruction": [], "ot": ["ot"], "both": ["plus", "ot"]}[o["objective"]]
         parts += [] if o["conditioning"] == "film" else [o["conditioning"]]
         parts += ["condenc"] if self.condition_encoder else []
+        parts += ["residual"] if self.residual else []
         return "_".join(parts)
 
     @property
@@ -424,7 +451,12 @@ class MultiTaskModel(PerturbationModel):
                     if dose is None
                     else torch.full((len(batch),), self._scale_dose(dose), device=self.device)
                 )
-                out.append(net.decode(z, target, scaled).clamp_min(0.0).cpu().numpy())
+                pred = net.decode(z, target, scaled)
+                if self.residual:  # the cell itself plus the decoded change
+                    pred = (
+                        batch.x + pred - net.decode(z, *net.control_code(len(batch), self.device))
+                    )
+                out.append(pred.clamp_min(0.0).cpu().numpy())
         return np.concatenate(out)
 
     def encode(self, adata: AnnData) -> np.ndarray:

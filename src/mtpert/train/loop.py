@@ -2,7 +2,8 @@
 
 The loop knows nothing about autoencoders. It trains any module that follows :class:`Trainable`:
 ``losses(batch)`` returns the weighted loss terms of one minibatch (their sum is minimized), and
-the validation sum of those terms decides early stopping and learning-rate decay. A module with a
+the validation sum of its ``monitored`` terms decides early stopping and learning-rate decay
+(after early stopping the weights of the best epoch are restored). A module with a
 ``discriminator`` gets alternating steps: ``disc_steps`` discriminator steps on each minibatch,
 then one step of everything else against the updated discriminator.
 """
@@ -24,7 +25,7 @@ from torch import Tensor, nn
 from mtpert.train.data import Batch, CellData
 
 DISC = "disc"
-"""History name of the discriminator's loss, the one recorded term the model does not minimize."""
+"""History name of the discriminator's loss."""
 
 MIN_RELATIVE_IMPROVEMENT = 1e-4
 """A validation loss must fall by this fraction of the best so far to reset early stopping."""
@@ -33,14 +34,21 @@ MIN_RELATIVE_IMPROVEMENT = 1e-4
 class Trainable(Protocol):
     """What :func:`train` needs from a module (besides being an ``nn.Module``)."""
 
+    monitored: tuple[str, ...]
+    """Loss terms whose sum decides early stopping (adversarial terms, which rise whenever the
+    discriminator improves, are better left out)."""
     discriminator: nn.Module | None
 
     def losses(self, batch: Batch) -> dict[str, Tensor]:
         """Weighted loss terms of one minibatch, each a scalar."""
         ...
 
-    def discriminator_loss(self, batch: Batch) -> Tensor:
-        """Loss of the discriminator alone on one minibatch (only called if there is one)."""
+    def discriminator_input(self, batch: Batch) -> Tensor:
+        """What the discriminator looks at in one minibatch (computed once, without gradient)."""
+        ...
+
+    def discriminator_loss(self, inputs: Tensor, batch: Batch) -> Tensor:
+        """Loss of the discriminator alone on ``inputs`` (only called if there is one)."""
         ...
 
 
@@ -66,12 +74,25 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     batch_size: int = 128
-    max_epochs: int = 200
-    patience: int = 20
+    max_epochs: int = 100
+    patience: int = 15
     warmup_epochs: int = 5
     grad_clip: float = 1.0
     disc_steps: int = 5
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        positive = ("lr", "batch_size", "max_epochs", "patience", "grad_clip", "disc_steps")
+        problems = [
+            f"{k} must be > 0, got {getattr(self, k)}" for k in positive if not getattr(self, k) > 0
+        ]
+        problems += [
+            f"{k} must be >= 0, got {getattr(self, k)}"
+            for k in ("warmup_epochs", "weight_decay")
+            if getattr(self, k) < 0
+        ]
+        if problems:
+            raise ValueError("Bad training settings: " + "; ".join(problems) + ".")
 
 
 def train(
@@ -90,7 +111,7 @@ def train(
 
     Returns:
         The history: one row per epoch with ``epoch``, ``lr`` and ``train_<term>`` /
-        ``val_<term>`` columns (``disc``: the discriminator's loss, not part of the monitored sum).
+        ``val_<term>`` columns (``disc``: the discriminator's loss).
     """
     trainable: Trainable = module  # type: ignore[assignment]
     val = val if val is not None and len(val) else None
@@ -122,10 +143,12 @@ def train(
                 if step <= warmup_steps:
                     for group in (*opt.param_groups, *(disc_opt.param_groups if disc_opt else ())):
                         group["lr"] = config.lr * step / warmup_steps
-                for _ in range(config.disc_steps if disc_opt is not None else 0):
-                    disc_loss = trainable.discriminator_loss(batch)
-                    _step(disc_opt, disc_loss, disc_params, config.grad_clip)  # type: ignore[arg-type]
                 if disc_opt is not None:
+                    with torch.no_grad():
+                        inputs = trainable.discriminator_input(batch)
+                    for _ in range(config.disc_steps):
+                        disc_loss = trainable.discriminator_loss(inputs, batch)
+                        _step(disc_opt, disc_loss, disc_params, config.grad_clip)
                     sums[DISC] += disc_loss.item() * len(batch)
                 terms = trainable.losses(batch)
                 _step(opt, sum(terms.values()), params, config.grad_clip)  # type: ignore[arg-type]
@@ -139,7 +162,7 @@ def train(
                 | {f"{split}_{k}": v for split, values in means.items() for k, v in values.items()}
             )
             prefix = "val" if val is not None else "train"
-            monitor = sum(v for k, v in means[prefix].items() if k != DISC)
+            monitor = sum(means[prefix].get(k, 0.0) for k in trainable.monitored)
             if step > warmup_steps:
                 plateau.step(monitor)
             if best == math.inf or monitor < best - MIN_RELATIVE_IMPROVEMENT * abs(best):
@@ -166,7 +189,8 @@ def evaluate(
         for name, value in trainable.losses(batch).items():
             sums[name] += value.item() * len(batch)
         if trainable.discriminator is not None:
-            sums[DISC] += trainable.discriminator_loss(batch).item() * len(batch)
+            inputs = trainable.discriminator_input(batch)
+            sums[DISC] += trainable.discriminator_loss(inputs, batch).item() * len(batch)
     return {k: v / len(data) for k, v in sums.items()}
 
 
