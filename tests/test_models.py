@@ -344,6 +344,19 @@ def test_adversarial_regularizer_hides_condition_from_a_linear_probe() -> None:
     assert accuracy[0.1] < accuracy[0.0] - 0.1, accuracy
 
 
+def test_gaussian_regularizer_moves_latent_towards_standard_normal(single_dose) -> None:
+    _, _, _, train, val = single_dose
+    moments = {}
+    for name in ("mtae", "mtae_advg"):
+        seed_everything(0)
+        z = build(name, SPEC, **SMALL, max_epochs=40).fit(train, val).encode(train)
+        moments[name] = (
+            abs(np.log(z.var(0).mean())),
+            np.abs(z.mean(0)).mean(),
+        )  # (0, 0) for N(0, I)
+    assert all(g < p for g, p in zip(moments["mtae_advg"], moments["mtae"], strict=True)), moments
+
+
 # ---------------------------------------------------------------------- real data
 def test_mtae_beats_control_on_kang(kang_adata) -> None:
     group = "CD14 Mono"

@@ -51,6 +51,12 @@ Prediction = Literal["decoded", "residual"]
 PREDICT_BATCH = 4096
 """Cells encoded and decoded at once when predicting."""
 
+INSTANCE_NOISE = 1.0
+"""Standard deviation of the noise added to prior draws and latents alike before the gaussian
+regularizer's discriminator. Without it the discriminator separates them perfectly within a few
+epochs, its gradient stops guiding the encoder, and the latent drifts and collapses instead of
+matching N(0, I) (instance noise, Sønderby et al. 2017)."""
+
 
 class Standardize(nn.Module):
     """Each dimension to zero mean and unit variance over the batch (no running statistics, so
@@ -58,6 +64,19 @@ class Standardize(nn.Module):
 
     def forward(self, z: Tensor) -> Tensor:
         return (z - z.mean(0)) / (z.std(0, unbiased=False) + 1e-5)
+
+
+class MinibatchSpread(nn.Module):
+    """Appends the batch's average per-dimension standard deviation to every sample.
+
+    A discriminator that sees one latent at a time cannot tell a collapsed batch (every cell at
+    the same point) from a prior sample there, so the encoder could satisfy it by collapsing;
+    seeing the spread of the batch, it can (the minibatch standard deviation of Karras et al. 2018).
+    """
+
+    def forward(self, z: Tensor) -> Tensor:
+        spread = z.std(0, unbiased=False).mean().expand(z.shape[0], 1)
+        return torch.cat([z, spread], dim=-1)
 
 
 class MultiTaskNet(nn.Module):
@@ -131,7 +150,8 @@ class MultiTaskNet(nn.Module):
                 # standardized input: otherwise the encoder "fools" it by shrinking the latent, which
                 # flattens the discriminator's logits without removing any information
                 layers = [Standardize(), *layers, nn.Linear(width, n_conditions)]
-            else:  # the scale of the latent is part of what must match N(0, I)
+            else:  # the latent's scale and spread are part of what must match N(0, I)
+                layers = [MinibatchSpread(), nn.Linear(latent_dim + 1, width), *layers[1:]]
                 layers.append(nn.Linear(width, 1))
             self.discriminator = nn.Sequential(*layers)
         self.register_buffer("class_weight", class_weight.float())
@@ -228,10 +248,15 @@ class MultiTaskNet(nn.Module):
         discriminator's prediction (bounded, unlike maximizing its error). ``gaussian``: the
         non-saturating GAN loss for latents to be taken as draws from N(0, I).
         """
-        logits = self.discriminator(z)  # type: ignore[misc]
         if self.regularizer == "adversarial":
+            logits = self.discriminator(z)  # type: ignore[misc]
             return -logits.log_softmax(-1).mean(-1).mean() - math.log(logits.shape[-1])
+        logits = self._prior_logits(z)
         return nn.functional.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
+
+    def _prior_logits(self, z: Tensor) -> Tensor:
+        """The gaussian discriminator's logits that ``z`` are N(0, I) draws, after instance noise."""
+        return self.discriminator(z + INSTANCE_NOISE * torch.randn_like(z))  # type: ignore[misc]
 
     def discriminator_input(self, batch: Batch) -> Tensor:
         return self._clean_latent(batch)
@@ -239,10 +264,10 @@ class MultiTaskNet(nn.Module):
     def discriminator_loss(self, z: Tensor, batch: Batch) -> Tensor:
         """``adversarial``: class-balanced cross-entropy of the condition read from the latent.
         ``gaussian``: telling N(0, I) draws (real) from encoded latents (fake)."""
-        logits = self.discriminator(z)  # type: ignore[misc]
         if self.regularizer == "adversarial":
+            logits = self.discriminator(z)  # type: ignore[misc]
             return nn.functional.cross_entropy(logits, batch.condition, weight=self.class_weight)
-        prior = self.discriminator(torch.randn_like(z))  # type: ignore[misc]
+        prior, logits = self._prior_logits(torch.randn_like(z)), self._prior_logits(z)
         bce = nn.functional.binary_cross_entropy_with_logits
         return 0.5 * (bce(prior, torch.ones_like(prior)) + bce(logits, torch.zeros_like(logits)))
 
