@@ -1,19 +1,21 @@
 """Every registered model vs "mean shift" and "control" on the shared Kang subset.
 
-Run: python benchmarks/models_kang.py [model ...]
+Run: python benchmarks/models_kang.py [--seeds 1,2,19193] [--name models_kang] [model ...]
 Each eligible cell type (>= 20 control and stimulated cells) is held out in turn, with HVGs chosen
 without its stimulated cells, under seeds 1, 2 and 19193; the whole evaluation suite is scored.
 Each model runs in a fresh process, so its peak resident memory is its own; a model whose
-per-model table already exists is skipped (delete benchmarks/results/models_kang/<model>.csv to
-rerun it). Writes benchmarks/results/models_kang.md from every per-model table present.
+per-model table already exists is skipped (delete benchmarks/results/<name>/<model>.csv to
+rerun it). Writes benchmarks/results/<name>.md from every per-model table present.
 """
 
 from __future__ import annotations
 
+import argparse
 import multiprocessing
 import resource
-import sys
 import time
+from functools import partial
+from pathlib import Path
 from concurrent.futures import ProcessPoolExecutor
 
 import pandas as pd
@@ -24,8 +26,6 @@ from mtpert.data import DatasetSpec
 from mtpert.io import atomic_write, write_table
 from mtpert.models import MODELS
 
-SEEDS = (1, 2, 19193)
-OUT = RESULTS / "models_kang"
 HEADLINE = ["deg_overlap_top100", "r2_all", "r2_top20", "r2_top100", "r2_top100_boot", "pearson_delta_all",
             "pearson_delta_top100", "e_distance_rel", "wasserstein_rel", "euclidean_rel", "mean_pairwise_rel",
             "mmd_rel"]
@@ -36,16 +36,16 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_model(name: str) -> str:
+def run_model(name: str, seeds: tuple[int, ...], out: Path) -> str:
     """Fit and score ``name`` on every fold; runs in its own process."""
     raw = load_kang()
     loaded_mb = peak_rss_mb()
     start = time.perf_counter()
-    results = run_holdout(raw, DatasetSpec(), [name], seeds=SEEDS, on_progress=lambda m: print(m, flush=True))
+    results = run_holdout(raw, DatasetSpec(), [name], seeds=seeds, on_progress=lambda m: print(m, flush=True))
     results["wall_seconds_all_folds"] = time.perf_counter() - start
     results["peak_rss_mb"] = peak_rss_mb()
     results["rss_after_loading_mb"] = loaded_mb
-    write_table(results, OUT / f"{name}.csv")
+    write_table(results, out / f"{name}.csv")
     return name
 
 
@@ -90,31 +90,39 @@ def summarize(results: pd.DataFrame) -> str:
 
 
 def main() -> None:
-    names = sys.argv[1:] or list(MODELS)
-    unknown = set(names) - set(MODELS)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("models", nargs="*", default=list(MODELS), help="registered model names (default: all)")
+    parser.add_argument("--seeds", default="1,2,19193", help="comma-separated seeds")
+    parser.add_argument("--name", default="models_kang", help="results name under benchmarks/results/")
+    args = parser.parse_args()
+    unknown = set(args.models) - set(MODELS)
     if unknown:
-        sys.exit(f"Unknown models {sorted(unknown)}; registered: {list(MODELS)}")
-    todo = [n for n in names if not (OUT / f"{n}.csv").is_file()]
+        parser.error(f"unknown models {sorted(unknown)}; registered: {list(MODELS)}")
+    seeds = tuple(int(s) for s in args.seeds.split(","))
+    out = RESULTS / args.name
+    todo = [n for n in args.models if not (out / f"{n}.csv").is_file()]
     start = time.perf_counter()
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=1, mp_context=context, max_tasks_per_child=1) as pool:
-        for done in pool.map(run_model, todo):
+        for done in pool.map(partial(run_model, seeds=seeds, out=out), todo):
             print(f"finished {done}", flush=True)
     seconds = time.perf_counter() - start
-    tables = [pd.read_csv(OUT / f"{n}.csv") for n in MODELS if (OUT / f"{n}.csv").is_file()]
+    tables = [pd.read_csv(out / f"{n}.csv") for n in MODELS if (out / f"{n}.csv").is_file()]
     results = pd.concat(tables, ignore_index=True)
+    command = "python benchmarks/models_kang.py " + " ".join(
+        [f"--seeds {args.seeds}", f"--name {args.name}", *args.models]
+    )
     text = (
         "# Models on the shared Kang 2018 subset\n\n"
-        + provenance("python benchmarks/models_kang.py", seconds)
+        + provenance(command, seconds)
         + f"\nHeld-out cell types: {', '.join(sorted(results['group'].unique()))} (>= 20 control and stimulated "
-        f"cells each); seeds {', '.join(map(str, SEEDS))}; 2,000 HVGs chosen without the held-out stimulated "
+        f"cells each); seeds {args.seeds}; 2,000 HVGs chosen without the held-out stimulated "
         "cells. `*_rel` distances: pred-to-truth over control-to-truth in PCA space (< 1 beats predicting no "
         "change). The wall time above covers only the models run in this invocation; per-model tables "
-        "are in `models_kang/`.\n\n" + summarize(results)
+        f"are in `{args.name}/`.\n\n" + summarize(results)
     )
-    atomic_write(RESULTS / "models_kang.md", lambda f: f.write(text.encode()))
+    atomic_write(RESULTS / f"{args.name}.md", lambda f: f.write(text.encode()))
     print(text)
-
 
 if __name__ == "__main__":
     main()
