@@ -128,8 +128,8 @@ class DatasetSpec:
         check_matrix(adata.X)
 
 
-def check_matrix(X: np.ndarray | sp.spmatrix, *, what: str = "adata.X") -> None:
-    """Raise :class:`DataError` if ``X`` holds NaN, infinite or negative values."""
+def check_matrix(X: np.ndarray | sp.spmatrix, *, what: str = "adata.X", allow_negative: bool = False) -> None:
+    """Raise :class:`DataError` if ``X`` holds NaN or infinite (or, unless allowed, negative) values."""
     values = X.data if sp.issparse(X) else np.asarray(X)
     if values.size == 0:
         return
@@ -137,9 +137,9 @@ def check_matrix(X: np.ndarray | sp.spmatrix, *, what: str = "adata.X") -> None:
         n_bad = int((~np.isfinite(values)).sum())
         raise DataError(
             f"{what} holds {n_bad} NaN or infinite values; mtpert needs finite expression. "
-            "Remove or impute those entries first."
+            "Remove, impute or fix those entries (or drop those cells) first."
         )
-    if values.min() < 0:
+    if not allow_negative and values.min() < 0:
         raise DataError(
             f"{what} holds negative values (min {values.min():.3g}); mtpert expects raw counts or "
             "log-normalized expression, not scaled/centred data. Use the unscaled matrix."

@@ -14,6 +14,7 @@ from anndata import AnnData
 from numpy.typing import ArrayLike, DTypeLike
 
 from mtpert.data.pp import LOG_MAX, detect_kind
+from mtpert.data.spec import check_matrix
 from mtpert.errors import DataError
 
 Cells = AnnData | np.ndarray | sp.spmatrix | sp.sparray
@@ -61,12 +62,7 @@ def _matrix(cells: Cells, what: str, dtype: DTypeLike) -> np.ndarray:
     values = X.data if sp.issparse(X) else np.asarray(X)
     if not np.issubdtype(values.dtype, np.number):
         raise DataError(f"{what} must hold numbers, got dtype {values.dtype}.")
-    n_bad = int(values.size - np.isfinite(values).sum())
-    if n_bad:
-        raise DataError(
-            f"{what} holds {n_bad} NaN or infinite values; metrics need finite expression. "
-            "Fix the model output or drop those cells before scoring."
-        )
+    check_matrix(X, what=what, allow_negative=True)  # AnnData input is checked as log data below
     if isinstance(cells, AnnData):
         _require_log(cells, what)
     matrix = np.array(X.toarray() if sp.issparse(X) else X, dtype=dtype)
