@@ -1,16 +1,18 @@
 """Every registered model vs "mean shift" and "control" on the shared Kang subset.
 
-Run: python benchmarks/models_kang.py [--seeds 1,2,19193] [--name models_kang] [model ...]
+Run: python benchmarks/models_kang.py [--seeds 1,2,19193] [--name models_kang] [--params JSON] [model ...]
 Each eligible cell type (>= 20 control and stimulated cells) is held out in turn, with HVGs chosen
 without its stimulated cells, under seeds 1, 2 and 19193; the whole evaluation suite is scored.
-Each model runs in a fresh process, so its peak resident memory is its own; a model whose
-per-model table already exists is skipped (delete benchmarks/results/<name>/<model>.csv to
-rerun it). Writes benchmarks/results/<name>.md from every per-model table present.
+Each (model, seed) runs in a fresh process, so its peak resident memory is its own; one whose
+table already exists is skipped (delete benchmarks/results/<name>/<model>_seed<seed>.csv to
+rerun it). ``--params`` passes the same hyperparameter overrides to every model named (e.g.
+'{"prediction": "residual"}'). Writes benchmarks/results/<name>.md from every table present.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing
 import resource
 import time
@@ -36,17 +38,25 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_model(name: str, seeds: tuple[int, ...], out: Path) -> str:
-    """Fit and score ``name`` on every fold; runs in its own process."""
+def table_path(out: Path, name: str, seed: int) -> Path:
+    return out / f"{name}_seed{seed}.csv"
+
+
+def run_model(job: tuple[str, int], out: Path, params: dict) -> str:
+    """Fit and score model ``name`` on every fold of one seed; runs in its own process."""
+    name, seed = job
     raw = load_kang()
     loaded_mb = peak_rss_mb()
     start = time.perf_counter()
-    results = run_holdout(raw, DatasetSpec(), [name], seeds=seeds, on_progress=lambda m: print(m, flush=True))
+    results = run_holdout(
+        raw, DatasetSpec(), [name], seeds=(seed,), model_params={name: params},
+        on_progress=lambda m: print(m, flush=True),
+    )
     results["wall_seconds_all_folds"] = time.perf_counter() - start
     results["peak_rss_mb"] = peak_rss_mb()
     results["rss_after_loading_mb"] = loaded_mb
-    write_table(results, out / f"{name}.csv")
-    return name
+    write_table(results, table_path(out, name, seed))
+    return f"{name} seed {seed}"
 
 
 def summarize(results: pd.DataFrame) -> str:
@@ -55,9 +65,11 @@ def summarize(results: pd.DataFrame) -> str:
     means = headline.pivot_table(index="model", columns="metric", values="value")[HEADLINE]
     spread = headline.groupby(["model", "metric", "seed"])["value"].mean().groupby(["model", "metric"]).std()
     cost = results.groupby("model").agg(
-        fit_s_per_fold=("fit_seconds", "mean"), fit_s_max=("fit_seconds", "max"),
-        peak_rss_mb=("peak_rss_mb", "first"), rss_after_loading_mb=("rss_after_loading_mb", "first"),
+        fit_s_median=("fit_seconds", "median"), fit_s_max=("fit_seconds", "max"),
+        peak_rss_mb=("peak_rss_mb", "max"), rss_after_loading_mb=("rss_after_loading_mb", "max"),
     )
+    fit_by_seed = results.pivot_table(index="model", columns="seed", values="fit_seconds", aggfunc="median")
+    cost = cost.join(fit_by_seed.add_prefix("fit_s_median_seed"))
     order = means.sort_values("r2_top100", ascending=False).index
     per_group = (
         results[results["metric"] == "r2_top100"]
@@ -94,23 +106,25 @@ def main() -> None:
     parser.add_argument("models", nargs="*", default=list(MODELS), help="registered model names (default: all)")
     parser.add_argument("--seeds", default="1,2,19193", help="comma-separated seeds")
     parser.add_argument("--name", default="models_kang", help="results name under benchmarks/results/")
+    parser.add_argument("--params", default="{}", help="JSON hyperparameter overrides for every model named")
     args = parser.parse_args()
     unknown = set(args.models) - set(MODELS)
     if unknown:
         parser.error(f"unknown models {sorted(unknown)}; registered: {list(MODELS)}")
     seeds = tuple(int(s) for s in args.seeds.split(","))
     out = RESULTS / args.name
-    todo = [n for n in args.models if not (out / f"{n}.csv").is_file()]
+    params = json.loads(args.params)
+    todo = [(n, s) for s in seeds for n in args.models if not table_path(out, n, s).is_file()]
     start = time.perf_counter()
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=1, mp_context=context, max_tasks_per_child=1) as pool:
-        for done in pool.map(partial(run_model, seeds=seeds, out=out), todo):
+        for done in pool.map(partial(run_model, out=out, params=params), todo):
             print(f"finished {done}", flush=True)
     seconds = time.perf_counter() - start
-    tables = [pd.read_csv(out / f"{n}.csv") for n in MODELS if (out / f"{n}.csv").is_file()]
+    tables = [pd.read_csv(path) for path in sorted(out.glob("*_seed*.csv"))]
     results = pd.concat(tables, ignore_index=True)
     command = "python benchmarks/models_kang.py " + " ".join(
-        [f"--seeds {args.seeds}", f"--name {args.name}", *args.models]
+        [f"--seeds {args.seeds}", f"--name {args.name}", *([f"--params '{args.params}'"] if params else []), *args.models]
     )
     text = (
         "# Models on the shared Kang 2018 subset\n\n"
