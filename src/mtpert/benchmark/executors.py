@@ -25,6 +25,7 @@ from mtpert.benchmark.holdout import fit_and_score, noise_ceiling, prepare_holdo
 from mtpert.benchmark.store import RunResult
 from mtpert.data.registry import load_dataset
 from mtpert.data.spec import DatasetSpec
+from mtpert.errors import ConfigError, MissingDependencyError
 from mtpert.data.split import holdout_group
 from mtpert.models.registry import get_model
 
@@ -132,7 +133,7 @@ class LocalExecutor:
 
     def __init__(self, jobs: int = 1) -> None:
         if jobs < 1:
-            raise ValueError(f"jobs must be >= 1, got {jobs}.")
+            raise ConfigError(f"jobs must be >= 1, got {jobs}.")
         self.jobs = jobs
         self.threads = max(1, usable_cores() // jobs)
 
@@ -168,7 +169,7 @@ class RayExecutor:
         try:
             import ray
         except ImportError:
-            raise ImportError("--executor ray needs Ray: pip install 'mtpert[ray]' (or pip install ray).") from None
+            raise MissingDependencyError("The Ray executor needs Ray: pip install 'mtpert[ray]' (or pip install ray).") from None
         if not ray.is_initialized():
             ray.init(address=address)
         self.ray = ray
@@ -198,4 +199,4 @@ def make_executor(kind: str, jobs: int = 1) -> Executor:
         return LocalExecutor(jobs)
     if kind == "ray":
         return RayExecutor()
-    raise ValueError(f"Unknown executor '{kind}'; use 'local' or 'ray'.")
+    raise ConfigError(f"Unknown executor '{kind}'; use 'local' or 'ray'.")

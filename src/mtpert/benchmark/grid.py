@@ -21,17 +21,13 @@ from anndata import AnnData
 
 from mtpert.data.spec import DEFAULT_MIN_CELLS, DatasetSpec
 from mtpert.data.split import eligible_groups
-from mtpert.errors import MtpertError
+from mtpert.errors import ConfigError
 from mtpert.models.registry import MODELS, get_model
 
 NOISE_CEILING = "noise_ceiling"
 """Pseudo-model of the grid: half of the true perturbed cells scored as a prediction of the other half."""
 
 SavePredictions = Literal["showcase", "all", "none"]
-
-
-class ConfigError(MtpertError, ValueError):
-    """A benchmark configuration that cannot be run as given."""
 
 
 @dataclass(frozen=True)

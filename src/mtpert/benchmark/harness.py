@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from mtpert.benchmark.executors import Executor, LocalExecutor, Task, load
 from mtpert.benchmark.grid import BenchmarkConfig, Grid, expand
 from mtpert.benchmark.store import ResultStore, RunResult
+from mtpert.io import write_table
 
 log = logging.getLogger("mtpert.benchmark")
 
@@ -53,6 +54,7 @@ def run_benchmark(
             for run in grid.runs
             if not store.done(run)
         )
+        write_table(grid.skipped.reset_index(), store.root / "skipped.csv")
         plan = Plan(merged, grid, todo, store)
         if on_plan is not None:
             on_plan(plan)

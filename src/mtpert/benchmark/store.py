@@ -31,8 +31,9 @@ import anndata as ad
 import pandas as pd
 
 import mtpert
-from mtpert.benchmark.grid import BenchmarkConfig, ConfigError, RunSpec, dataset_id
+from mtpert.benchmark.grid import BenchmarkConfig, RunSpec, dataset_id
 from mtpert.benchmark.holdout import Prediction
+from mtpert.errors import ConfigError
 from mtpert.io import atomic_path, atomic_write, write_table
 from mtpert.models.base import PerturbationModel
 
