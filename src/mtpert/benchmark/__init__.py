@@ -6,7 +6,13 @@ locally in parallel or on Ray, and :func:`write_report` turns its directory into
 
 from mtpert.benchmark.grid import BenchmarkConfig, RunSpec, expand
 from mtpert.benchmark.harness import run_benchmark
-from mtpert.benchmark.holdout import fit_and_score, noise_ceiling, run_holdout, seed_everything, summarize
+from mtpert.benchmark.holdout import (
+    fit_and_score,
+    noise_ceiling,
+    run_holdout,
+    seed_everything,
+    summarize,
+)
 from mtpert.benchmark.report import write_report
 
 __all__ = [

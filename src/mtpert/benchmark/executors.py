@@ -25,8 +25,8 @@ from mtpert.benchmark.holdout import fit_and_score, noise_ceiling, prepare_holdo
 from mtpert.benchmark.store import RunResult
 from mtpert.data.registry import load_dataset
 from mtpert.data.spec import DatasetSpec
-from mtpert.errors import ConfigError, MissingDependencyError
 from mtpert.data.split import holdout_group
+from mtpert.errors import ConfigError, MissingDependencyError
 from mtpert.models.registry import get_model
 
 QUIET = {"progress": False}

@@ -69,7 +69,7 @@ class BenchmarkConfig:
     save_models: bool = False
 
     def __post_init__(self) -> None:
-        set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen)
+        set_ = lambda name, value: object.__setattr__(self, name, value)
         set_("models", tuple(self.models))
         set_("seeds", tuple(int(s) for s in self.seeds))
         if self.holdout != "all":

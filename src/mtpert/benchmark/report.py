@@ -23,7 +23,13 @@ from mtpert.benchmark.grid import NOISE_CEILING
 from mtpert.benchmark.store import ResultStore
 from mtpert.io import atomic_write
 from mtpert.metrics import top_degs
-from mtpert.pl import deg_dotplot, mean_expression_scatter, metric_by_model, metric_heatmap, pca_overlay
+from mtpert.pl import (
+    deg_dotplot,
+    mean_expression_scatter,
+    metric_by_model,
+    metric_heatmap,
+    pca_overlay,
+)
 
 HEADLINE = (
     "deg_overlap_top100", "r2_all", "r2_top20", "r2_top100", "pearson_delta_all",
@@ -235,27 +241,28 @@ def _figures(results, store, config, order, metrics) -> list[Figure]:
         chosen = {m: preds[m, seed] for m in order if (m, seed) in preds}
         label = f"{showcase} -> {condition}, seed {seed}"
         degs = top_degs(control, truth, n=N_DEGS)
-        figures += [
-            _panels("pca", chosen, lambda ax, m, p: pca_overlay(control, truth, p, ax=ax, title=m),
-                    f"PCA of control, true and predicted cells ({label}); axes fitted on the real cells."),
-            _panels("scatter", chosen, lambda ax, m, p: mean_expression_scatter(truth, p, highlight=degs, ax=ax, title=m),
-                    f"Mean expression per gene, prediction vs truth ({label}); red: top {N_DEGS} true DEGs."),
-        ]  # fmt: skip
+        fig, axes = _panel_grid(len(chosen))
+        for ax, (model, pred) in zip(axes, chosen.items(), strict=False):
+            pca_overlay(control, truth, pred, ax=ax, title=model)
+        figures.append(Figure("pca", f"PCA of control, true and predicted cells ({label}); axes fitted on the real cells.", fig))
+        fig, axes = _panel_grid(len(chosen))
+        for ax, (model, pred) in zip(axes, chosen.items(), strict=False):
+            mean_expression_scatter(truth, pred, highlight=degs, ax=ax, title=model)
+        figures.append(Figure("scatter", f"Mean expression per gene, prediction vs truth ({label}); red: top {N_DEGS} true DEGs.", fig))
         fig, ax = plt.subplots(figsize=(2.5 + 0.32 * len(degs), 1.2 + 0.35 * (len(chosen) + 2)), layout="constrained")
         deg_dotplot(control, truth, chosen, degs, ax=ax)
         figures.append(Figure("dotplot", f"Top {N_DEGS} true DEGs across control, truth and each prediction ({label}).", fig))
     return figures
 
 
-def _panels(name: str, preds: dict, draw, caption: str) -> Figure:
-    cols = min(5, len(preds))
-    rows = -(-len(preds) // cols)
+def _panel_grid(n: int) -> tuple[plt.Figure, list]:
+    """A figure of ``n`` square panels, at most five a row; unused axes hidden."""
+    cols = min(5, n)
+    rows = -(-n // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.6 * rows), layout="constrained", squeeze=False)
-    for ax, (model, pred) in zip(axes.ravel(), preds.items(), strict=False):
-        draw(ax, model, pred)
-    for ax in axes.ravel()[len(preds):]:
+    for ax in axes.ravel()[n:]:
         ax.set_visible(False)
-    return Figure(name, caption, fig)
+    return fig, list(axes.ravel()[:n])
 
 
 def _model_order(results: pd.DataFrame, configured: Sequence[str]) -> list[str]:

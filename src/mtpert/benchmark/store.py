@@ -23,7 +23,7 @@ import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -183,7 +183,7 @@ def environment() -> dict[str, object]:
         except importlib.metadata.PackageNotFoundError:
             versions[package] = None
     return {
-        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "mtpert": mtpert.__version__,
         "git_commit": git_commit(),
         "python": platform.python_version(),
@@ -196,7 +196,7 @@ def git_commit() -> str | None:
     """Commit of the mtpert source tree (``+dirty`` with uncommitted changes); None outside git."""
     source = Path(mtpert.__file__).parent
     try:
-        run = lambda *args: subprocess.run(["git", *args], cwd=source, capture_output=True, text=True, check=True).stdout.strip()  # noqa: E731
+        run = lambda *args: subprocess.run(["git", *args], cwd=source, capture_output=True, text=True, check=True).stdout.strip()
         commit = run("rev-parse", "HEAD")
         return commit + ("+dirty" if run("status", "--porcelain", "--untracked-files=no") else "")
     except (OSError, subprocess.CalledProcessError):

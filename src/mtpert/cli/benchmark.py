@@ -9,7 +9,16 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from mtpert.cli.options import CellTypeKey, ConditionKey, Control, DoseKey, console, err_console, make_spec, user_errors
+from mtpert.cli.options import (
+    CellTypeKey,
+    ConditionKey,
+    Control,
+    DoseKey,
+    console,
+    err_console,
+    make_spec,
+    user_errors,
+)
 
 if TYPE_CHECKING:
     from mtpert.benchmark.harness import Plan
@@ -113,7 +122,14 @@ class _LiveView:
     """An overall progress bar and a table of the last finished runs, redrawn as runs finish."""
 
     def __init__(self) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         self.progress = Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
