@@ -17,3 +17,11 @@ class DataError(MtpertError, ValueError):
 
 class DatasetUnavailableError(MtpertError, OSError):
     """A registered public dataset could not be downloaded or read from its cache."""
+
+
+class ConfigError(MtpertError, ValueError):
+    """A benchmark configuration that cannot be run as given."""
+
+
+class MissingDependencyError(MtpertError, ImportError):
+    """An optional extra that the requested feature needs is not installed."""

@@ -1,5 +1,29 @@
-"""Benchmarks: score models on held-out groups and seeds."""
+"""Benchmarks: score models on held-out groups and seeds.
 
-from mtpert.benchmark.holdout import run_holdout, seed_everything, summarize
+:func:`run_holdout` does it in memory; :func:`run_benchmark` runs a configured grid resumably,
+locally in parallel or on Ray, and :func:`write_report` turns its directory into a report.
+"""
 
-__all__ = ["run_holdout", "seed_everything", "summarize"]
+from mtpert.benchmark.grid import BenchmarkConfig, RunSpec, expand
+from mtpert.benchmark.harness import run_benchmark
+from mtpert.benchmark.holdout import (
+    fit_and_score,
+    noise_ceiling,
+    run_holdout,
+    seed_everything,
+    summarize,
+)
+from mtpert.benchmark.report import write_report
+
+__all__ = [
+    "BenchmarkConfig",
+    "RunSpec",
+    "expand",
+    "fit_and_score",
+    "noise_ceiling",
+    "run_benchmark",
+    "run_holdout",
+    "seed_everything",
+    "summarize",
+    "write_report",
+]

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -19,8 +20,9 @@ from anndata import AnnData
 
 from mtpert.data.pp import prepare
 from mtpert.data.spec import DEFAULT_MIN_CELLS, DatasetSpec
-from mtpert.data.split import Target, eligible_groups, heldout_mask, holdout_group
+from mtpert.data.split import Split, Target, eligible_groups, heldout_mask, holdout_group
 from mtpert.metrics import evaluate
+from mtpert.models.base import PerturbationModel
 from mtpert.models.registry import get_model
 
 ProgressCallback = Callable[[str], None]
@@ -45,6 +47,84 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+@dataclass(frozen=True)
+class FitResult:
+    """What fitting one model under one seed and scoring it on a split's targets produced."""
+
+    model: PerturbationModel
+    scores: pd.DataFrame
+    predictions: tuple[Prediction, ...]
+    fit_seconds: float
+    predict_seconds: float
+
+
+def fit_and_score(
+    data: AnnData, split: Split, spec: DatasetSpec, name: str, seed: int, params: Mapping[str, Any] | None = None
+) -> FitResult:
+    """Fit model ``name`` on ``split``'s training cells under ``seed`` and score every target.
+
+    ``data`` is prepared (log-normalized, HVGs chosen without the held-out cells). The scores are
+    the evaluation suite's long table, one block per target, with the target's ids and cell counts.
+    """
+    seed_everything(seed)
+    model = get_model(name)(spec, **(params or {}))
+    start = time.perf_counter()
+    model.fit(split.subset(data, "train"), split.subset(data, "val"))
+    fit_seconds = time.perf_counter() - start
+    blocks, predictions, predict_seconds = [], [], 0.0
+    for target in split.targets:
+        control, truth = data[target.control], data[target.truth]
+        start = time.perf_counter()
+        pred = model.predict(control, target.condition, target.dose)
+        predict_seconds += time.perf_counter() - start
+        predictions.append(Prediction(target, name, seed, control, truth, pred))
+        blocks.append(target_scores(target, evaluate(control, truth, pred, seed=seed)))
+    return FitResult(model, pd.concat(blocks, ignore_index=True), tuple(predictions), fit_seconds, predict_seconds)
+
+
+def noise_ceiling(data: AnnData, split: Split, seed: int, repeats: int = 5) -> pd.DataFrame:
+    """The best score a prediction can expect: each target's true cells split in two random
+    halves, one half scored as the prediction of the other, averaged over ``repeats`` splits.
+
+    Halves hold half the cells, so sampling noise is larger than between a prediction and all
+    true cells: read it as an approximate ceiling. ``spread`` is the std over the splits.
+    """
+    rng = np.random.default_rng(seed)
+    blocks = []
+    for target in split.targets:
+        control = data[target.control]
+        runs = []
+        for _ in range(repeats):
+            cells = rng.permutation(target.truth.to_numpy())
+            half = len(cells) // 2
+            runs.append(evaluate(control, data[cells[:half]], data[cells[half:]], seed=seed))
+        table = pd.concat(runs).groupby("metric", sort=False)
+        scores = table.first().assign(value=table["value"].mean(), spread=table["value"].std()).reset_index()
+        blocks.append(target_scores(target, scores))
+    return pd.concat(blocks, ignore_index=True)
+
+
+def target_scores(target: Target, scores: pd.DataFrame) -> pd.DataFrame:
+    """``scores`` of one target prefixed by its ids: group, condition, dose and cell counts."""
+    ids = {
+        "group": target.group,
+        "condition": target.condition,
+        "dose": target.dose,
+        "n_control": len(target.control),
+        "n_truth": len(target.truth),
+    }
+    return scores.assign(**ids)[[*ids, *scores.columns]]
+
+
+def prepare_holdout(
+    adata: AnnData, spec: DatasetSpec, group: str, *, n_hvg: int = 2000, hvg_on_all_cells: bool = False
+) -> AnnData:
+    """``adata`` log-normalized over HVGs chosen without ``group``'s perturbed cells (unless
+    ``hvg_on_all_cells``, the literature protocol)."""
+    exclude = None if hvg_on_all_cells else heldout_mask(adata, spec, group)
+    return prepare(adata, spec, n_hvg=n_hvg, exclude=exclude)
+
+
 def run_holdout(
     adata: AnnData,
     spec: DatasetSpec,
@@ -60,6 +140,9 @@ def run_holdout(
     on_prediction: Callable[[Prediction], None] | None = None,
 ) -> pd.DataFrame:
     """Hold out each group in turn, fit every model under every seed, and score its prediction.
+
+    In memory and sequential; :func:`mtpert.benchmark.run_benchmark` runs the same grid resumably,
+    in parallel, with a report.
 
     Args:
         adata: raw counts or log-normalized data over all genes.
@@ -81,38 +164,22 @@ def run_holdout(
         groups = table.index[table["eligible"]].tolist()
     blocks = []
     for group in groups:
-        exclude = None if hvg_on_all_cells else heldout_mask(adata, spec, group)
-        data = prepare(adata, spec, n_hvg=n_hvg, exclude=exclude)
+        data = prepare_holdout(adata, spec, group, n_hvg=n_hvg, hvg_on_all_cells=hvg_on_all_cells)
         for seed in seeds:
             split = holdout_group(data, spec, group, seed=seed, min_cells=min_cells)
-            train, val = split.subset(data, "train"), split.subset(data, "val")
             for name in models:
-                seed_everything(seed)
-                model = get_model(name)(spec, **model_params.get(name, {}))
-                start = time.perf_counter()
-                model.fit(train, val)
-                fit_seconds = time.perf_counter() - start
-                for target in split.targets:
-                    start = time.perf_counter()
-                    control, truth = data[target.control], data[target.truth]
-                    pred = model.predict(control, target.condition, target.dose)
-                    predict_seconds = time.perf_counter() - start
-                    scores = evaluate(control, truth, pred, seed=seed)
-                    if on_prediction is not None:
-                        on_prediction(Prediction(target, name, seed, control, truth, pred))
-                    blocks.append(
-                        scores.assign(
-                            group=group,
-                            condition=target.condition,
-                            dose=target.dose,
-                            model=name,
-                            seed=seed,
-                            n_control=len(target.control),
-                            n_truth=len(target.truth),
-                            fit_seconds=fit_seconds,
-                            predict_seconds=predict_seconds,
-                        )
+                result = fit_and_score(data, split, spec, name, seed, model_params.get(name))
+                if on_prediction is not None:
+                    for prediction in result.predictions:
+                        on_prediction(prediction)
+                blocks.append(
+                    result.scores.assign(
+                        model=name,
+                        seed=seed,
+                        fit_seconds=result.fit_seconds,
+                        predict_seconds=result.predict_seconds,
                     )
+                )
                 if on_progress is not None:
                     on_progress(f"{group} | {name} | seed {seed}")
     id_columns = ["group", "condition", "dose", "model", "seed", "n_control", "n_truth"]

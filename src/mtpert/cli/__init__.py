@@ -5,7 +5,7 @@ Heavy modules (scanpy, torch) are imported inside the commands, so ``mtpert --he
 
 import typer
 
-from mtpert.cli import data, demo, evaluate, models
+from mtpert.cli import benchmark, data, demo, evaluate, models
 
 app = typer.Typer(
     name="mtpert",
@@ -14,6 +14,8 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 app.add_typer(data.app, name="data")
+app.command("benchmark")(benchmark.benchmark)
+app.command("report")(benchmark.report)
 app.command("demo")(demo.demo)
 app.command("evaluate")(evaluate.evaluate)
 app.command("models")(models.models)

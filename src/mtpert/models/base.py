@@ -130,6 +130,13 @@ class PerturbationModel(ABC):
         model._restore(config["learned"], tensors)
         return model
 
+    def fit_summary(self) -> dict[str, float]:
+        """Numbers a benchmark records about the fitted model: ``n_params`` (fitted values) here;
+        trained networks add ``epochs`` and their final losses."""
+        if self.genes is None:
+            raise NotFittedError(f"{self.name}: fit the model before asking what it learned.")
+        return {"n_params": float(sum(np.size(v) for v in self._tensors().values()))}
+
     # ------------------------------------------------------------------ subclass hooks
     @abstractmethod
     def _fit(self, train: AnnData, val: AnnData | None) -> None:

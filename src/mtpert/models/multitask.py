@@ -497,6 +497,13 @@ class MultiTaskModel(PerturbationModel):
                 ]
             )
 
+    def fit_summary(self) -> dict[str, float]:
+        """Trainable parameters, epochs run, and each loss term of the last epoch."""
+        net = self._fitted_net()
+        last = self.history.iloc[-1]
+        losses = {f"final_{c}": float(last[c]) for c in last.index if c.startswith(("train_", "val_"))}
+        return {"n_params": float(sum(p.numel() for p in net.parameters())), "epochs": float(len(self.history)), **losses}
+
     # ------------------------------------------------------------------ save / load
     def _learned(self) -> dict[str, Any]:
         return {

@@ -1,14 +1,15 @@
-"""Figures a person would rather look at than read: predicted vs true means, metrics per model."""
+"""Figures a person would rather look at than read: predicted vs true cells, metrics per model."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from anndata import AnnData
 from matplotlib.axes import Axes
+from sklearn.decomposition import PCA
 
 from mtpert.models.base import dense
 
@@ -83,4 +84,95 @@ def metric_by_model(
     for i, v in enumerate(values, start=1):
         ax.scatter(i + jitter.uniform(-0.15, 0.15, len(v)), v, s=8, alpha=0.7, zorder=3)
     ax.set_ylabel(metric)
+    return ax
+
+
+def metric_heatmap(
+    results: pd.DataFrame,
+    metric: str,
+    *,
+    ax: Axes | None = None,
+    order: Sequence[str] | None = None,
+    annotate: bool = True,
+) -> Axes:
+    """Models (rows) x held-out groups (columns): ``metric`` averaged over seeds.
+
+    Better values are greener whichever direction the metric improves in (read from the
+    ``higher_is_better`` column of ``results`` when present).
+    """
+    data = results[results["metric"] == metric]
+    if data.empty:
+        raise ValueError(f"No rows for metric '{metric}'; available: {sorted(results['metric'].unique())}.")
+    table = data.pivot_table(index="model", columns="group", values="value", aggfunc="mean")
+    if order is not None:
+        table = table.reindex([m for m in order if m in table.index])
+    higher = bool(data["higher_is_better"].iloc[0]) if "higher_is_better" in data.columns else True
+    ax = _axes(ax, (1.5 + 0.8 * table.shape[1], 1.0 + 0.4 * table.shape[0]))
+    image = ax.imshow(table.to_numpy(dtype=float), cmap="RdYlGn" if higher else "RdYlGn_r", aspect="auto")
+    ax.set_xticks(range(table.shape[1]), table.columns, rotation=40, ha="right")
+    ax.set_yticks(range(table.shape[0]), table.index)
+    if annotate:
+        for (i, j), value in np.ndenumerate(table.to_numpy(dtype=float)):
+            if np.isfinite(value):
+                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7)
+    ax.figure.colorbar(image, ax=ax, shrink=0.8, label=metric)
+    ax.set_title(f"{metric} ({'higher' if higher else 'lower'} is better)")
+    return ax
+
+
+def pca_overlay(
+    control: AnnData,
+    truth: AnnData,
+    pred: AnnData,
+    *,
+    ax: Axes | None = None,
+    title: str | None = None,
+) -> Axes:
+    """Control, true perturbed and predicted cells in the first two principal components of the
+    real cells: a good prediction lands on the truth, not on the control or off both."""
+    ax = _axes(ax, (4.5, 4.5))
+    genes = truth.var_names
+    real = np.vstack([dense(control[:, genes].X), dense(truth.X)])
+    pca = PCA(n_components=2, random_state=0).fit(real)
+    for cells, label, color in ((control, "control", "0.6"), (truth, "truth", "tab:blue"), (pred, "prediction", "tab:red")):
+        xy = pca.transform(dense(cells[:, genes].X))
+        ax.scatter(xy[:, 0], xy[:, 1], s=5, alpha=0.5, c=color, linewidths=0, label=label)
+    ratio = pca.explained_variance_ratio_
+    ax.set_xlabel(f"PC1 ({ratio[0]:.0%})")
+    ax.set_ylabel(f"PC2 ({ratio[1]:.0%})")
+    ax.legend(fontsize=7, frameon=False, markerscale=2)
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def deg_dotplot(
+    control: AnnData,
+    truth: AnnData,
+    predictions: Mapping[str, AnnData],
+    genes: Sequence[str],
+    *,
+    ax: Axes | None = None,
+    title: str | None = None,
+) -> Axes:
+    """Genes (columns) x control, truth and each prediction (rows): dot size is the fraction of
+    cells expressing the gene, colour its mean expression. Shows at a glance whether a model
+    moves the right genes, in the right direction, and keeps the cells' zeros."""
+    rows = {"control": control, "truth": truth, **predictions}
+    genes = list(genes)
+    mean = np.array([dense(a[:, genes].X).mean(0) for a in rows.values()])
+    frac = np.array([(dense(a[:, genes].X) > 0).mean(0) for a in rows.values()])
+    ax = _axes(ax, (1.5 + 0.32 * len(genes), 0.8 + 0.35 * len(rows)))
+    x, y = np.meshgrid(np.arange(len(genes)), np.arange(len(rows)))
+    dots = ax.scatter(x.ravel(), y.ravel(), s=5 + 120 * frac.ravel(), c=mean.ravel(), cmap="viridis", edgecolors="none")
+    ax.set_xticks(range(len(genes)), genes, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(rows)), list(rows))
+    ax.set_ylim(len(rows) - 0.5, -0.5)
+    ax.set_xlim(-0.6, len(genes) - 0.4)
+    ax.figure.colorbar(dots, ax=ax, shrink=0.8, label="mean expression")
+    for share in (0.25, 1.0):  # size legend
+        ax.scatter([], [], s=5 + 120 * share, c="0.5", label=f"{share:.0%} expressing")
+    ax.legend(fontsize=7, frameon=False, loc="lower right", bbox_to_anchor=(1.0, 1.0), ncols=2)
+    if title:
+        ax.set_title(title)
     return ax

@@ -1,0 +1,202 @@
+"""Where runs execute: in this process, in a local process pool, or on a Ray cluster.
+
+Every executor calls the same :func:`execute` on each run and yields the results as they finish;
+only the process that drives the benchmark writes to its directory.
+"""
+
+from __future__ import annotations
+
+import inspect
+import multiprocessing
+import os
+import resource
+import time
+from collections.abc import Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Protocol
+
+import torch
+from anndata import AnnData
+
+from mtpert.benchmark.grid import NOISE_CEILING, RunSpec
+from mtpert.benchmark.holdout import fit_and_score, noise_ceiling, prepare_holdout
+from mtpert.benchmark.store import RunResult
+from mtpert.data.registry import load_dataset
+from mtpert.data.spec import DatasetSpec
+from mtpert.data.split import holdout_group
+from mtpert.errors import ConfigError, MissingDependencyError
+from mtpert.models.registry import get_model
+
+QUIET = {"progress": False}
+"""Constructor options that change how a model reports, not what it learns; set in workers."""
+
+
+@dataclass(frozen=True)
+class Task:
+    """A run and what to keep of it besides its scores."""
+
+    run: RunSpec
+    data: str
+    keep_prediction: bool = False
+    keep_model: bool = False
+
+
+class Executor(Protocol):
+    def map(self, tasks: Iterable[Task]) -> Iterator[RunResult]:
+        """Execute ``tasks`` and yield each result as soon as it is ready (in any order)."""
+        ...
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (respects taskset and container CPU sets)."""
+    return len(os.sched_getaffinity(0))
+
+
+# ---------------------------------------------------------------------------- one run
+def execute(task: Task) -> RunResult:
+    """Prepare the data for ``task.run``'s held-out group, fit and score (or compute the noise
+    ceiling), and return its table with the run's costs; nothing is written here."""
+    run = task.run
+    data = _prepared(task.data, run.spec, run.target, run.prep["n_hvg"], run.prep["hvg_on_all_cells"])
+    split = holdout_group(data, run.spec, run.target, seed=run.seed, min_cells=run.prep["min_cells"])
+    _reset_peak_rss()
+    start = time.perf_counter()
+    costs: dict[str, float] = {}
+    predictions, model = (), None
+    if run.model == NOISE_CEILING:
+        scores = noise_ceiling(data, split, run.seed, **run.model_params)
+    else:
+        result = fit_and_score(data, split, run.spec, run.model, run.seed, {**run.model_params, **_quiet(run.model)})
+        scores, model = result.scores, result.model
+        costs = {"fit_seconds": result.fit_seconds, "predict_seconds": result.predict_seconds, **model.fit_summary()}
+        predictions = result.predictions if task.keep_prediction else ()
+    costs |= {
+        "run_seconds": time.perf_counter() - start,
+        "peak_rss_mb": _peak_rss_mb(),
+        "n_train": len(split.train),
+        "n_val": len(split.val),
+        "torch_threads": torch.get_num_threads(),
+    }
+    ids = {"run_id": run.id, "dataset": run.dataset, "split": run.split, "model": run.model, "seed": run.seed, "params": run.params}
+    table = scores.assign(**ids, **costs)
+    table = table[[*ids, *(c for c in table.columns if c not in ids)]]
+    return RunResult(run, table, predictions, model if task.keep_model else None)
+
+
+@lru_cache(maxsize=1)
+def load(data: str) -> AnnData:
+    """The raw dataset, read once per process."""
+    return load_dataset(data)
+
+
+@lru_cache(maxsize=2)
+def _prepared(data: str, spec: DatasetSpec, group: str, n_hvg: int, hvg_on_all_cells: bool) -> AnnData:
+    """Data prepared for one held-out group, kept for the next run of the same group."""
+    return prepare_holdout(load(data), spec, group, n_hvg=n_hvg, hvg_on_all_cells=hvg_on_all_cells)
+
+
+def _quiet(model: str) -> dict[str, object]:
+    accepted = inspect.signature(get_model(model).cls.__init__).parameters
+    return {k: v for k, v in QUIET.items() if k in accepted}
+
+
+def _reset_peak_rss() -> None:
+    """Reset the kernel's peak-RSS mark (Linux), so the next reading is this run's own peak."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass  # elsewhere the reading is the process's peak so far
+
+
+def _peak_rss_mb() -> float:
+    """Peak resident memory (MiB) since :func:`_reset_peak_rss`, or of the process so far."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+# ---------------------------------------------------------------------------- executors
+class LocalExecutor:
+    """``jobs`` runs at a time on this machine, each with ``cores // jobs`` torch threads.
+
+    ``jobs=1`` runs in this process; more use a pool of fresh (spawned) worker processes, each
+    reading the data once and preparing it once per held-out group.
+    """
+
+    def __init__(self, jobs: int = 1) -> None:
+        if jobs < 1:
+            raise ConfigError(f"jobs must be >= 1, got {jobs}.")
+        self.jobs = jobs
+        self.threads = max(1, usable_cores() // jobs)
+
+    def map(self, tasks: Iterable[Task]) -> Iterator[RunResult]:
+        tasks = list(tasks)
+        if self.jobs == 1:
+            before = torch.get_num_threads()
+            torch.set_num_threads(self.threads)
+            try:
+                yield from map(execute, tasks)
+            finally:
+                torch.set_num_threads(before)
+            return
+        context = multiprocessing.get_context("spawn")
+        pool = ProcessPoolExecutor(self.jobs, mp_context=context, initializer=torch.set_num_threads, initargs=(self.threads,))
+        try:
+            pending = {pool.submit(execute, t) for t in tasks}
+            while pending:
+                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    yield future.result()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+class RayExecutor:
+    """Each run as a Ray task of ``cpus_per_run`` CPUs, on the cluster ``address`` (default: the
+    one in ``$RAY_ADDRESS``, else a local Ray started here). Workers read the data themselves:
+    give a registered dataset name or a path every node can read.
+    """
+
+    def __init__(self, address: str | None = None, cpus_per_run: int = 1) -> None:
+        try:
+            import ray
+        except ImportError:
+            raise MissingDependencyError("The Ray executor needs Ray: pip install 'mtpert[ray]' (or pip install ray).") from None
+        if not ray.is_initialized():
+            ray.init(address=address)
+        self.ray = ray
+        self.cpus_per_run = cpus_per_run
+
+    def map(self, tasks: Iterable[Task]) -> Iterator[RunResult]:
+        ray = self.ray
+        remote = ray.remote(num_cpus=self.cpus_per_run)(_execute_with_threads)
+        pending = [remote.remote(t, self.cpus_per_run) for t in tasks]
+        try:
+            while pending:
+                finished, pending = ray.wait(pending, num_returns=1)
+                yield ray.get(finished[0])
+        finally:
+            for ref in pending:
+                ray.cancel(ref)
+
+
+def _execute_with_threads(task: Task, threads: int) -> RunResult:
+    torch.set_num_threads(threads)
+    return execute(task)
+
+
+def make_executor(kind: str, jobs: int = 1) -> Executor:
+    """``'local'`` with ``jobs`` runs at a time, or ``'ray'`` (the cluster decides; one CPU per run)."""
+    if kind == "local":
+        return LocalExecutor(jobs)
+    if kind == "ray":
+        return RayExecutor()
+    raise ConfigError(f"Unknown executor '{kind}'; use 'local' or 'ray'.")

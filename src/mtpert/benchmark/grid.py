@@ -1,0 +1,256 @@
+"""A benchmark as configuration: which data, models, held-out targets and seeds, expanded into runs.
+
+A :class:`RunSpec` is one cell of the grid (dataset x split x held-out target x model x seed) with
+everything that decides its result; its :attr:`~RunSpec.id` is a hash of that, so the same run gets
+the same id in every invocation and a finished run is recognised and skipped on resume.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Literal
+
+import pandas as pd
+from anndata import AnnData
+
+from mtpert.data.spec import DEFAULT_MIN_CELLS, DatasetSpec
+from mtpert.data.split import eligible_groups
+from mtpert.errors import ConfigError
+from mtpert.models.registry import MODELS, get_model
+
+NOISE_CEILING = "noise_ceiling"
+"""Pseudo-model of the grid: half of the true perturbed cells scored as a prediction of the other half."""
+
+SavePredictions = Literal["showcase", "all", "none"]
+
+
+@dataclass(frozen=True)
+class BenchmarkConfig:
+    """Everything a benchmark run needs; read from YAML or JSON with :meth:`from_file`.
+
+    Attributes:
+        data: an .h5ad file or the name of a registered dataset.
+        models: registered model names.
+        holdout: groups of ``spec.cell_type_key`` to hold out, or ``"all"`` (every group with
+            ``min_cells`` control and perturbed cells; the others are skipped with the reason).
+        seeds: each seed fixes a run's train/validation split and the model's initialization.
+        spec: obs keys; default the registered dataset's, else :class:`DatasetSpec`'s defaults.
+        n_hvg: highly variable genes, chosen without the held-out group's perturbed cells unless
+            ``hvg_on_all_cells`` (the scGen-era protocol, for reproducing published numbers).
+        min_cells: fewest control and perturbed cells a held-out group needs to be scored.
+        model_params: hyperparameters per model name, over the registered preset's.
+        noise_ceiling_repeats: random half-splits of the truth averaged for the noise-ceiling
+            row (0: no ceiling).
+        save_predictions: keep predictions as h5ad for the ``"showcase"`` group (first seed,
+            every model; what the report plots), for ``"all"`` runs, or ``"none"``.
+        showcase: the held-out group the report plots; default the eligible one with the most
+            perturbed cells.
+        save_models: keep every fitted model (``model.save``) under ``models/<run id>``.
+    """
+
+    data: str
+    models: tuple[str, ...]
+    holdout: tuple[str, ...] | Literal["all"] = "all"
+    seeds: tuple[int, ...] = (1, 2, 19193)
+    spec: DatasetSpec | None = None
+    n_hvg: int = 2000
+    hvg_on_all_cells: bool = False
+    min_cells: int = DEFAULT_MIN_CELLS
+    model_params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    noise_ceiling_repeats: int = 5
+    save_predictions: SavePredictions = "showcase"
+    showcase: str | None = None
+    save_models: bool = False
+
+    def __post_init__(self) -> None:
+        set_ = lambda name, value: object.__setattr__(self, name, value)
+        set_("models", tuple(self.models))
+        set_("seeds", tuple(int(s) for s in self.seeds))
+        if self.holdout != "all":
+            set_("holdout", (self.holdout,) if isinstance(self.holdout, str) else tuple(self.holdout))
+        if isinstance(self.spec, Mapping):
+            set_("spec", DatasetSpec.from_dict(dict(self.spec)))
+        set_("model_params", MappingProxyType({k: MappingProxyType(dict(v)) for k, v in self.model_params.items()}))
+        if not self.models:
+            raise ConfigError("No models given; name at least one (see `mtpert models`).")
+        if not self.seeds:
+            raise ConfigError("No seeds given; e.g. seeds: [1, 2, 19193].")
+        if not self.holdout:
+            raise ConfigError("holdout is empty; give group names or 'all'.")
+        if self.save_predictions not in ("showcase", "all", "none"):
+            raise ConfigError(f"save_predictions must be 'showcase', 'all' or 'none', not {self.save_predictions!r}.")
+        if self.noise_ceiling_repeats < 0 or self.n_hvg < 0 or self.min_cells < 1:
+            raise ConfigError("noise_ceiling_repeats and n_hvg must be >= 0 and min_cells >= 1.")
+        for name in (*self.models, *self.model_params):
+            if name == NOISE_CEILING:
+                raise ConfigError(f"'{NOISE_CEILING}' is added by the harness; set noise_ceiling_repeats instead.")
+            if name not in MODELS:
+                raise ConfigError(f"Unknown model '{name}'; registered models: {', '.join(MODELS)}.")
+        extra = set(self.model_params) - set(self.models)
+        if extra:
+            raise ConfigError(f"model_params names models not in the benchmark: {sorted(extra)}.")
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> BenchmarkConfig:
+        """Build from plain values (a parsed file); unknown keys are an error naming the known ones."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"Unknown benchmark settings {unknown}; known: {sorted(known)}.")
+        return cls(**values)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str], **overrides: Any) -> BenchmarkConfig:
+        """Read a ``.yaml``/``.yml`` or ``.json`` file; ``overrides`` (not None) replace its values."""
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"Config file {path} does not exist.")
+        text = path.read_text()
+        try:
+            if path.suffix.lower() in (".yaml", ".yml"):
+                import yaml
+
+                values = yaml.safe_load(text) or {}
+            elif path.suffix.lower() == ".json":
+                values = json.loads(text)
+            else:
+                raise ConfigError(f"Config file {path}: use .yaml, .yml or .json.")
+        except (ValueError, ImportError) as error:  # yaml.YAMLError and JSONDecodeError are ValueErrors
+            raise ConfigError(f"Cannot parse {path}: {error}") from error
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path} must hold a mapping of settings, not a {type(values).__name__}.")
+        return cls.from_dict({**values, **{k: v for k, v in overrides.items() if v is not None}})
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready values (the inverse of :meth:`from_dict`)."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values["spec"] = None if self.spec is None else self.spec.to_dict()
+        values["model_params"] = {k: dict(v) for k, v in self.model_params.items()}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+
+    def dataset_spec(self) -> DatasetSpec:
+        """The obs keys: as configured, else the registered dataset's, else the defaults."""
+        from mtpert.data.registry import DATASETS
+
+        if self.spec is not None:
+            return self.spec
+        return DATASETS[self.data].spec if self.data in DATASETS else DatasetSpec()
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run: fit ``model`` under ``seed`` with ``target`` held out of ``dataset``, and score it.
+
+    ``params`` and ``preparation`` are canonical JSON, so a RunSpec is hashable and its id stable.
+    """
+
+    dataset: str
+    spec: DatasetSpec
+    preparation: str
+    split: Literal["group"]
+    target: str
+    model: str
+    seed: int
+    params: str
+
+    @property
+    def id(self) -> str:
+        """First 16 hex digits of the SHA-256 of the run's canonical JSON."""
+        return hashlib.sha256(_canonical(asdict(self)).encode()).hexdigest()[:16]
+
+    @property
+    def model_params(self) -> dict[str, Any]:
+        return json.loads(self.params)
+
+    @property
+    def prep(self) -> dict[str, Any]:
+        """``n_hvg``, ``hvg_on_all_cells`` and ``min_cells``."""
+        return json.loads(self.preparation)
+
+    def label(self) -> str:
+        return f"{self.target} | {self.model} | seed {self.seed}"
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The runs of a benchmark, the held-out groups skipped (with reasons), and the showcase group."""
+
+    runs: tuple[RunSpec, ...]
+    skipped: pd.DataFrame
+    showcase: str
+
+    def keeps_prediction(self, run: RunSpec, config: BenchmarkConfig) -> bool:
+        """Whether ``run``'s predictions are saved under ``config.save_predictions``."""
+        if run.model == NOISE_CEILING or config.save_predictions == "none":
+            return False
+        return config.save_predictions == "all" or (run.target == self.showcase and run.seed == config.seeds[0])
+
+
+def expand(config: BenchmarkConfig, adata: AnnData) -> Grid:
+    """Every (held-out group, model, seed) run of ``config`` on ``adata``, grouped by target.
+
+    Groups with fewer than ``min_cells`` control or perturbed cells are skipped, not an error;
+    an unknown group name or hyperparameter is.
+    """
+    spec = config.dataset_spec()
+    spec.validate(adata)
+    table = eligible_groups(adata, spec, min_cells=config.min_cells)
+    chosen = list(table.index) if config.holdout == "all" else list(config.holdout)
+    unknown = [g for g in chosen if g not in table.index]
+    if unknown:
+        raise ConfigError(f"Held-out group(s) {unknown} not in obs['{spec.cell_type_key}']; available: {list(table.index)}.")
+    table = table.loc[chosen]
+    targets = table.index[table["eligible"]].tolist()
+    if not targets:
+        raise ConfigError(
+            f"No held-out group has {config.min_cells} control and perturbed cells; lower min_cells. "
+            + "; ".join(f"{g}: {r}" for g, r in table["reason"].items())
+        )
+    showcase = config.showcase or str(table.loc[targets, "n_perturbed"].idxmax())
+    if showcase not in targets:
+        raise ConfigError(f"showcase '{showcase}' is not among the scored groups {targets}.")
+    for name in config.models:  # fail on a bad hyperparameter now, not after hours of runs
+        try:
+            get_model(name)(spec, **config.model_params.get(name, {}))
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"model_params for '{name}': {error}") from error
+    preparation = _canonical({"n_hvg": config.n_hvg, "hvg_on_all_cells": config.hvg_on_all_cells, "min_cells": config.min_cells})
+    models = [(m, dict(config.model_params.get(m, {}))) for m in config.models]
+    if config.noise_ceiling_repeats:
+        models.append((NOISE_CEILING, {"repeats": config.noise_ceiling_repeats}))
+    runs = tuple(
+        RunSpec(dataset_id(config.data), spec, preparation, "group", target, model, seed, _canonical(params))
+        for target in targets
+        for model, params in models
+        for seed in config.seeds
+    )
+    return Grid(runs, table.loc[~table["eligible"], ["n_control", "n_perturbed", "reason"]], showcase)
+
+
+def dataset_id(data: str) -> str:
+    """How runs name their data: a registered name as is, a file by its name alone, so moving
+    the file does not change the run ids."""
+    from mtpert.data.registry import DATASETS
+
+    return data if data in DATASETS else Path(data).name
+
+
+def _canonical(value: Any) -> str:
+    """JSON with sorted keys and no whitespace: equal values give equal strings."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=_jsonable)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, DatasetSpec):
+        return value.to_dict()
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, tuple):
+        return list(value)
+    raise TypeError(f"{type(value).__name__} is not JSON-serializable")

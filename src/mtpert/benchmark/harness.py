@@ -1,0 +1,66 @@
+"""One resumable command for a whole benchmark: expand the grid, skip what is done, run the rest."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from mtpert.benchmark.executors import Executor, LocalExecutor, Task, load
+from mtpert.benchmark.grid import BenchmarkConfig, Grid, expand
+from mtpert.benchmark.store import ResultStore, RunResult
+from mtpert.io import write_table
+
+log = logging.getLogger("mtpert.benchmark")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What an invocation will do: the grid, and the runs of it not yet finished."""
+
+    config: BenchmarkConfig
+    grid: Grid
+    todo: tuple[Task, ...]
+    store: ResultStore
+
+    @property
+    def n_done(self) -> int:
+        return len(self.grid.runs) - len(self.todo)
+
+
+def run_benchmark(
+    config: BenchmarkConfig,
+    out: str | os.PathLike[str],
+    *,
+    executor: Executor | None = None,
+    on_plan: Callable[[Plan], None] | None = None,
+    on_result: Callable[[RunResult], None] | None = None,
+) -> ResultStore:
+    """Run every unfinished run of ``config`` with ``executor`` (default: one at a time, here),
+    saving each as it finishes to the benchmark directory ``out``.
+
+    Rerunning the same call resumes: finished runs are skipped. Held-out groups too small to
+    score are logged and skipped. Returns the store, e.g. for :func:`mtpert.benchmark.write_report`.
+    """
+    grid = expand(config, load(config.data))
+    for group, reason in grid.skipped["reason"].items():
+        log.warning("skipping held-out group '%s': %s", group, reason)
+    store = ResultStore(out)
+    with store.open(dataclasses.replace(config, showcase=grid.showcase)) as merged:
+        todo = tuple(
+            Task(run, config.data, grid.keeps_prediction(run, config), config.save_models)
+            for run in grid.runs
+            if not store.done(run)
+        )
+        write_table(grid.skipped.reset_index(), store.root / "skipped.csv")
+        plan = Plan(merged, grid, todo, store)
+        if on_plan is not None:
+            on_plan(plan)
+        for result in (executor or LocalExecutor()).map(todo):
+            store.write(result)
+            log.info("finished %s (%s)", result.run.label(), result.run.id)
+            if on_result is not None:
+                on_result(result)
+    return store

@@ -1,0 +1,180 @@
+"""``mtpert benchmark`` and ``mtpert report``: the whole grid from one resumable command."""
+
+from __future__ import annotations
+
+import time
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from mtpert.cli.options import (
+    CellTypeKey,
+    ConditionKey,
+    Control,
+    DoseKey,
+    console,
+    err_console,
+    make_spec,
+    user_errors,
+)
+
+if TYPE_CHECKING:
+    from mtpert.benchmark.harness import Plan
+    from mtpert.benchmark.store import RunResult
+
+LIVE_ROWS = 8
+"""Finished runs shown in the live table."""
+LIVE_METRICS = {"r2_top100": "R² top100", "deg_overlap_top100": "DEGs top100", "e_distance_rel": "E-dist rel"}
+
+
+class ExecutorKind(str, Enum):
+    local = "local"
+    ray = "ray"
+
+
+def _names(text: str | None) -> list[str] | None:
+    return None if text is None else [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _seeds(text: str | None) -> list[int] | None:
+    try:
+        return None if text is None else [int(s) for s in _names(text)]  # type: ignore[union-attr]
+    except ValueError:
+        raise typer.BadParameter(f"seeds must be comma-separated integers, e.g. 1,2,19193; got '{text}'.") from None
+
+
+def benchmark(
+    out: Annotated[Path, typer.Option(help="Benchmark directory: results, provenance and report. Rerun to resume.")],
+    data: Annotated[str | None, typer.Option(help="An .h5ad file or a registered dataset name.")] = None,
+    models: Annotated[str | None, typer.Option(help="Comma-separated registered model names (see `mtpert models`).")] = None,
+    holdout: Annotated[str | None, typer.Option(help="Comma-separated groups to hold out, or 'all'.", show_default="all")] = None,
+    seeds: Annotated[str | None, typer.Option(help="Comma-separated seeds.", show_default="1,2,19193")] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML or JSON file with any setting of BenchmarkConfig; options given here override it.", dir_okay=False)] = None,
+    jobs: Annotated[int, typer.Option(min=1, help="Runs at a time (local executor); each gets cores // jobs torch threads.")] = 1,
+    executor: Annotated[ExecutorKind, typer.Option(help="local, or ray (connects to $RAY_ADDRESS, else starts a local Ray).")] = ExecutorKind.local,
+    n_hvg: Annotated[int | None, typer.Option(help="Highly variable genes, chosen without the held-out cells.", show_default="2000")] = None,
+    min_cells: Annotated[int | None, typer.Option(help="Fewest control and perturbed cells a held-out group needs.", show_default="20")] = None,
+    save_models: Annotated[bool | None, typer.Option("--save-models/--no-save-models", help="Keep every fitted model under DIR/models.")] = None,
+    report: Annotated[bool, typer.Option("--report/--no-report", help="Write the report when the grid is done.")] = True,
+    cell_type_key: CellTypeKey = None,
+    condition_key: ConditionKey = None,
+    control: Control = None,
+    dose_key: DoseKey = None,
+) -> None:
+    """Fit and score every model on every held-out group under every seed; resumable.
+
+    Finished runs are skipped, so after an interruption rerun the same command. Groups too small
+    to score are skipped with the reason. Ends by writing DIR/report (see `mtpert report`).
+    """
+    from mtpert.benchmark import BenchmarkConfig, run_benchmark, write_report
+    from mtpert.benchmark.executors import make_executor
+
+    keys = (cell_type_key, condition_key, control, dose_key)
+    given = {
+        "data": data,
+        "models": _names(models),
+        "holdout": None if holdout is None or holdout.strip() == "all" else _names(holdout),
+        "seeds": _seeds(seeds),
+        "n_hvg": n_hvg,
+        "min_cells": min_cells,
+        "save_models": save_models,
+        "spec": make_spec(*keys, data=data).to_dict() if any(k is not None for k in keys) else None,
+    }
+    with user_errors():
+        if config is not None:
+            settings = BenchmarkConfig.from_file(config, **given)
+        else:
+            missing = [f"--{k}" for k in ("data", "models") if given[k] is None]
+            if missing:
+                raise typer.BadParameter(f"give {' and '.join(missing)}, or a --config file that sets them.")
+            settings = BenchmarkConfig.from_dict({k: v for k, v in given.items() if v is not None})
+        runner = make_executor(executor.value, jobs)
+        live = _LiveView()
+        start = time.perf_counter()
+        try:
+            run_benchmark(settings, out, executor=runner, on_plan=live.start, on_result=live.add)
+        except KeyboardInterrupt:
+            live.stop()
+            err_console.print(f"[yellow]interrupted[/] after {live.finished} runs; rerun the same command to resume.")
+            raise typer.Exit(code=130) from None
+        live.stop()
+        console.print(f"{live.finished} runs in {time.perf_counter() - start:.0f} s; results in [bold]{out}/runs[/]")
+        if report:
+            paths = write_report(out)
+            console.print(f"report: [bold]{paths['html']}[/] and {paths['markdown'].name}")
+
+
+def report(
+    out: Annotated[Path, typer.Argument(help="A benchmark directory written by `mtpert benchmark`.", exists=True, file_okay=False)],
+    pdf: Annotated[bool, typer.Option("--pdf/--no-pdf", help="Also save every figure as PDF.")] = True,
+) -> None:
+    """Write OUT/report: report.html (self-contained), summary.md, and figures as PNG and PDF."""
+    from mtpert.benchmark import write_report
+
+    with user_errors():
+        paths = write_report(out, formats=("png", "pdf") if pdf else ("png",))
+    console.print(f"wrote [bold]{paths['html']}[/], {paths['markdown']} and {len(paths) - 2} figure files")
+
+
+class _LiveView:
+    """An overall progress bar and a table of the last finished runs, redrawn as runs finish."""
+
+    def __init__(self) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TextColumn("eta"), TimeRemainingColumn(), console=console,
+        )  # fmt: skip
+        self.rows: list[tuple[str, ...]] = []
+        self.finished = 0
+        self.live = None
+
+    def start(self, plan: Plan) -> None:
+        from rich.live import Live
+
+        grid = plan.grid
+        for group, reason in grid.skipped["reason"].items():
+            err_console.print(f"[yellow]skipping[/] held-out group '{group}': {reason}")
+        console.print(
+            f"{len(grid.runs)} runs ({grid.runs[0].dataset}): {len({r.target for r in grid.runs})} held-out groups x "
+            f"{len({r.model for r in grid.runs})} models (noise ceiling included) x {len(plan.config.seeds)} seeds; "
+            f"{plan.n_done} already done, {len(plan.todo)} to run"
+        )
+        self.task = self.progress.add_task("runs", total=len(grid.runs), completed=plan.n_done)
+        self.live = Live(self._view(), console=console, refresh_per_second=4, transient=False)
+        self.live.start()
+
+    def add(self, result: RunResult) -> None:
+        table = result.table
+        values = table.groupby("metric")["value"].mean()
+        seconds = table["run_seconds"].iloc[0]
+        run = result.run
+        self.rows = [*self.rows, (run.target, run.model, str(run.seed), *(f"{values.get(m, float('nan')):.3f}" for m in LIVE_METRICS), f"{seconds:.1f}")][-LIVE_ROWS:]
+        self.finished += 1
+        self.progress.advance(self.task)
+        if self.live is not None:
+            self.live.update(self._view())
+
+    def stop(self) -> None:
+        if self.live is not None:
+            self.live.stop()
+            console.line()
+
+    def _view(self):
+        from rich.console import Group
+        from rich.table import Table
+
+        table = Table("held out", "model", "seed", *LIVE_METRICS.values(), "s", title="last finished runs", title_justify="left")
+        for row in self.rows:
+            table.add_row(*row)
+        return Group(self.progress, table)

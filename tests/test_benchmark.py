@@ -1,0 +1,256 @@
+"""The benchmark harness on simulated data: stable grid, resume, atomic results, executors, report.
+
+Runs use the two baselines and a tiny multi-task network on one torch thread, so the whole file
+takes seconds of compute; Ray and the headless-browser check skip when those are not installed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from mtpert.benchmark import BenchmarkConfig, expand, run_benchmark, write_report
+from mtpert.benchmark import store as store_module
+from mtpert.benchmark.executors import LocalExecutor
+from mtpert.benchmark.grid import NOISE_CEILING
+from mtpert.benchmark.report import against_baseline, headline
+from mtpert.benchmark.store import ResultStore
+from mtpert.cli import app
+from mtpert.data import DatasetSpec, simulate
+from mtpert.errors import ConfigError
+
+TINY_MTAE = {"hidden": [16], "latent_dim": 4, "max_epochs": 2, "num_threads": 1}
+runner = CliRunner(env={"COLUMNS": "200"})
+
+
+@pytest.fixture(scope="module")
+def sim_path(tmp_path_factory) -> Path:
+    """Simulated counts, 4 cell types x (control, stimulated) x 40 cells, 150 genes, on disk."""
+    path = tmp_path_factory.mktemp("data") / "sim.h5ad"
+    simulate(seed=1, n_cells=40, n_genes=150).write_h5ad(path)
+    return path
+
+
+def config(data: Path, **overrides) -> BenchmarkConfig:
+    values = {"data": str(data), "models": ("control", "mean_shift"), "seeds": (1,), "n_hvg": 100, "noise_ceiling_repeats": 2}
+    return BenchmarkConfig(**{**values, **overrides})
+
+
+def values(results: pd.DataFrame) -> pd.Series:
+    """Metric values by (run, target, metric), for comparing two runs of the same grid."""
+    return results.set_index(["run_id", "group", "condition", "metric"])["value"].sort_index()
+
+
+# ---------------------------------------------------------------------------- grid
+def test_run_ids_are_stable_distinct_and_follow_what_decides_a_result(sim_path, tmp_path) -> None:
+    adata = simulate(seed=1, n_cells=40, n_genes=150)
+    grid = expand(config(sim_path, models=("control", "mtae"), seeds=(1, 2), model_params={"mtae": TINY_MTAE}), adata)
+    ids = [r.id for r in grid.runs]
+    assert len(ids) == len(set(ids)) == 4 * 3 * 2  # groups x (2 models + noise ceiling) x seeds
+    # the same settings from a JSON file (lists, not tuples) and the data moved elsewhere: same ids
+    moved = tmp_path / "elsewhere" / sim_path.name
+    moved.parent.mkdir()
+    shutil.copy(sim_path, moved)
+    file = tmp_path / "bench.json"
+    file.write_text(json.dumps({"data": str(moved), "models": ["control", "mtae"], "seeds": [1, 2], "n_hvg": 100,
+                                "noise_ceiling_repeats": 2, "model_params": {"mtae": {**TINY_MTAE, "hidden": [16]}}}))
+    assert [r.id for r in expand(BenchmarkConfig.from_file(file), adata).runs] == ids
+    # another hyperparameter changes the mtae runs' ids and no other
+    other = expand(config(sim_path, models=("control", "mtae"), seeds=(1, 2), model_params={"mtae": {**TINY_MTAE, "latent_dim": 8}}), adata)
+    changed = {r.model for r, new in zip(grid.runs, other.runs, strict=True) if r.id != new.id}
+    assert changed == {"mtae"}
+
+
+def test_groups_too_small_to_score_are_skipped_with_the_reason(sim_path) -> None:
+    adata = simulate(seed=1, n_cells=40, n_genes=150)
+    spec = DatasetSpec()
+    small = (adata.obs["cell_type"] == "type_2").to_numpy() & ~spec.is_control(adata)
+    adata = adata[~small | (np.cumsum(small) <= 5)].copy()  # type_2 keeps 5 stimulated cells
+    grid = expand(config(sim_path), adata)
+    assert "type_2" not in {r.target for r in grid.runs}
+    assert grid.skipped.loc["type_2", "reason"] == "5 perturbed cells < 20"
+    with pytest.raises(ConfigError, match="not in obs"):
+        expand(config(sim_path, holdout=("type_9",)), adata)
+
+
+# ---------------------------------------------------------------------------- store
+def test_resume_skips_finished_runs_and_extends_the_grid(sim_path, tmp_path) -> None:
+    first = run_benchmark(config(sim_path, holdout=("type_0", "type_1")), tmp_path)
+    files = {f.name: f.stat().st_mtime_ns for f in first.runs.iterdir()}
+    assert len(files) == 2 * 3
+    plans = []
+    run_benchmark(config(sim_path, holdout=("type_0", "type_1")), tmp_path, on_plan=plans.append)
+    assert len(plans[0].todo) == 0 and plans[0].n_done == 6
+    assert {f.name: f.stat().st_mtime_ns for f in first.runs.iterdir()} == files  # nothing rewritten
+    run_benchmark(config(sim_path, holdout=("type_0", "type_1"), seeds=(2,)), tmp_path, on_plan=plans.append)
+    assert len(plans[1].todo) == 6  # only the new seed ran
+    saved = ResultStore(tmp_path).config()
+    assert saved.seeds == (1, 2) and saved.holdout == ("type_0", "type_1")
+    environments = json.loads((tmp_path / "environment.json").read_text())
+    assert len(environments) == 3 and "torch" in environments[0]["packages"]
+    with pytest.raises(ConfigError, match="n_hvg"):  # incomparable settings in one directory
+        run_benchmark(config(sim_path, n_hvg=50), tmp_path)
+
+
+def test_a_run_killed_while_writing_leaves_nothing_and_the_rerun_completes(sim_path, tmp_path, monkeypatch) -> None:
+    settings = config(sim_path, holdout=("type_0",))
+    written = []
+
+    def dies_midway(table, target):  # writes part of the file, then the process "is killed"
+        if len(written) == 1:
+            store_module.atomic_write(target, lambda f: (f.write(b"run_id,metric\n"), _raise(KeyboardInterrupt())))
+        written.append(target)
+        return original(table, target)
+
+    original = store_module.write_table
+    monkeypatch.setattr(store_module, "write_table", dies_midway)
+    with pytest.raises(KeyboardInterrupt):
+        run_benchmark(settings, tmp_path)
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == [written[0].name]  # no partial, no temp file
+    monkeypatch.undo()
+    plans = []
+    store = run_benchmark(settings, tmp_path, on_plan=plans.append)
+    assert len(plans[0].todo) == 2
+    clean = run_benchmark(settings, tmp_path / "clean")
+    pd.testing.assert_series_equal(values(store.results()), values(clean.results()))
+
+
+def _raise(error: BaseException) -> None:
+    raise error
+
+
+# ---------------------------------------------------------------------------- executors
+def test_two_local_jobs_give_the_same_results_as_one(sim_path, tmp_path) -> None:
+    settings = config(sim_path, holdout=("type_0",), models=("mean_shift", "mtae"), model_params={"mtae": TINY_MTAE}, noise_ceiling_repeats=0)
+    serial = run_benchmark(settings, tmp_path / "serial").results()
+    parallel = run_benchmark(settings, tmp_path / "parallel", executor=LocalExecutor(jobs=2)).results()
+    pd.testing.assert_series_equal(values(serial), values(parallel))
+    assert (parallel.drop_duplicates("run_id")["torch_threads"] >= 1).all()
+
+
+def test_ray_executor_matches_local(sim_path, tmp_path) -> None:
+    ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'mtpert[ray]'")
+    from mtpert.benchmark.executors import RayExecutor
+
+    settings = config(sim_path, holdout=("type_1",))
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        on_ray = run_benchmark(settings, tmp_path / "ray", executor=RayExecutor()).results()
+    finally:
+        ray.shutdown()
+    local = run_benchmark(settings, tmp_path / "local").results()
+    pd.testing.assert_series_equal(values(on_ray), values(local))
+
+
+# ---------------------------------------------------------------------------- report
+@pytest.fixture(scope="module")
+def finished(sim_path, tmp_path_factory) -> Path:
+    """A finished benchmark with its report: baselines and a tiny mtae, 2 groups x 2 seeds."""
+    out = tmp_path_factory.mktemp("bench")
+    settings = config(sim_path, holdout=("type_0", "type_2"), seeds=(1, 2), models=("control", "mean_shift", "mtae"), model_params={"mtae": TINY_MTAE})
+    run_benchmark(settings, out)
+    write_report(out, formats=("png",))
+    return out
+
+
+def test_report_tables_say_what_the_results_say(finished) -> None:
+    results = ResultStore(finished).results()
+    mean, spread = headline(results)
+    r2 = results[results["metric"] == "r2_top100"]
+    assert mean.loc["mtae", "r2_top100"] == pytest.approx(r2[r2["model"] == "mtae"]["value"].mean())
+    per_seed = r2[r2["model"] == "mean_shift"].groupby("seed")["value"].mean()
+    assert spread.loc["mean_shift", "r2_top100"] == pytest.approx(per_seed.std())
+    # the simulated response is shared across cell types: the ceiling is above the mean shift,
+    # and the mean shift beats doing nothing on every target
+    assert mean.loc[NOISE_CEILING, "r2_top100"] > mean.loc["mean_shift", "r2_top100"] > mean.loc["control", "r2_top100"]
+    comparison = against_baseline(results).set_index(["model", "metric"])
+    assert not comparison.loc[("control", "r2_top100"), "beats"]
+    assert comparison.loc[("control", "r2_top100"), "targets_better"] == 0
+    summary = (finished / "report" / "summary.md").read_text()
+    assert "control does not beat mean_shift on any metric." in summary
+    headline_md = summary.split("## Mean over held-out targets and seeds")[1].split("##")[0]
+    assert re.search(r"\| noise_ceiling +\|", headline_md) and "**" in headline_md  # ceiling row, best marked
+    for name in ("metrics_by_model", "heatmap", "pca", "scatter", "dotplot"):
+        assert (finished / "report" / "figures" / f"{name}.png").stat().st_size > 10_000
+    assert len(list((finished / "predictions").rglob("*_seed1.h5ad"))) == 3  # showcase group, first seed
+
+
+def _browser() -> str | None:
+    return next((b for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
+
+
+@pytest.mark.skipif(_browser() is None, reason="no headless browser (chromium) installed: apt-get install chromium")
+def test_report_renders_in_a_headless_browser(finished, tmp_path) -> None:
+    html = (finished / "report" / "report.html").read_text()
+    # the page itself counts what the browser rendered: tables with rows, images that decoded
+    probe = (
+        "<script>window.addEventListener('load',()=>{const imgs=[...document.images];"
+        "document.body.dataset.tables=document.querySelectorAll('table tbody tr').length;"
+        "document.body.dataset.images=imgs.filter(i=>i.complete&&i.naturalWidth>100).length;"
+        "document.body.dataset.external=imgs.filter(i=>!i.src.startsWith('data:')).length;});</script>"
+    )
+    page = tmp_path / "probe.html"
+    page.write_text(html.replace("</body>", probe + "</body>"))
+    dom = subprocess.run(
+        [_browser(), "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000", "--dump-dom", page.as_uri()],
+        capture_output=True, text=True, timeout=120, check=True,
+    ).stdout  # fmt: skip
+    found = dict(re.findall(r'data-(tables|images|external)="(\d+)"', dom))
+    assert int(found["images"]) == 5 and found["external"] == "0"
+    assert int(found["tables"]) > 10
+    assert "Mean over held-out targets and seeds" in dom and "noise_ceiling" in dom
+
+
+# ---------------------------------------------------------------------------- command line
+def test_cli_runs_a_configured_benchmark_and_reports(sim_path, tmp_path) -> None:
+    file = tmp_path / "bench.yaml"
+    file.write_text(f"data: {sim_path}\nmodels: [control, mean_shift]\nholdout: [type_1]\nn_hvg: 100\nnoise_ceiling_repeats: 1\n")
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["benchmark", "--config", str(file), "--seeds", "3", "--out", str(out), "--no-report"])
+    assert result.exit_code == 0, result.output
+    assert "3 runs" in result.output and "0 already done, 3 to run" in result.output
+    assert ResultStore(out).config().seeds == (3,)  # the option overrode the file
+    again = runner.invoke(app, ["benchmark", "--config", str(file), "--seeds", "3", "--out", str(out), "--no-report"])
+    assert "3 already done, 0 to run" in again.output
+    report = runner.invoke(app, ["report", str(out), "--no-pdf"])
+    assert report.exit_code == 0, report.output
+    assert (out / "report" / "report.html").is_file() and not list(out.rglob("*.pdf"))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--models", "control,nope"], "Unknown model 'nope'"),
+        (["--models", "control", "--holdout", "type_0,zebra"], "['zebra'] not in obs"),
+        (["--models", "control", "--seeds", "1,x"], "comma-separated integers"),
+        (["--models", "control", "--executor", "slurm"], "slurm"),
+    ],
+)
+def test_cli_refuses_bad_input_with_exit_2(sim_path, tmp_path, args, message) -> None:
+    result = runner.invoke(app, ["benchmark", "--data", str(sim_path), "--out", str(tmp_path / "o"), *args])
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+def test_cli_refuses_unreadable_data_bad_config_and_empty_dirs(tmp_path) -> None:
+    missing = runner.invoke(app, ["benchmark", "--data", str(tmp_path / "none.h5ad"), "--models", "control", "--out", str(tmp_path / "o")])
+    assert missing.exit_code == 2 and "neither a registered dataset nor an existing file" in missing.output
+    file = tmp_path / "bench.yaml"
+    file.write_text("data: x.h5ad\nmodels: [control]\nepochs: 3\n")
+    typo = runner.invoke(app, ["benchmark", "--config", str(file), "--out", str(tmp_path / "o")])
+    assert typo.exit_code == 2 and "Unknown benchmark settings ['epochs']" in typo.output
+    (tmp_path / "empty").mkdir()
+    empty = runner.invoke(app, ["report", str(tmp_path / "empty")])
+    assert empty.exit_code == 2 and "No finished runs" in empty.output
