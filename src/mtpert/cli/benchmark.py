@@ -142,9 +142,7 @@ class _LiveView:
     def start(self, plan: Plan) -> None:
         from rich.live import Live
 
-        grid = plan.grid
-        for group, reason in grid.skipped["reason"].items():
-            err_console.print(f"[yellow]skipping[/] held-out group '{group}': {reason}")
+        grid = plan.grid  # skipped groups were already logged by run_benchmark
         console.print(
             f"{len(grid.runs)} runs ({grid.runs[0].dataset}): {len({r.target for r in grid.runs})} held-out groups x "
             f"{len({r.model for r in grid.runs})} models (noise ceiling included) x {len(plan.config.seeds)} seeds; "
