@@ -15,6 +15,7 @@ import pandas as pd
 
 from mtpert.data.spec import DatasetSpec
 from mtpert.models.base import PerturbationModel
+from mtpert.models.latent_shift import LatentShiftModel
 from mtpert.models.multitask import MultiTaskModel
 from mtpert.models.simple import ControlPredictor, MeanShift
 
@@ -50,6 +51,9 @@ MODELS: Mapping[str, ModelPreset] = MappingProxyType(
             ModelPreset("mtvae_ot", MultiTaskModel, {"latent": "variational", "objective": "ot"}),
             ModelPreset("mtae_plus_ot", MultiTaskModel, {"objective": "both"}),
             ModelPreset("mtvae_plus_ot", MultiTaskModel, {"latent": "variational", "objective": "both"}),
+            ModelPreset("scgen", LatentShiftModel),
+            ModelPreset("scvidr", LatentShiftModel, {"shift": "regression"}),
+            ModelPreset("scvidr_multi", LatentShiftModel, {"shift": "regression", "dose_scaling": "log"}),
         )
     }
 )
