@@ -19,7 +19,15 @@ from anndata import AnnData
 from matplotlib.figure import Figure
 
 from mtpert.benchmark.holdout import seed_everything
-from mtpert.data import DatasetSpec, eligible_groups, holdout_condition, holdout_group, prepare, simulate
+from mtpert.data import (
+    DatasetSpec,
+    eligible_groups,
+    holdout_condition,
+    holdout_group,
+    prepare,
+    simulate,
+    single_dose,
+)
 from mtpert.data.simulate import true_log_means, true_response
 from mtpert.errors import DataError
 from mtpert.metrics import condition_rank, rank_prediction
@@ -61,7 +69,9 @@ def test_holdout_group_targets_every_dose(dosed) -> None:
     seen = split.train.union(split.val)
     for target in split.targets:
         assert target.truth.equals(_cells(data, "type_0", "stimulated", target.dose).obs_names)
-        assert set(target.control) <= set(seen), "the target's control cells are the input and stay visible"
+        assert set(target.control) <= set(seen), (
+            "the target's control cells are the input and stay visible"
+        )
     assert not seen.intersection(split.heldout).size
     assert len(split.heldout) == 3 * 50
 
@@ -72,7 +82,9 @@ def test_holdout_condition_holds_one_dose_out_of_every_cell_type(dosed) -> None:
     assert [t.group for t in split.targets] == SPEC.cell_types(data)
     train = data.obs.loc[split.train]
     assert not np.isclose(train["dose"], 0.5).any()
-    assert set(train.loc[train["condition"] == "stimulated", "dose"]) == {0.1, 2.5}, "the other doses train"
+    assert set(train.loc[train["condition"] == "stimulated", "dose"]) == {0.1, 2.5}, (
+        "the other doses train"
+    )
     for target in split.targets:  # predicted from the group's control cells, which are trained on
         assert (data.obs.loc[target.control, "dose"] == SPEC.control_dose).all()
         assert set(target.control) <= set(split.train.union(split.val))
@@ -92,13 +104,26 @@ def test_small_targets_are_held_out_but_not_scored(dosed) -> None:
     data = data[~data.obs_names.isin(few)]
     split = holdout_group(data, SPEC, "type_0", min_cells=10)
     assert [t.dose for t in split.targets] == [0.5, 2.5]
-    assert len(split.heldout) == 5 + 2 * 50, "the 5 cells at dose 0.1 are not scored, but never trained on"
+    assert len(split.heldout) == 5 + 2 * 50, (
+        "the 5 cells at dose 0.1 are not scored, but never trained on"
+    )
     assert not split.train.union(split.val).intersection(split.heldout).size
     table = eligible_groups(data, SPEC, min_cells=10)
     assert table.loc["type_0", "eligible"] and table.loc["type_0", "n_perturbed"] == 50
     fewer = data[~data.obs_names.isin(_cells(data, "type_0", "stimulated").obs_names[::2])]
     with pytest.raises(DataError, match="at most 25 perturbed cells per condition and dose"):
         holdout_group(fewer, SPEC, "type_0", min_cells=40)
+
+
+def test_single_dose_keeps_control_and_one_dose_for_single_condition_models(dosed) -> None:
+    _, data = dosed
+    cells, spec = single_dose(data, SPEC, 0.5)
+    assert spec.dose_key is None and spec.cell_type_key == SPEC.cell_type_key
+    spec.validate(cells)
+    assert set(cells.obs["dose"]) == {0.0, 0.5}
+    assert cells.n_obs == 4 * 50 * 2
+    with pytest.raises(DataError, match=r"No perturbed cells at dose 0\.3"):
+        single_dose(data, SPEC, 0.3)
 
 
 # ---------------------------------------------------------------------- species
@@ -118,16 +143,25 @@ def test_species_share_conserved_genes_and_differ_in_others(species) -> None:
     a = true_response(species, "species_1.type_0", "stimulated")
     b = true_response(species, "species_2.type_0", "stimulated")
     np.testing.assert_allclose(a[conserved], b[conserved])  # same effects in every species
-    assert (b[sorted(own["species_2"])] != 0).all() and (a[sorted(own["species_2"] - own["species_1"])] == 0).all()
+    assert (b[sorted(own["species_2"])] != 0).all() and (
+        a[sorted(own["species_2"] - own["species_1"])] == 0
+    ).all()
     with pytest.raises(DataError, match="conserved_fraction"):
         simulate(n_species=2, conserved_fraction=1.5)
     with pytest.raises(DataError, match="already an obs key"):
         simulate(n_species=2, species_key="dose")
     log = prepare(species, DatasetSpec(), n_hvg=0)  # the data show the truth
     ctype = "species_2.type_1"
-    measured = dense(_cells(log, ctype, "stimulated").X).mean(0) - dense(_cells(log, ctype, "control").X).mean(0)
+    measured = dense(_cells(log, ctype, "stimulated").X).mean(0) - dense(
+        _cells(log, ctype, "control").X
+    ).mean(0)
     responsive = log.var_names.isin(truth["species_responsive"]["species_2"]["stimulated"])
-    assert np.corrcoef(measured[responsive], true_response(species, ctype, "stimulated")[responsive])[0, 1] > 0.9
+    assert (
+        np.corrcoef(measured[responsive], true_response(species, ctype, "stimulated")[responsive])[
+            0, 1
+        ]
+        > 0.9
+    )
 
 
 def test_species_split_transfers_the_conserved_response(species) -> None:
@@ -138,16 +172,26 @@ def test_species_split_transfers_the_conserved_response(species) -> None:
     (target,) = split.targets
     assert set(data.obs.loc[target.truth, "species"]) == {"species_2"}
     seed_everything(0)
-    model = MultiTaskModel(spec, **{**MODEL, "max_epochs": 40}).fit(split.subset(data, "train"), split.subset(data, "val"))
+    model = MultiTaskModel(spec, **{**MODEL, "max_epochs": 40}).fit(
+        split.subset(data, "train"), split.subset(data, "val")
+    )
     truth = species.uns["simulation"]
     conserved = data.var_names.isin(truth["conserved"]["stimulated"])
     own = data.var_names.isin(truth["species_responsive"]["species_2"]["stimulated"]) & ~conserved
     for ctype in ("species_2.type_0", "species_2.type_1"):
         control = data[target.control][data.obs.loc[target.control, "cell_type"] == ctype]
         change = dense(model.predict(control, "stimulated").X).mean(0) - dense(control.X).mean(0)
-        true = (true_log_means(species, ctype, "stimulated") - true_log_means(species, ctype, "control")).to_numpy()
-        r = {name: np.corrcoef(change[m], true[m])[0, 1] for name, m in (("conserved", conserved), ("own", own))}
-        error = {name: np.sqrt(((change[m] - true[m]) ** 2).mean()) for name, m in (("conserved", conserved), ("own", own))}
+        true = (
+            true_log_means(species, ctype, "stimulated") - true_log_means(species, ctype, "control")
+        ).to_numpy()
+        r = {
+            name: np.corrcoef(change[m], true[m])[0, 1]
+            for name, m in (("conserved", conserved), ("own", own))
+        }
+        error = {
+            name: np.sqrt(((change[m] - true[m]) ** 2).mean())
+            for name, m in (("conserved", conserved), ("own", own))
+        }
         assert r["conserved"] > 0.7 and r["own"] < r["conserved"], (ctype, r)
         assert error["conserved"] < 0.6 * error["own"], (ctype, error)
 
@@ -159,7 +203,9 @@ def predicted(dosed) -> tuple[AnnData, AnnData]:
     _, data = dosed
     split = holdout_group(data, SPEC, "type_0", min_cells=10)
     seed_everything(0)
-    model = MultiTaskModel(SPEC, **MODEL).fit(split.subset(data, "train"), split.subset(data, "val"))
+    model = MultiTaskModel(SPEC, **MODEL).fit(
+        split.subset(data, "train"), split.subset(data, "val")
+    )
     control = data[split.targets[0].control]
     preds = []
     for target in split.targets:
@@ -172,12 +218,27 @@ def predicted(dosed) -> tuple[AnnData, AnnData]:
 def test_predicted_response_grows_with_dose_and_ranks_above_chance(dosed, predicted) -> None:
     sim, data = dosed
     control, preds = predicted
-    full = (true_log_means(sim, "type_0", "stimulated", DOSES[-1]) - true_log_means(sim, "type_0", "control")).to_numpy()
-    change = {d: dense(preds[np.isclose(preds.obs["dose"], d)].X).mean(0) - dense(control.X).mean(0) for d in DOSES}
+    full = (
+        true_log_means(sim, "type_0", "stimulated", DOSES[-1])
+        - true_log_means(sim, "type_0", "control")
+    ).to_numpy()
+    change = {
+        d: dense(preds[np.isclose(preds.obs["dose"], d)].X).mean(0) - dense(control.X).mean(0)
+        for d in DOSES
+    }
     along = [float(change[d] @ full / (full @ full)) for d in DOSES]
     assert along[0] < along[1] < along[2], along
     ranks = rank_prediction(data, preds, SPEC)
-    assert list(ranks.columns) == ["cell_type", "condition", "dose", "metric", "value", "spread", "best", "higher_is_better"]
+    assert list(ranks.columns) == [
+        "cell_type",
+        "condition",
+        "dose",
+        "metric",
+        "value",
+        "spread",
+        "best",
+        "higher_is_better",
+    ]
     assert ranks["dose"].tolist() == list(DOSES) and (ranks["metric"] == "rank").all()
     assert ranks["value"].mean() < 0.5, ranks  # a dose-blind prediction scores exactly 0.5
     blind = preds[np.isclose(preds.obs["dose"], DOSES[-1])]
@@ -198,8 +259,12 @@ def test_dose_response_figure_and_table(dosed, predicted) -> None:
     assert len(genes) == 4 and t.min() > 0.3, "the top DEGs of the highest dose respond strongly"
     rows = table.set_index(["source", "dose", "gene"])["mean"].sort_index()
     assert sorted(table.loc[table["source"] == "truth", "dose"].unique()) == [0.0, *DOSES]
-    np.testing.assert_allclose(rows.loc["truth", 0.0][genes], dense(control[:, genes].X).mean(0), rtol=1e-6)
-    np.testing.assert_allclose(rows.loc["truth", 2.5][genes], dense(top[:, genes].X).mean(0), rtol=1e-6)
+    np.testing.assert_allclose(
+        rows.loc["truth", 0.0][genes], dense(control[:, genes].X).mean(0), rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        rows.loc["truth", 2.5][genes], dense(top[:, genes].X).mean(0), rtol=1e-6
+    )
     assert sorted(table.loc[table["source"] == "mtae", "dose"].unique()) == list(DOSES)
     fig = dose_response(truth, {"mtae": preds}, SPEC, n_genes=4, ncols=2)
     assert isinstance(fig, Figure) and len(fig.axes) == 4
@@ -215,14 +280,19 @@ def test_rank_is_zero_for_the_truth_and_half_for_a_dose_blind_prediction(dosed) 
     truths, other = _halves(data, "type_1")
     control = _cells(data, "type_1", "control")
     assert (condition_rank(truths, truths) == 0.0).all()
-    assert (condition_rank(truths, truths, control=control, n_degs=10, distance="cosine") == 0.0).all()
+    assert (
+        condition_rank(truths, truths, control=control, n_degs=10, distance="cosine") == 0.0
+    ).all()
     blind = {d: truths[DOSES[1]] for d in DOSES}
     assert condition_rank(truths, blind).mean() == pytest.approx(0.5)
     # an independent sample of each dose, and a prediction of only some doses
     assert (condition_rank(other, truths).to_numpy() <= 0.5).all()
     assert condition_rank(other, {2.5: truths[2.5]}).index.tolist() == [2.5]
     # cosine compares directions, which a dose series shares: it cannot tell these doses apart
-    assert condition_rank(other, truths, control=control, distance="cosine").mean() > condition_rank(other, truths).mean()
+    assert (
+        condition_rank(other, truths, control=control, distance="cosine").mean()
+        > condition_rank(other, truths).mean()
+    )
 
 
 def test_rank_errors_name_the_problem(dosed) -> None:

@@ -12,7 +12,15 @@ from types import SimpleNamespace
 
 import pytest
 
-from mtpert.data import DATASETS, DatasetSpec, holdout_condition, holdout_group, list_datasets, load_dataset, simulate
+from mtpert.data import (
+    DATASETS,
+    DatasetSpec,
+    holdout_condition,
+    holdout_group,
+    list_datasets,
+    load_dataset,
+    simulate,
+)
 from mtpert.data.registry import NAULT2021_LIVER_CELL_TYPES, RemoteDataset
 from mtpert.errors import DataError, DatasetUnavailableError
 

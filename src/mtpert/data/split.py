@@ -20,7 +20,7 @@ seeded, so every run of a benchmark sees the same split.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -82,6 +82,13 @@ def _condition_values(adata: AnnData, spec: DatasetSpec, mask: np.ndarray) -> li
     return sorted((c, float(d)) for c, d in pairs.itertuples(index=False))
 
 
+def _group_labels(adata: AnnData, key: str) -> np.ndarray:
+    """``obs[key]`` as strings; a clear error if there is no such column."""
+    if key not in adata.obs.columns:
+        raise DataError(f"Group key '{key}' not in obs; available: {list(adata.obs.columns)}.")
+    return adata.obs[key].astype(str).to_numpy()
+
+
 def _condition_mask(adata: AnnData, spec: DatasetSpec, condition: str, dose: float | None) -> np.ndarray:
     mask = (adata.obs[spec.condition_key].astype(str) == condition).to_numpy()
     if dose is not None and spec.dose_key is not None:
@@ -130,9 +137,7 @@ def holdout_group(
     """
     key = group_key or spec.cell_type_key
     spec.validate(adata)
-    if key not in adata.obs.columns:
-        raise DataError(f"Group key '{key}' not in obs; available: {list(adata.obs.columns)}.")
-    in_group = (adata.obs[key].astype(str) == group).to_numpy()
+    in_group = _group_labels(adata, key) == group
     if not in_group.any():
         raise DataError(
             f"No cells with obs['{key}'] == '{group}'; available: "
@@ -178,8 +183,7 @@ def holdout_condition(
     """
     key = group_key or spec.cell_type_key
     spec.validate(adata)
-    if key not in adata.obs.columns:
-        raise DataError(f"Group key '{key}' not in obs; available: {list(adata.obs.columns)}.")
+    group = _group_labels(adata, key)
     if condition not in spec.conditions(adata):
         raise DataError(f"No perturbed cells with condition '{condition}'; available conditions: {spec.conditions(adata)}.")
     if spec.dose_key is None and dose is not None:
@@ -194,7 +198,6 @@ def holdout_condition(
         if not np.isclose(doses, dose).any():
             raise DataError(f"'{condition}' has no cells at dose {dose:g}; its doses: {doses}.")
     held = _condition_mask(adata, spec, condition, dose) & ~spec.is_control(adata)
-    group = adata.obs[key].astype(str).to_numpy()
     control = spec.is_control(adata)
     targets = []
     for name in sorted(np.unique(group[held])):
@@ -210,6 +213,22 @@ def holdout_condition(
     train, val = _train_val(adata, spec, ~held, val_fraction, seed, key)
     label = condition if dose is None else f"{condition} @ {dose:g}"
     return Split(train, val, tuple(targets), f"hold out condition {label}", pd.Index(adata.obs_names[held]))
+
+
+def single_dose(adata: AnnData, spec: DatasetSpec, dose: float) -> tuple[AnnData, DatasetSpec]:
+    """The control cells and the cells at ``dose``, and ``spec`` without its dose key.
+
+    What a single-condition model (scGen, scPreGAN, ...) is trained on for one dose of a dose
+    series, as the thesis ran such baselines: one model per dose, each asked to predict
+    ``condition`` without a dose. A view of ``adata``.
+    """
+    if spec.dose_key is None:
+        raise DataError("The spec has no dose key, so the data is already single-dose.")
+    doses = adata.obs[spec.dose_key].to_numpy(dtype=float)
+    if not np.isclose(doses[~spec.is_control(adata)], dose).any():
+        raise DataError(f"No perturbed cells at dose {dose:g}; doses: {spec.doses(adata)}.")
+    keep = np.isclose(doses, dose) | spec.is_control(adata)
+    return adata[keep], replace(spec, dose_key=None)
 
 
 def eligible_groups(

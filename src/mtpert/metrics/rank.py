@@ -77,7 +77,9 @@ def condition_rank(
             f"truths: {list(truths)}."
         )
     if control is None and (n_degs is not None or distance == "cosine"):
-        raise DataError("Pass the group's control cells: n_degs and distance='cosine' measure changes from control.")
+        raise DataError(
+            "Pass the group's control cells: n_degs and distance='cosine' measure changes from control."
+        )
     sets = {("truth", k): v for k, v in truths.items()} | {("pred", k): v for k, v in preds.items()}
     if control is not None:
         sets["control", None] = control
@@ -88,9 +90,13 @@ def condition_rank(
         if n_degs < 1:
             raise DataError(f"n_degs must be at least 1, got {n_degs}.")
         ctrl = matrices["control", None]
-        columns = np.unique(np.concatenate([rank_genes(ctrl, matrices["truth", k])[:n_degs] for k in truths]))
+        columns = np.unique(
+            np.concatenate([rank_genes(ctrl, matrices["truth", k])[:n_degs] for k in truths])
+        )
         if not columns.size:
-            raise DataError("No true condition differs from control in any gene, so there are no DEGs to rank on.")
+            raise DataError(
+                "No true condition differs from control in any gene, so there are no DEGs to rank on."
+            )
     means = {key: X[:, columns].mean(axis=0) for key, X in matrices.items()}
     truth = np.stack([means["truth", k] for k in truths])
     ranks = {}
@@ -154,7 +160,9 @@ def rank_prediction(
             ids = {"cell_type": group.cell_type, "condition": group.condition}
             if spec.dose_key is not None:
                 ids["dose"] = group.dose
-            rows.append(ids | dict(zip(RESULT_COLUMNS, ("rank", value, np.nan, 0.0, False), strict=True)))
+            rows.append(
+                ids | dict(zip(RESULT_COLUMNS, ("rank", value, np.nan, 0.0, False), strict=True))
+            )
     return pd.DataFrame(rows)
 
 

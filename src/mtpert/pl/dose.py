@@ -57,7 +57,9 @@ def dose_response_means(
     conditions = spec.conditions(truth)
     if condition is None:
         if len(conditions) != 1:
-            raise DataError(f"truth has conditions {conditions}; say which to show (condition=...).")
+            raise DataError(
+                f"truth has conditions {conditions}; say which to show (condition=...)."
+            )
         condition = conditions[0]
     elif condition not in conditions:
         raise DataError(f"No '{condition}' cells in truth; its conditions: {conditions}.")
@@ -74,7 +76,14 @@ def dose_response_means(
     for model, pred in preds.items():
         if pd.Index(genes).difference(pred.var_names).size:
             raise DataError(f"The prediction of '{model}' lacks some of the genes {list(genes)}.")
-        rows.append(_by_dose(pred[(pred.obs[spec.condition_key].astype(str) == condition).to_numpy()], genes, spec, model))
+        rows.append(
+            _by_dose(
+                pred[(pred.obs[spec.condition_key].astype(str) == condition).to_numpy()],
+                genes,
+                spec,
+                model,
+            )
+        )
     return pd.concat(rows, ignore_index=True)
 
 
@@ -95,7 +104,9 @@ def dose_response(
     the smallest positive dose, so the control dose (usually 0) sits at the left. ``axes``: where
     to draw, one per gene; default a new figure of ``ncols`` columns. Returns the figure.
     """
-    table = dose_response_means(truth, preds, spec, condition=condition, genes=genes, n_genes=n_genes)
+    table = dose_response_means(
+        truth, preds, spec, condition=condition, genes=genes, n_genes=n_genes
+    )
     shown = list(dict.fromkeys(table["gene"]))
     created = axes is None
     if axes is None:
@@ -108,11 +119,17 @@ def dose_response(
         raise ValueError(f"{len(shown)} genes to show but {len(axes)} axes were given.")
     positive = table.loc[table["dose"] > 0, "dose"]
     sources = list(dict.fromkeys(table["source"]))
-    colors = dict(zip(sources[1:], plt.rcParams["axes.prop_cycle"].by_key()["color"] * 4, strict=False))
+    colors = dict(
+        zip(sources[1:], plt.rcParams["axes.prop_cycle"].by_key()["color"] * 4, strict=False)
+    )
     for ax, gene in zip(axes, shown, strict=False):
         for source in sources:
             part = table[(table["gene"] == gene) & (table["source"] == source)].sort_values("dose")
-            style = {"c": "k", "lw": 2, "marker": "o"} if source == TRUTH else {"c": colors[source], "lw": 1.2, "marker": "s", "ms": 4}
+            style = (
+                {"c": "k", "lw": 2, "marker": "o"}
+                if source == TRUTH
+                else {"c": colors[source], "lw": 1.2, "marker": "s", "ms": 4}
+            )
             ax.plot(part["dose"], part["mean"], label=source, **style)
         if len(positive):
             ax.set_xscale("symlog", linthresh=float(positive.min()))
@@ -129,11 +146,15 @@ def dose_response(
 
 def _means(cells: AnnData, genes: Sequence[str], dose: float, source: str) -> pd.DataFrame:
     values = dense(cells[:, list(genes)].X).mean(0)
-    return pd.DataFrame({"gene": list(genes), "dose": float(dose), "source": source, "mean": values})
+    return pd.DataFrame(
+        {"gene": list(genes), "dose": float(dose), "source": source, "mean": values}
+    )
 
 
 def _by_dose(cells: AnnData, genes: Sequence[str], spec: DatasetSpec, source: str) -> pd.DataFrame:
     dose = cells.obs[spec.dose_key].to_numpy(dtype=float)
     if not len(dose):
         raise DataError(f"No cells of the shown condition for '{source}'.")
-    return pd.concat([_means(cells[dose == d], genes, d, source) for d in np.unique(dose)], ignore_index=True)
+    return pd.concat(
+        [_means(cells[dose == d], genes, d, source) for d in np.unique(dose)], ignore_index=True
+    )
