@@ -36,6 +36,7 @@ import time
 from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import matplotlib
 
@@ -242,7 +243,11 @@ def main() -> None:
             rows += result
     seconds = time.perf_counter() - start
     for approach in todo:
-        mine = pd.DataFrame([r for r in rows if r["approach"] == approach]).assign(commit=commit())
+        mine = pd.DataFrame([r for r in rows if r["approach"] == approach]).assign(
+            commit=commit(),
+            run_utc=f"{datetime.now(UTC):%Y-%m-%d %H:%M}",
+            run_wall_seconds=round(seconds),
+        )
         write_table(mine, OUT / f"{approach}.csv")
     present = [a for a in APPROACHES if (OUT / f"{a}.csv").is_file()]
     results = pd.concat([pd.read_csv(OUT / f"{a}.csv") for a in present], ignore_index=True)
@@ -257,9 +262,10 @@ def main() -> None:
         + f"- run now: {', '.join(todo) or 'nothing (every table present)'}; the wall time covers only "
         f"these; per-approach tables in `scaling_doses/`\n"
         + "".join(
-            f"- {a}: `{m.__module__}.{m.__qualname__}`, table made at commit "
-            f"{', '.join(results.loc[results['approach'] == a, 'commit'].astype(str).unique())}\n"
+            f"- {a}: `{m.__module__}.{m.__qualname__}`; table made at commit {row['commit']}, "
+            f"{row['run_utc']} UTC, by a run of {row['run_wall_seconds']} s wall\n"
             for a, m in models.items()
+            for row in [results[results["approach"] == a].iloc[0]]
         )
         + "\n"
         + __doc__[__doc__.index("Simulated data") : __doc__.index("Writes")].strip()
