@@ -28,16 +28,20 @@ def load_kang() -> ad.AnnData:
     return ad.read_h5ad(kang_path())
 
 
-def provenance(command: str, seconds: float) -> str:
-    """Markdown lines saying how, when and where a result was produced."""
+def commit() -> str:
+    """Short hash of the checked-out commit, or 'unknown' outside a git checkout."""
     try:
-        commit = subprocess.run(
+        return subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
+        return "unknown"
+
+
+def provenance(command: str, seconds: float) -> str:
+    """Markdown lines saying how, when and where a result was produced."""
     return (
         f"- command: `{command}`\n"
-        f"- commit: {commit}; run {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; {seconds:.0f} s wall\n"
+        f"- commit: {commit()}; run {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; {seconds:.0f} s wall\n"
         f"- machine: {platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}\n"
     )

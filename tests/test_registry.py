@@ -7,12 +7,21 @@ import http.server
 import re
 import socket
 import threading
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
 
-from mtpert.data import DATASETS, DatasetSpec, list_datasets, load_dataset, simulate
-from mtpert.data.registry import RemoteDataset
+from mtpert.data import (
+    DATASETS,
+    DatasetSpec,
+    holdout_condition,
+    holdout_group,
+    list_datasets,
+    load_dataset,
+    simulate,
+)
+from mtpert.data.registry import NAULT2021_LIVER_CELL_TYPES, RemoteDataset
 from mtpert.errors import DataError, DatasetUnavailableError
 
 SPEC = DatasetSpec(dose_key="dose")
@@ -178,7 +187,7 @@ def test_non_h5ad_file_is_a_clear_error(tmp_path):
 
 
 def test_registry_table_is_immutable_and_well_formed():
-    assert set(DATASETS) == {"kang2018", "nault2021", "hagai2018"}
+    assert set(DATASETS) == {"kang2018", "nault2021", "nault2021_liver", "hagai2018"}
     with pytest.raises(TypeError):
         DATASETS["x"] = DATASETS["kang2018"]  # type: ignore[index]
     for name, entry in DATASETS.items():
@@ -196,3 +205,55 @@ def test_registry_table_is_immutable_and_well_formed():
 def test_mirrors_require_a_checksum():
     with pytest.raises(ValueError, match="mirrors"):
         _entry("http://127.0.0.1/a.h5ad", None, mirrors=("http://127.0.0.1/b.h5ad",))
+
+
+# ---------------------------------------------------------------------- the multi-dose and cross-species studies
+def _nault_like(path):
+    """A file shaped like scVIDR's Nault 2021 h5ad: obs 'celltype' and numeric 'Dose', no condition."""
+    keys = DatasetSpec(cell_type_key="celltype", dose_key="Dose")
+    adata = simulate(n_cell_types=7, n_genes=20, n_cells=12, doses=(0.3, 30.0), spec=keys, seed=0)
+    names = [*NAULT2021_LIVER_CELL_TYPES, "B Cells"]
+    adata.obs["celltype"] = adata.obs["celltype"].cat.rename_categories(names)
+    del adata.obs["condition"]
+    adata.write_h5ad(path)
+    return adata
+
+
+def test_nault_loads_with_its_dose_key_and_the_liver_subset(tmp_path):
+    _nault_like(tmp_path / "nault.h5ad")
+    full = load_dataset("nault2021", path=tmp_path / "nault.h5ad")
+    liver = load_dataset("nault2021_liver", path=tmp_path / "nault.h5ad")
+    spec = DATASETS["nault2021_liver"].spec
+    assert spec == DATASETS["nault2021"].spec and spec.dose_key == "Dose"
+    for adata in (full, liver):
+        spec.validate(adata)
+        assert spec.conditions(adata) == ["TCDD"] and spec.doses(adata) == [0.3, 30.0]
+    assert "B Cells" in spec.cell_types(full)
+    assert spec.cell_types(liver) == sorted(NAULT2021_LIVER_CELL_TYPES)
+    assert liver.n_obs == full.n_obs * 6 // 7
+    split = holdout_condition(liver, spec, "TCDD", dose=0.3, min_cells=5)  # interpolation split
+    assert len(split.targets) == 6
+
+
+def test_liver_subset_names_missing_cell_types(tmp_path):
+    adata = _nault_like(tmp_path / "nault.h5ad")
+    adata[adata.obs["celltype"] != "Cholangiocytes"].write_h5ad(tmp_path / "partial.h5ad")
+    with pytest.raises(DataError, match=r"\['Cholangiocytes'\] are not in obs\['celltype'\]"):
+        load_dataset("nault2021_liver", path=tmp_path / "partial.h5ad")
+
+
+def test_hagai_downloads_with_species_as_the_held_out_unit(server, tmp_path):
+    """The Hagai entry's keys on a file served locally: species is the held-out unit."""
+    keys = DatasetSpec(cell_type_key="species", condition_key="condition", control="unst")
+    path = server.root / "hagai.h5ad"
+    adata = simulate(n_cell_types=4, n_genes=20, n_cells=12, perturbations=("LPS6",), spec=keys, seed=0)
+    adata.obs["species"] = adata.obs["species"].cat.rename_categories(["human", "macaque", "mouse", "rat"])
+    adata.write_h5ad(path)
+    entry = replace(DATASETS["hagai2018"], url=f"{server.url}/hagai.h5ad", mirrors=(),
+                    known_hash="sha256:" + hashlib.sha256(path.read_bytes()).hexdigest())
+    loaded = load_dataset(entry, cache_dir=tmp_path / "cache")
+    entry.spec.validate(loaded)
+    assert server.hits == ["/hagai.h5ad"]
+    species = entry.group_keys["species"]
+    split = holdout_group(loaded, entry.spec, "rat", group_key=species, min_cells=5)
+    assert set(loaded.obs.loc[split.heldout, species]) == {"rat"}

@@ -4,7 +4,15 @@ from mtpert.data.pp import detect_kind, log_normalize, prepare, require_kind, se
 from mtpert.data.registry import DATASETS, RemoteDataset, list_datasets, load_dataset
 from mtpert.data.simulate import simulate, true_log_means, true_response
 from mtpert.data.spec import DEFAULT_MIN_CELLS, DatasetSpec
-from mtpert.data.split import Split, Target, eligible_groups, heldout_mask, holdout_condition, holdout_group
+from mtpert.data.split import (
+    Split,
+    Target,
+    eligible_groups,
+    heldout_mask,
+    holdout_condition,
+    holdout_group,
+    single_dose,
+)
 
 __all__ = [
     "DATASETS",
@@ -25,6 +33,7 @@ __all__ = [
     "require_kind",
     "select_hvgs",
     "simulate",
+    "single_dose",
     "true_log_means",
     "true_response",
 ]

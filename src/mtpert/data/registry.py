@@ -12,7 +12,7 @@ import importlib.util
 import os
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 
@@ -52,6 +52,8 @@ class RemoteDataset:
             :func:`load_dataset` gives non-control cells in a derived ``spec.condition_key`` column
             (cells at ``spec.control_dose`` get ``spec.control``).
         manual_download: where a person can get the file when there is no ``url``.
+        cell_types: if given, :func:`load_dataset` keeps only cells of these values of
+            ``spec.cell_type_key`` (a study's subset of a shared file; each must be present).
         size_mb: download size in megabytes, where known.
         n_cells: number of cells, where known.
     """
@@ -67,6 +69,7 @@ class RemoteDataset:
     group_keys: Mapping[str, str] = field(default_factory=dict)
     perturbation: str | None = None
     manual_download: str | None = None
+    cell_types: tuple[str, ...] = ()
     size_mb: float | None = None
     n_cells: int | None = None
 
@@ -85,6 +88,41 @@ class RemoteDataset:
     def urls(self) -> tuple[str, ...]:
         """Every download URL, in the order tried."""
         return () if self.url is None else (self.url, *self.mirrors)
+
+
+NAULT2021 = RemoteDataset(
+    name="nault2021",
+    # No direct public h5ad found. scVIDR (BhattacharyaLab/scVIDR, README.md "Data") ships
+    # nault2021_multiDose.h5ad in a Google Drive data.zip; its tutorials read obs 'celltype' and a
+    # numeric 'Dose' (0 = vehicle) and no condition column. Raw data: GEO GSE184506 (scVIDR
+    # docs/tutorials/tutorials-introduction.md).
+    url=None,
+    known_hash=None,
+    filename="nault2021_multiDose.h5ad",
+    spec=DatasetSpec(
+        cell_type_key="celltype", condition_key="condition", control="control", dose_key="Dose"
+    ),
+    perturbation="TCDD",
+    description="Mouse liver snRNA-seq, vehicle or TCDD at 8 doses 0.01-30 ug/kg "
+    "(scVIDR's nault2021_multiDose.h5ad).",
+    citation="Nault, R. et al. Single-cell transcriptomics shows dose-dependent disruption of "
+    "hepatic zonation by TCDD in mice. Toxicol. Sci. (2023), PMC9887712; as processed for scVIDR "
+    "(Kana et al. 2023).",
+    manual_download="nault2021_multiDose.h5ad in scVIDR's data.zip, "
+    "https://drive.google.com/file/d/11fzDbp0B19Dy47MtD742Jl4Hz2bdSiiq/view",
+)
+
+NAULT2021_LIVER_CELL_TYPES = (
+    "Hepatocytes - central",
+    "Hepatocytes - portal",
+    "Cholangiocytes",
+    "Stellate Cells",
+    "Portal Fibroblasts",
+    "Endothelial Cells",
+)
+"""The liver (non-immune) cell types of Nault 2021 that the thesis' "liver cell types" evaluation
+keeps, as scVIDR's dose-response analysis does (scVIDR docs/tutorials/Figure3.md: immune cells
+removed, these six kept)."""
 
 
 DATASETS: Mapping[str, RemoteDataset] = MappingProxyType(
@@ -116,29 +154,14 @@ DATASETS: Mapping[str, RemoteDataset] = MappingProxyType(
                 size_mb=38.4,
                 n_cells=24_673,
             ),
-            RemoteDataset(
-                name="nault2021",
-                # No direct public h5ad found. scVIDR (BhattacharyaLab/scVIDR, README.md "Data")
-                # ships nault2021_multiDose.h5ad in a Google Drive data.zip; its tutorials read obs
-                # 'celltype' and a numeric 'Dose' (0 = vehicle) and no condition column. Raw data:
-                # GEO GSE184506 (scVIDR docs/tutorials/tutorials-introduction.md).
-                url=None,
-                known_hash=None,
-                filename="nault2021_multiDose.h5ad",
-                spec=DatasetSpec(
-                    cell_type_key="celltype",
-                    condition_key="condition",
-                    control="control",
-                    dose_key="Dose",
-                ),
-                perturbation="TCDD",
-                description="Mouse liver snRNA-seq, vehicle or TCDD at 8 doses 0.01-30 ug/kg "
-                "(scVIDR's nault2021_multiDose.h5ad).",
-                citation="Nault, R. et al. Single-cell transcriptomics shows dose-dependent "
-                "disruption of hepatic zonation by TCDD in mice. Toxicol. Sci. (2023), PMC9887712; "
-                "as processed for scVIDR (Kana et al. 2023).",
-                manual_download="nault2021_multiDose.h5ad in scVIDR's data.zip, "
-                "https://drive.google.com/file/d/11fzDbp0B19Dy47MtD742Jl4Hz2bdSiiq/view",
+            NAULT2021,
+            replace(
+                NAULT2021,
+                name="nault2021_liver",
+                cell_types=NAULT2021_LIVER_CELL_TYPES,
+                description="Nault 2021 restricted to its six liver (non-immune) cell types: "
+                + ", ".join(NAULT2021_LIVER_CELL_TYPES)
+                + " (same file as nault2021).",
             ),
             RemoteDataset(
                 name="hagai2018",
@@ -218,7 +241,7 @@ def load_dataset(
     else:
         adata = _read(_fetch(entry, _cache_dir(cache_dir)))
     _derive_condition(adata, entry)
-    return adata
+    return _subset(adata, entry)
 
 
 def _cache_dir(cache_dir: str | os.PathLike[str] | None) -> Path:
@@ -311,6 +334,24 @@ def _read(file: Path) -> AnnData:
             f"Could not read {file} as an .h5ad file ({exc}). If it is a download in the mtpert "
             "cache, delete it and load the dataset again."
         ) from exc
+
+
+def _subset(adata: AnnData, entry: RemoteDataset) -> AnnData:
+    """``adata`` restricted to ``entry.cell_types`` (a copy), or unchanged if there are none."""
+    if not entry.cell_types:
+        return adata
+    key = entry.spec.cell_type_key
+    if key not in adata.obs.columns:
+        raise DataError(f"'{entry.name}' keeps some values of obs['{key}'], but the file has no such column; "
+                        f"its obs columns: {list(adata.obs.columns)}.")
+    present = adata.obs[key].astype(str)
+    missing = sorted(set(entry.cell_types) - set(present))
+    if missing:
+        raise DataError(
+            f"'{entry.name}' keeps cell types {list(entry.cell_types)}, but {missing} are not in "
+            f"obs['{key}'] (it has {sorted(present.unique())}). Is this the right file?"
+        )
+    return adata[present.isin(entry.cell_types).to_numpy()].copy()
 
 
 def _derive_condition(adata: AnnData, entry: RemoteDataset) -> None:

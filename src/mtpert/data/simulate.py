@@ -10,6 +10,15 @@ checked on counts drawn from a generative model whose truth is stored alongside 
   type-specific part (``type_specificity`` sets the mix: 0 makes every type respond identically);
 * counts are negative binomial around that mean (``var = mu + dispersion * mu^2``).
 
+With ``n_species > 1`` every species has every cell type (the same tissue profiled in each
+species, as in Hagai 2018), so a population is a (species, cell type) pair, named
+``'<species>.<type>'`` in the cell-type column so that each population is one group everywhere
+(splits, truth, evaluation); ``obs[species_key]`` holds the species. Species differ in baseline (a
+species program, drawn like the cell-type programs) and in response: each perturbation's
+responsive genes are a *conserved* set, with the same effects in every species, plus a set of
+*species-specific* genes drawn for each species. Held out, a species' conserved response can be
+learned from the other species; its own genes cannot.
+
 The response changes a cell's expected total count (by a few percent with the defaults), so after
 total-count normalization every gene shifts slightly, as in real data. :func:`true_response` is
 the change in expected counts and ignores that; :func:`true_log_means` includes it.
@@ -61,6 +70,9 @@ def simulate(
     library_size: float = 2000.0,
     library_sd: float = 0.3,
     dispersion: float = 0.2,
+    n_species: int = 1,
+    conserved_fraction: float = 0.5,
+    species_key: str = "species",
     spec: DatasetSpec | None = None,
     seed: int = 0,
 ) -> AnnData:
@@ -87,6 +99,12 @@ def simulate(
         library_size: expected total counts of a control cell with size factor 1.
         library_sd: standard deviation of the log size factors (mean size factor 1).
         dispersion: negative binomial dispersion (> 0; variance ``mu + dispersion * mu^2``).
+        n_species: number of species (``species_0``, ...); 1 gives no species column and plain
+            cell-type names. Above 1, see the module docstring; species programs use
+            ``type_program_fraction`` and ``type_effect`` too.
+        conserved_fraction: in [0, 1], with ``n_species > 1``: fraction of each perturbation's
+            responsive genes that respond alike in every species; the rest differ per species.
+        species_key: obs column of the species, with ``n_species > 1``.
         spec: obs keys and control label to write; default ``DatasetSpec()`` with dose column
             ``'dose'``. Control cells get ``spec.control_dose``.
         seed: seed of the numpy Generator; the same arguments always give the same data.
@@ -98,7 +116,10 @@ def simulate(
         cell type x condition x dose, indexed ``g0``, ``g1``, ...), ``genes``, ``mean_counts``
         and ``lfc`` (arrays, groups x genes in those orders: expected counts of a cell with size
         factor 1, and natural-log fold change against the same type's control) and
-        ``responsive`` (per perturbation, the genes its program moves).
+        ``responsive`` (per perturbation, the genes its program moves in any species). With
+        ``n_species > 1``, ``groups`` has a ``species`` column, and there are ``conserved`` (per
+        perturbation, its genes shared by every species) and ``species_responsive`` (per species,
+        per perturbation, the genes it moves in that species).
     """
     spec = spec or DatasetSpec()
     spec = replace(spec, dose_key=spec.dose_key or DEFAULT_DOSE_KEY)
@@ -139,47 +160,81 @@ def simulate(
             f"dispersion must be > 0 (got {dispersion}); small values approach Poisson",
         ),
         (ec50 <= 0 or hill_n <= 0, "ec50 and hill_n must be > 0"),
+        (n_species < 1, f"n_species must be >= 1, got {n_species}"),
+        (
+            not 0.0 <= conserved_fraction <= 1.0,
+            f"conserved_fraction must be in [0, 1], got {conserved_fraction}",
+        ),
+        (
+            n_species > 1 and species_key in spec.obs_keys,
+            f"species_key '{species_key}' is already an obs key of the spec; pick another name",
+        ),
     ]
     for failed, message in problems:
         if failed:
             raise DataError(f"simulate: {message}.")
     rng = np.random.default_rng(seed)
     genes = [f"gene_{i:0{len(str(n_genes - 1))}d}" for i in range(n_genes)]
-    cell_types = [f"type_{i}" for i in range(n_cell_types)]
+    types = [f"type_{i}" for i in range(n_cell_types)]
+    species = [f"species_{i}" for i in range(n_species)]
+    populations = [  # (species index, type index, cell-type label)
+        (s, t, f"{species[s]}.{types[t]}" if n_species > 1 else types[t])
+        for s in range(n_species)
+        for t in range(n_cell_types)
+    ]
+    cell_types = [label for _, _, label in populations]
 
-    # baseline and cell-type programs (natural-log means of a cell with size factor 1)
+    # baseline, cell-type and species programs (natural-log means of a cell with size factor 1)
     weights = rng.lognormal(0.0, 1.0, n_genes)
     base = np.log(library_size * weights / weights.sum())
-    type_shift = np.zeros((n_cell_types, n_genes))
-    for t in range(n_cell_types):
-        shifted = rng.random(n_genes) < type_program_fraction
-        type_shift[t, shifted] = rng.normal(0.0, type_effect, shifted.sum())
+    type_shift, species_shift = np.zeros((n_cell_types, n_genes)), np.zeros((n_species, n_genes))
+    for shift in (type_shift, species_shift) if n_species > 1 else (type_shift,):
+        for row in shift:
+            shifted = rng.random(n_genes) < type_program_fraction
+            row[shifted] = rng.normal(0.0, type_effect, shifted.sum())
 
-    # response programs: one shared and one type-specific part per perturbation, on the same genes
+    # response programs: one shared and one type-specific part per perturbation, on the same genes;
+    # species 1, 2, ... keep the conserved genes (and effects) and move their own other genes
     n_responsive = max(1, round(responsive_fraction * n_genes))
-    programs = np.zeros((len(perturbations), n_cell_types, n_genes))
-    responsive: dict[str, np.ndarray] = {}
+    n_conserved = n_responsive if n_species == 1 else round(conserved_fraction * n_responsive)
+    programs = np.zeros((len(perturbations), n_species, n_cell_types, n_genes))
+    gene_names = np.asarray(genes, dtype=object)
+    conserved: dict[str, np.ndarray] = {}
+    by_species: dict[str, dict[str, np.ndarray]] = {name: {} for name in species}
     for p, name in enumerate(perturbations):
-        idx = np.sort(rng.choice(n_genes, n_responsive, replace=False))
-        shared = _effects(rng, n_responsive, effect_size)
-        specific = np.stack([_effects(rng, n_responsive, effect_size) for _ in range(n_cell_types)])
-        programs[p][:, idx] = (
-            np.sqrt(1.0 - type_specificity) * shared + np.sqrt(type_specificity) * specific
-        )
-        responsive[name] = np.asarray(genes, dtype=object)[idx]
+        chosen = rng.choice(n_genes, n_responsive, replace=False)
+        idx = np.sort(chosen)
+        programs[p][:, :, idx] = _program(rng, n_responsive, n_cell_types, effect_size, type_specificity)
+        kept = np.sort(chosen[:n_conserved])
+        by_species[species[0]][name] = gene_names[idx]
+        for s in range(1, n_species):
+            own = np.sort(
+                rng.choice(np.setdiff1d(np.arange(n_genes), kept), n_responsive - n_conserved, replace=False)
+            )
+            programs[p, s][:, np.setdiff1d(idx, kept)] = 0.0
+            programs[p, s][:, own] = _program(rng, len(own), n_cell_types, effect_size, type_specificity)
+            by_species[species[s]][name] = gene_names[np.union1d(kept, own)]
+        conserved[name] = gene_names[kept]
+    responsive = {
+        name: gene_names[np.flatnonzero(programs[p].any(axis=(0, 1)))]
+        for p, name in enumerate(perturbations)
+    }
 
     rows, log_means = [], []
-    for t, cell_type in enumerate(cell_types):
-        rows.append((cell_type, spec.control, spec.control_dose))
-        log_means.append(base + type_shift[t])
+    for s, t, cell_type in populations:
+        control_mean = base + species_shift[s] + type_shift[t]
+        rows.append((cell_type, spec.control, spec.control_dose, species[s]))
+        log_means.append(control_mean)
         for p, name in enumerate(perturbations):
             for dose in doses:
-                rows.append((cell_type, name, dose))
-                log_means.append(base + type_shift[t] + hill(dose, ec50, hill_n) * programs[p, t])
+                rows.append((cell_type, name, dose, species[s]))
+                log_means.append(control_mean + hill(dose, ec50, hill_n) * programs[p, s, t])
     group_ids = [f"g{i}" for i in range(len(rows))]
-    groups = pd.DataFrame(rows, columns=["cell_type", "condition", "dose"], index=group_ids)
+    groups = pd.DataFrame(rows, columns=["cell_type", "condition", "dose", "species"], index=group_ids)
+    if n_species == 1:
+        groups = groups.drop(columns="species")
     log_mu = np.stack(log_means)
-    control_of = {ct: i for i, (ct, cond, _) in enumerate(rows) if cond == spec.control}
+    control_of = {row[0]: i for i, row in enumerate(rows) if row[1] == spec.control}
     lfc = log_mu - log_mu[[control_of[ct] for ct in groups["cell_type"]]]
 
     size_factors = rng.lognormal(-(library_sd**2) / 2, library_sd, (len(rows), n_cells))
@@ -199,6 +254,10 @@ def simulate(
         },
         index=[f"cell_{i}" for i in range(X.shape[0])],
     )
+    if n_species > 1:
+        obs[species_key] = pd.Categorical(
+            np.repeat(groups["species"].to_numpy(), n_cells), categories=species
+        )
     adata = AnnData(X, obs=obs, var=pd.DataFrame(index=genes))
     params = {
         "n_cell_types": n_cell_types,
@@ -216,6 +275,9 @@ def simulate(
         "library_size": float(library_size),
         "library_sd": float(library_sd),
         "dispersion": float(dispersion),
+        "n_species": int(n_species),
+        "conserved_fraction": float(conserved_fraction),
+        "species_key": species_key,
         "seed": int(seed),
     }
     adata.uns[UNS_KEY] = {
@@ -227,6 +289,8 @@ def simulate(
         "lfc": lfc,
         "responsive": responsive,
     }
+    if n_species > 1:
+        adata.uns[UNS_KEY] |= {"conserved": conserved, "species_responsive": by_species}
     return adata
 
 
@@ -276,6 +340,15 @@ def true_log_means(
 
 
 # ---------------------------------------------------------------------------- helpers
+def _program(
+    rng: np.random.Generator, n: int, n_types: int, effect_size: float, type_specificity: float
+) -> np.ndarray:
+    """Log-fold-changes of ``n`` genes in each of ``n_types`` types: a shared and a type-specific part."""
+    shared = _effects(rng, n, effect_size)
+    specific = np.stack([_effects(rng, n, effect_size) for _ in range(n_types)])
+    return np.sqrt(1.0 - type_specificity) * shared + np.sqrt(type_specificity) * specific
+
+
 def _effects(rng: np.random.Generator, n: int, effect_size: float) -> np.ndarray:
     """Log-fold-changes with random signs and magnitudes uniform in [0.5, 1.5] * effect_size."""
     return rng.choice([-1.0, 1.0], n) * rng.uniform(0.5, 1.5, n) * effect_size

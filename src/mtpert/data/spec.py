@@ -74,6 +74,15 @@ class DatasetSpec:
         labels = adata.obs[self.condition_key].astype(str).unique()
         return sorted(c for c in labels if c != self.control)
 
+    def doses(self, adata: AnnData, condition: str | None = None) -> list[float]:
+        """Sorted distinct doses of the perturbed cells (of ``condition``, if given)."""
+        if self.dose_key is None:
+            raise DataError("The spec has no dose_key, so the data has no doses; set DatasetSpec(dose_key=...).")
+        perturbed = ~self.is_control(adata)
+        if condition is not None:
+            perturbed &= (adata.obs[self.condition_key].astype(str) == condition).to_numpy()
+        return sorted({float(d) for d in adata.obs.loc[perturbed, self.dose_key]})
+
     def counts_table(self, adata: AnnData) -> pd.DataFrame:
         """Cells per cell type (rows) and condition (columns), control first."""
         obs = adata.obs

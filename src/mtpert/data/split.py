@@ -1,12 +1,18 @@
 """Out-of-distribution splits: what a model may train on, and what it is scored on.
 
-Two protocols of the field:
+Three protocols of the field, all with one target per (group, condition, dose):
 
-* :func:`holdout_group` -- hold out every perturbed cell of one target group (a cell type, or any
-  grouping column such as species). The target's control cells stay visible: they are the input
-  from which the model predicts the target's response.
-* :func:`holdout_condition` -- hold out one condition (or dose) in every cell type, to test
-  interpolation or extrapolation to a condition never seen in training.
+* :func:`holdout_group` -- hold out every perturbed cell of one group, at every dose: a cell type,
+  or the value of any other grouping column, e.g. a species (``group_key='species'``) for
+  cross-species transfer. The group's control cells stay visible: they are the input from which
+  the model predicts the group's response.
+* :func:`holdout_condition` -- hold out one condition at one dose in every group, to test
+  interpolation (or extrapolation) to a dose never seen in training. The input of each target is
+  again its group's control cells (dose ``spec.control_dose``), which stay in training; a model
+  with a continuous dose encoding is asked for the unseen dose.
+
+A (group, condition, dose) with fewer than ``min_cells`` cells is not scored, but its perturbed
+cells are held out all the same; :attr:`Split.heldout` lists every held-out cell.
 
 The remaining cells are divided into train and validation, stratified by group x condition and
 seeded, so every run of a benchmark sees the same split.
@@ -14,7 +20,7 @@ seeded, so every run of a benchmark sees the same split.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -42,23 +48,23 @@ class Target:
 
 @dataclass(frozen=True, eq=False)
 class Split:
-    """Cell names for training, validation and the held-out targets of one OOD split."""
+    """Cell names for training, validation and the held-out targets of one OOD split.
+
+    ``heldout`` is every cell a model must never see during training: the targets' perturbed cells
+    and those of groups too small to be scored.
+    """
 
     train: pd.Index
     val: pd.Index
     targets: tuple[Target, ...]
     description: str
+    heldout: pd.Index
 
     def subset(self, adata: AnnData, which: str) -> AnnData:
         """``adata`` restricted to ``'train'`` or ``'val'`` cells (a view)."""
         if which not in ("train", "val"):
             raise ValueError(f"which must be 'train' or 'val', not {which!r}")
         return adata[getattr(self, which)]
-
-    @property
-    def heldout(self) -> pd.Index:
-        """Every cell a model must never see during training."""
-        return pd.Index(np.unique(np.concatenate([t.truth.to_numpy() for t in self.targets])))
 
 
 def heldout_mask(adata: AnnData, spec: DatasetSpec, group: str, *, group_key: str | None = None) -> np.ndarray:
@@ -74,6 +80,13 @@ def _condition_values(adata: AnnData, spec: DatasetSpec, mask: np.ndarray) -> li
         return [(c, None) for c in sorted(obs[spec.condition_key].astype(str).unique())]
     pairs = obs[[spec.condition_key, spec.dose_key]].astype({spec.condition_key: str}).drop_duplicates()
     return sorted((c, float(d)) for c, d in pairs.itertuples(index=False))
+
+
+def _group_labels(adata: AnnData, key: str) -> np.ndarray:
+    """``obs[key]`` as strings; a clear error if there is no such column."""
+    if key not in adata.obs.columns:
+        raise DataError(f"Group key '{key}' not in obs; available: {list(adata.obs.columns)}.")
+    return adata.obs[key].astype(str).to_numpy()
 
 
 def _condition_mask(adata: AnnData, spec: DatasetSpec, condition: str, dose: float | None) -> np.ndarray:
@@ -117,13 +130,14 @@ def holdout_group(
     Args:
         group: the held-out value of ``group_key`` (default: the spec's cell-type key).
         group_key: obs column to hold out by, e.g. a species column for cross-species transfer.
-        min_cells: fewest control and perturbed cells the target needs to be scored.
+            A target then pools the group's cells of every cell type; score per cell type with
+            :func:`mtpert.metrics.evaluate_prediction`, which groups by the spec's cell-type key.
+        min_cells: fewest control cells the group needs, and perturbed cells a (condition, dose)
+            needs to be scored; smaller ones are held out but not scored.
     """
     key = group_key or spec.cell_type_key
     spec.validate(adata)
-    if key not in adata.obs.columns:
-        raise DataError(f"Group key '{key}' not in obs; available: {list(adata.obs.columns)}.")
-    in_group = (adata.obs[key].astype(str) == group).to_numpy()
+    in_group = _group_labels(adata, key) == group
     if not in_group.any():
         raise DataError(
             f"No cells with obs['{key}'] == '{group}'; available: "
@@ -133,16 +147,20 @@ def holdout_group(
     if not conditions:
         raise DataError(f"'{group}' has no perturbed cells, so there is nothing to hold out and score.")
     spec_for_group = spec if key == spec.cell_type_key else DatasetSpec(**{**spec.to_dict(), "cell_type_key": key})
-    require_groups(adata, spec_for_group, group, sorted({c for c, _ in conditions}), min_cells=min_cells)
+    require_groups(adata, spec_for_group, group, [], min_cells=min_cells)
 
-    control_names = adata.obs_names[in_group & spec.is_control(adata)]
-    targets = tuple(
-        Target(group, cond, dose, pd.Index(control_names), pd.Index(adata.obs_names[in_group & _condition_mask(adata, spec, cond, dose)]))
-        for cond, dose in conditions
-    )
-    keep = ~heldout_mask(adata, spec, group, group_key=key)
-    train, val = _train_val(adata, spec, keep, val_fraction, seed, key)
-    return Split(train, val, targets, f"hold out {key}={group}")
+    control_names = pd.Index(adata.obs_names[in_group & spec.is_control(adata)])
+    truths = {(c, d): pd.Index(adata.obs_names[in_group & _condition_mask(adata, spec, c, d)]) for c, d in conditions}
+    targets = tuple(Target(group, c, d, control_names, t) for (c, d), t in truths.items() if len(t) >= min_cells)
+    if not targets:
+        raise DataError(
+            f"'{group}' has at most {max(map(len, truths.values()))} perturbed cells per condition"
+            f"{' and dose' if spec.dose_key else ''}, fewer than the {min_cells} needed to hold it out and "
+            "score it. Pick another target, or lower min_cells (CLI: --min-cells) if you accept noisier scores."
+        )
+    held = heldout_mask(adata, spec, group, group_key=key)
+    train, val = _train_val(adata, spec, ~held, val_fraction, seed, key)
+    return Split(train, val, targets, f"hold out {key}={group}", pd.Index(adata.obs_names[held]))
 
 
 def holdout_condition(
@@ -151,43 +169,66 @@ def holdout_condition(
     condition: str,
     *,
     dose: float | None = None,
+    group_key: str | None = None,
     val_fraction: float = 0.2,
     seed: int = 0,
     min_cells: int = DEFAULT_MIN_CELLS,
 ) -> Split:
-    """Hold out one condition (at one dose, if given) in every cell type.
+    """Hold out one condition (at one dose, if the spec has doses) in every group.
 
-    Each cell type with at least ``min_cells`` control and held-out cells becomes a target;
-    the others' held-out cells are still removed from training but not scored.
+    Each group of ``group_key`` (default: the spec's cell-type key) with at least ``min_cells``
+    control and held-out cells becomes a target, predicted from its own control cells; the
+    others' held-out cells are still removed from training but not scored. Other doses of the
+    condition stay in training, so this asks a model for a dose between (or beyond) those it saw.
     """
+    key = group_key or spec.cell_type_key
     spec.validate(adata)
-    if spec.dose_key is not None and dose is None:
-        raise DataError(
-            f"The spec has a dose key ('{spec.dose_key}'); say which dose of '{condition}' to hold out."
-        )
+    group = _group_labels(adata, key)
+    if condition not in spec.conditions(adata):
+        raise DataError(f"No perturbed cells with condition '{condition}'; available conditions: {spec.conditions(adata)}.")
+    if spec.dose_key is None and dose is not None:
+        raise DataError(f"dose={dose:g} given, but the spec has no dose key; set DatasetSpec(dose_key=...).")
+    if spec.dose_key is not None:
+        doses = spec.doses(adata, condition)
+        if dose is None:
+            raise DataError(
+                f"The spec has a dose key ('{spec.dose_key}'); say which dose of '{condition}' to hold out "
+                f"(dose=...; its doses: {doses})."
+            )
+        if not np.isclose(doses, dose).any():
+            raise DataError(f"'{condition}' has no cells at dose {dose:g}; its doses: {doses}.")
     held = _condition_mask(adata, spec, condition, dose) & ~spec.is_control(adata)
-    if not held.any():
-        raise DataError(
-            f"No perturbed cells with condition '{condition}'"
-            + (f" at dose {dose:g}" if dose is not None else "")
-            + f"; available conditions: {spec.conditions(adata)}."
-        )
-    cell_type = adata.obs[spec.cell_type_key].astype(str).to_numpy()
     control = spec.is_control(adata)
     targets = []
-    for group in sorted(np.unique(cell_type[held])):
-        truth = adata.obs_names[held & (cell_type == group)]
-        ctrl = adata.obs_names[control & (cell_type == group)]
+    for name in sorted(np.unique(group[held])):
+        truth = adata.obs_names[held & (group == name)]
+        ctrl = adata.obs_names[control & (group == name)]
         if len(truth) >= min_cells and len(ctrl) >= min_cells:
-            targets.append(Target(group, condition, dose, pd.Index(ctrl), pd.Index(truth)))
+            targets.append(Target(name, condition, dose, pd.Index(ctrl), pd.Index(truth)))
     if not targets:
         raise DataError(
-            f"No cell type has {min_cells} control and {min_cells} '{condition}' cells to score; "
+            f"No {key} has {min_cells} control and {min_cells} '{condition}' cells to score; "
             "lower min_cells (CLI: --min-cells) or pick another condition."
         )
-    train, val = _train_val(adata, spec, ~held, val_fraction, seed, spec.cell_type_key)
+    train, val = _train_val(adata, spec, ~held, val_fraction, seed, key)
     label = condition if dose is None else f"{condition} @ {dose:g}"
-    return Split(train, val, tuple(targets), f"hold out condition {label}")
+    return Split(train, val, tuple(targets), f"hold out condition {label}", pd.Index(adata.obs_names[held]))
+
+
+def single_dose(adata: AnnData, spec: DatasetSpec, dose: float) -> tuple[AnnData, DatasetSpec]:
+    """The control cells and the cells at ``dose``, and ``spec`` without its dose key.
+
+    What a single-condition model (scGen, scPreGAN, ...) is trained on for one dose of a dose
+    series, as the thesis ran such baselines: one model per dose, each asked to predict
+    ``condition`` without a dose. A view of ``adata``.
+    """
+    if spec.dose_key is None:
+        raise DataError("The spec has no dose key, so the data is already single-dose.")
+    doses = adata.obs[spec.dose_key].to_numpy(dtype=float)
+    if not np.isclose(doses[~spec.is_control(adata)], dose).any():
+        raise DataError(f"No perturbed cells at dose {dose:g}; doses: {spec.doses(adata)}.")
+    keep = np.isclose(doses, dose) | spec.is_control(adata)
+    return adata[keep], replace(spec, dose_key=None)
 
 
 def eligible_groups(
@@ -195,8 +236,9 @@ def eligible_groups(
 ) -> pd.DataFrame:
     """Table of each group's control and perturbed cell counts and whether it can be held out.
 
-    Columns: ``n_control``, ``n_perturbed`` (smallest count over its conditions), ``eligible``,
-    ``reason`` (empty when eligible).
+    Columns: ``n_control``, ``n_perturbed`` (most cells of any of its conditions, at any one dose
+    where the spec has doses: a group is eligible, as :func:`holdout_group` accepts it, when one
+    of its targets can be scored), ``eligible``, ``reason`` (empty when eligible).
     """
     key = group_key or spec.cell_type_key
     obs = adata.obs
@@ -206,8 +248,12 @@ def eligible_groups(
     for group in sorted(groups.unique()):
         in_group = (groups == group).to_numpy()
         n_ctrl = int((in_group & control).sum())
-        per_condition = obs.loc[in_group & ~control, spec.condition_key].astype(str).value_counts()
-        n_pert = int(per_condition.min()) if len(per_condition) else 0
+        perturbed = obs.loc[in_group & ~control]
+        labels = perturbed[spec.condition_key].astype(str)
+        if spec.dose_key is not None:
+            labels = labels + "@" + perturbed[spec.dose_key].astype(str)
+        per_condition = labels.value_counts()
+        n_pert = int(per_condition.max()) if len(per_condition) else 0
         reason = ""
         if n_ctrl < min_cells:
             reason = f"{n_ctrl} control cells < {min_cells}"

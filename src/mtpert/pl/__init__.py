@@ -1,5 +1,6 @@
 """Plotting functions: each takes an optional matplotlib Axes and returns the Axes it drew on."""
 
+from mtpert.pl.dose import dose_response
 from mtpert.pl.plots import (
     deg_dotplot,
     mean_expression_scatter,
@@ -9,4 +10,12 @@ from mtpert.pl.plots import (
 )
 from mtpert.pl.training import loss_curves
 
-__all__ = ["deg_dotplot", "loss_curves", "mean_expression_scatter", "metric_by_model", "metric_heatmap", "pca_overlay"]
+__all__ = [
+    "deg_dotplot",
+    "dose_response",
+    "loss_curves",
+    "mean_expression_scatter",
+    "metric_by_model",
+    "metric_heatmap",
+    "pca_overlay",
+]

@@ -1,0 +1,173 @@
+"""Rank across conditions: is each prediction closer to its own condition's truth than to the others'?
+
+Per-target metrics score a prediction of dose ``d`` against dose ``d``'s cells only, so a model
+that predicts the same response at every dose can score well at every dose where the response
+is similar. The rank metric compares across conditions (doses, or perturbations) of one group:
+for the prediction of condition ``c``, take its distance to the true mean of every condition and
+count the other conditions whose truth is closer than ``c``'s own (ties count one half), over
+the number of other conditions. 0: the prediction is closest to its own truth; 1: farthest;
+averaged over conditions, a prediction that ignores the condition scores exactly 0.5, since the
+same ordering of truths then ranks each condition in turn. This is the idea of the rank metric of
+PerturBench (Wu et al. 2024), here over the conditions of one group.
+
+The distance is between per-gene mean expressions (pseudobulks): ``euclidean`` on mean
+log-expression, the default, because along a dose series the response mostly grows in size, not
+direction; ``cosine`` (1 - cosine similarity of the changes from the control mean) compares the
+direction only, for distinct perturbations. Genes: all genes given (e.g. the HVGs a model was
+trained on), or the union of the top ``n_degs`` DEGs of every true condition against control, so
+that every condition is measured on one gene set.
+
+It needs several predictions at once, so it is not a per-target :class:`~mtpert.metrics.Metric`
+in the registry (whose functions take one :class:`~mtpert.metrics.EvalPair`); :func:`rank_prediction`
+returns rows in the same long format, so the tables concatenate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable, Mapping
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from numpy.typing import ArrayLike
+
+from mtpert.data.spec import DatasetSpec
+from mtpert.errors import DataError
+from mtpert.metrics.de import rank_genes
+from mtpert.metrics.evaluate import RESULT_COLUMNS, _in_group, _of_type, _predicted_groups
+from mtpert.metrics.inputs import Cells, load_sets
+
+Distance = Literal["euclidean", "cosine"]
+DISTANCES: tuple[str, ...] = ("euclidean", "cosine")
+
+
+def condition_rank(
+    truths: Mapping[Hashable, Cells],
+    preds: Mapping[Hashable, Cells],
+    *,
+    control: Cells | None = None,
+    genes: ArrayLike | None = None,
+    n_degs: int | None = None,
+    distance: Distance = "euclidean",
+) -> pd.Series:
+    """Normalized rank of each condition's prediction among the true conditions (0 best).
+
+    Args:
+        truths: real cells of each condition of one group (e.g. keyed by dose).
+        preds: predicted cells of some of those conditions (at least one); each is ranked
+            against every condition in ``truths`` (at least two).
+        control: the group's control cells; needed for ``n_degs`` and ``cosine``.
+        genes: gene names of array inputs.
+        n_degs: measure on the union of each truth's top ``n_degs`` DEGs vs control; all genes
+            when None.
+        distance: ``euclidean`` or ``cosine`` (see the module docstring).
+
+    Returns:
+        The rank of each key of ``preds``, named ``rank``.
+    """
+    if distance not in DISTANCES:
+        raise DataError(f"distance must be one of {DISTANCES}, got {distance!r}.")
+    if len(truths) < 2:
+        raise DataError(f"Ranking needs the truth of at least two conditions, got {len(truths)}.")
+    unknown = [k for k in preds if k not in truths]
+    if unknown or not preds:
+        raise DataError(
+            f"Every prediction needs its condition's truth; no truth for {unknown or 'any (no predictions)'}; "
+            f"truths: {list(truths)}."
+        )
+    if control is None and (n_degs is not None or distance == "cosine"):
+        raise DataError(
+            "Pass the group's control cells: n_degs and distance='cosine' measure changes from control."
+        )
+    sets = {("truth", k): v for k, v in truths.items()} | {("pred", k): v for k, v in preds.items()}
+    if control is not None:
+        sets["control", None] = control
+    _, data = load_sets({f"{w} {k}": v for (w, k), v in sets.items()}, genes=genes)
+    matrices = dict(zip(sets, data.values(), strict=True))
+    columns: np.ndarray | slice = slice(None)
+    if n_degs is not None:
+        if n_degs < 1:
+            raise DataError(f"n_degs must be at least 1, got {n_degs}.")
+        ctrl = matrices["control", None]
+        columns = np.unique(
+            np.concatenate([rank_genes(ctrl, matrices["truth", k])[:n_degs] for k in truths])
+        )
+        if not columns.size:
+            raise DataError(
+                "No true condition differs from control in any gene, so there are no DEGs to rank on."
+            )
+    means = {key: X[:, columns].mean(axis=0) for key, X in matrices.items()}
+    truth = np.stack([means["truth", k] for k in truths])
+    ranks = {}
+    for key in preds:
+        pred = means["pred", key]
+        if distance == "euclidean":
+            d = np.linalg.norm(truth - pred, axis=1)
+        else:
+            d = _cosine_distance(truth - means["control", None], pred - means["control", None])
+        own = list(truths).index(key)
+        others = np.delete(d, own)
+        tied = np.isclose(others, d[own])
+        ranks[key] = ((others < d[own]) & ~tied).sum() + 0.5 * tied.sum()
+    return pd.Series(ranks, name="rank", dtype=float) / (len(truths) - 1)
+
+
+def rank_prediction(
+    adata_truth: AnnData,
+    adata_pred: AnnData,
+    spec: DatasetSpec,
+    *,
+    groups: Iterable[str] | None = None,
+    n_degs: int | None = None,
+    distance: Distance = "euclidean",
+) -> pd.DataFrame:
+    """:func:`condition_rank` for every cell type of a prediction file, in the long result format.
+
+    For each cell type in ``adata_pred``, its predicted (condition, dose) groups are ranked among
+    every (condition, dose) of that cell type in ``adata_truth``, with its control cells there as
+    control.
+
+    Args:
+        adata_truth, adata_pred, spec, groups: as in :func:`mtpert.metrics.evaluate_prediction`.
+        n_degs, distance: as in :func:`condition_rank`.
+
+    Returns:
+        One row per predicted (cell type, condition[, dose]): ``cell_type``, ``condition``,
+        ``dose`` (when the spec has doses), ``metric`` (``'rank'``), ``value``, ``spread`` (NaN),
+        ``best`` (0) and ``higher_is_better`` (False).
+    """
+    predicted = _predicted_groups(adata_pred, spec, groups)
+    rows = []
+    for cell_type in sorted({g.cell_type for g in predicted}):
+        mine = [g for g in predicted if g.cell_type == cell_type]
+        in_type = _of_type(adata_truth, spec, cell_type)
+        control = adata_truth[in_type & spec.is_control(adata_truth)]
+        perturbed = adata_truth[in_type & ~spec.is_control(adata_truth)]
+        keys = _predicted_groups(perturbed, spec, None) if perturbed.n_obs else []
+        truths = {g: adata_truth[_in_group(adata_truth, spec, g)] for g in keys}
+        try:
+            ranks = condition_rank(
+                truths,
+                {g: adata_pred[_in_group(adata_pred, spec, g)] for g in mine},
+                control=control if control.n_obs else None,
+                n_degs=n_degs,
+                distance=distance,
+            )
+        except DataError as err:
+            raise DataError(f"Ranking the conditions of '{cell_type}': {err}") from err
+        for group, value in ranks.items():
+            ids = {"cell_type": group.cell_type, "condition": group.condition}
+            if spec.dose_key is not None:
+                ids["dose"] = group.dose
+            rows.append(
+                ids | dict(zip(RESULT_COLUMNS, ("rank", value, np.nan, 0.0, False), strict=True))
+            )
+    return pd.DataFrame(rows)
+
+
+def _cosine_distance(truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """1 - cosine similarity of ``pred`` with each row of ``truth`` (1 where a vector is zero)."""
+    norms = np.linalg.norm(truth, axis=1) * np.linalg.norm(pred)
+    dots = truth @ pred
+    return 1.0 - np.divide(dots, norms, out=np.zeros_like(dots), where=norms > 0)
