@@ -16,6 +16,8 @@ import pandas as pd
 from mtpert.data.spec import DatasetSpec
 from mtpert.models.base import PerturbationModel
 from mtpert.models.multitask import MultiTaskModel
+from mtpert.models.scbutterfly import ScButterfly
+from mtpert.models.scpregan import ScPreGAN
 from mtpert.models.simple import ControlPredictor, MeanShift
 
 
@@ -50,6 +52,8 @@ MODELS: Mapping[str, ModelPreset] = MappingProxyType(
             ModelPreset("mtvae_ot", MultiTaskModel, {"latent": "variational", "objective": "ot"}),
             ModelPreset("mtae_plus_ot", MultiTaskModel, {"objective": "both"}),
             ModelPreset("mtvae_plus_ot", MultiTaskModel, {"latent": "variational", "objective": "both"}),
+            ModelPreset("scpregan", ScPreGAN),
+            ModelPreset("scbutterfly", ScButterfly),
         )
     }
 )
