@@ -40,7 +40,9 @@ def many_types():
         ("scbutterfly", {"max_epochs": 30, "input_dropout": 0.0, "dropout": 0.0}),
     ],
 )
-def test_predicted_change_of_held_out_type_follows_truth(name: str, options: dict, many_types) -> None:
+def test_predicted_change_of_held_out_type_follows_truth(
+    name: str, options: dict, many_types
+) -> None:
     """Observed r² of predicted vs true change of the held-out type: scpregan 0.30, scbutterfly
     0.13 (control-as-prediction: 0). Longer training raises the training types' r² above 0.9
     while the held-out type's stays near 0.2: both translate poorly to a type unlike any seen."""
@@ -59,7 +61,9 @@ def test_predicted_change_of_held_out_type_follows_truth(name: str, options: dic
 
 @pytest.mark.parametrize("name", ["scpregan", "scbutterfly"])
 def test_one_network_per_perturbation(name: str) -> None:
-    sim = simulate(n_cell_types=3, n_genes=30, n_cells=30, perturbations=("drug_a", "drug_b"), seed=4)
+    sim = simulate(
+        n_cell_types=3, n_genes=30, n_cells=30, perturbations=("drug_a", "drug_b"), seed=4
+    )
     data = prepare(sim, SPEC, n_hvg=0)
     split = holdout_group(data, SPEC, "type_0", min_cells=10)
     model = build(name, SPEC).fit(split.subset(data, "train"))
@@ -84,6 +88,16 @@ def test_scbutterfly_trains_in_three_stages(many_types) -> None:
     _, data, split = many_types
     model = build("scbutterfly", SPEC, max_epochs=4).fit(split.subset(data, "train"))
     history = model.history
-    assert history.groupby("stage")["epoch"].max().to_dict() == {0: 2, 1: 2, 2: 4}  # pretraining: half
+    assert history.groupby("stage")["epoch"].max().to_dict() == {
+        0: 2,
+        1: 2,
+        2: 4,
+    }  # pretraining: half
     assert history.loc[history["stage"] < 2, "train_disc"].isna().all()  # discriminators wait
     assert history.loc[history["stage"] == 2, "train_disc"].notna().all()
+
+
+@pytest.mark.parametrize("name", ["scpregan", "scbutterfly"])
+def test_bad_widths_are_refused(name: str) -> None:
+    with pytest.raises(ValueError, match="at least one positive width"):
+        build(name, SPEC, hidden=())

@@ -34,9 +34,10 @@ ConditionKey = tuple[str, float | None]
 class PerConditionModel(PerturbationModel):
     """Base class: one network per perturbation (condition, dose), each trained on its own.
 
-    Subclasses take the :class:`~mtpert.train.TrainConfig` settings among their keyword arguments
-    (plus ``device``, ``num_threads`` and ``seed``, read as :class:`MultiTaskModel` reads them)
-    and implement :meth:`_build` and :meth:`_fit_condition`.
+    Subclasses pass ``hidden``, ``latent_dim``, the :class:`~mtpert.train.TrainConfig` settings,
+    ``device``, ``num_threads`` and ``seed`` (read as :class:`MultiTaskModel` reads them) among
+    their keyword arguments, and implement :meth:`_build` and :meth:`_fit_condition` (and
+    :meth:`_prepare` for what their networks share).
     """
 
     def __init__(self, spec: DatasetSpec, **hparams: Any) -> None:
@@ -117,7 +118,9 @@ class PerConditionModel(PerturbationModel):
         if not self.nets:
             raise NotFittedError(f"{self.name}: call fit first.")
         if self.spec.dose_key is None and dose is not None:
-            raise DataError("This model was trained without doses (the spec has no dose_key); leave dose=None.")
+            raise DataError(
+                "This model was trained without doses (the spec has no dose_key); leave dose=None."
+            )
         net = self.nets[self._key_index(condition, dose)]
         cells = CellData(_csr(control.X), np.zeros(control.n_obs, dtype=np.int64))
         with torch.no_grad(), cpu_threads(self.hparams["num_threads"]):
@@ -135,7 +138,9 @@ class PerConditionModel(PerturbationModel):
         }
 
     def _tensors(self) -> dict[str, Tensor]:
-        return {f"{i}.{k}": v for i, net in enumerate(self.nets) for k, v in net.state_dict().items()}
+        return {
+            f"{i}.{k}": v for i, net in enumerate(self.nets) for k, v in net.state_dict().items()
+        }
 
     def _restore(self, learned: dict[str, Any], tensors: dict[str, Tensor]) -> None:
         self.keys = [(c, d) for c, d in learned["keys"]]
@@ -145,7 +150,9 @@ class PerConditionModel(PerturbationModel):
         for i in range(len(self.keys)):
             prefix = f"{i}."
             net = self._build()
-            net.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
+            net.load_state_dict(
+                {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+            )
             self.nets.append(net.to(self.device).eval())
 
     # ------------------------------------------------------------------ helpers
@@ -177,7 +184,9 @@ def gene_moments(adata: AnnData) -> tuple[Tensor, Tensor]:
     mean = np.asarray(X.mean(axis=0)).ravel()
     square = X.multiply(X).mean(axis=0) if hasattr(X, "multiply") else (X**2).mean(axis=0)
     sd = np.sqrt(np.maximum(np.asarray(square).ravel() - mean**2, 0.0))
-    return torch.as_tensor(mean, dtype=torch.float32), torch.as_tensor(np.maximum(sd, 1e-3), dtype=torch.float32)
+    return torch.as_tensor(mean, dtype=torch.float32), torch.as_tensor(
+        np.maximum(sd, 1e-3), dtype=torch.float32
+    )
 
 
 def domain_mean(values: Tensor, domain: Tensor) -> Tensor:

@@ -6,6 +6,7 @@ dual-aligned variational autoencoders", Nature Communications 15:2973.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import replace
@@ -43,7 +44,7 @@ def _network(widths: Sequence[int], *, dropout: float, input_dropout: float) -> 
     """The original's ``NetBlock``: input dropout (masking noise), then dense layers with dropout
     between them (not after the last)."""
     layers: list[nn.Module] = [nn.Dropout(input_dropout)]
-    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
+    for i, (a, b) in enumerate(itertools.pairwise(widths)):
         layers.append(_dense(a, b))
         if i < len(widths) - 2:
             layers.append(nn.Dropout(dropout))
@@ -102,16 +103,26 @@ class ButterflyNet(nn.Module):
         widths = {"control": list(hidden), "perturbed": list(perturbed_hidden)}
         self.widths = [widths[d][-1] for d in DOMAINS]
         self.encoders = nn.ModuleDict(
-            {d: _network([n_genes, *widths[d]], dropout=dropout, input_dropout=input_dropout) for d in DOMAINS}
+            {
+                d: _network([n_genes, *widths[d]], dropout=dropout, input_dropout=input_dropout)
+                for d in DOMAINS
+            }
         )
         self.decoders = nn.ModuleDict(
-            {d: _network([*widths[d][::-1], n_genes], dropout=dropout, input_dropout=0.0) for d in DOMAINS}
+            {
+                d: _network([*widths[d][::-1], n_genes], dropout=dropout, input_dropout=0.0)
+                for d in DOMAINS
+            }
         )
         self.pretrain_bottlenecks = nn.ModuleDict(
             {d: GaussianBottleneck(widths[d][-1], latent_dim) for d in DOMAINS}
         )
-        self.pretrain_outputs = nn.ModuleDict({d: _dense(latent_dim, widths[d][-1]) for d in DOMAINS})
-        self.bottlenecks = nn.ModuleDict({d: GaussianBottleneck(widths[d][-1], latent_dim) for d in DOMAINS})
+        self.pretrain_outputs = nn.ModuleDict(
+            {d: _dense(latent_dim, widths[d][-1]) for d in DOMAINS}
+        )
+        self.bottlenecks = nn.ModuleDict(
+            {d: GaussianBottleneck(widths[d][-1], latent_dim) for d in DOMAINS}
+        )
         self.outputs = nn.ModuleDict({d: _dense(latent_dim, widths[d][-1]) for d in DOMAINS})
         self.discriminators = nn.ModuleDict(
             {d: nn.Sequential(nn.Linear(widths[d][-1], 1), nn.BatchNorm1d(1)) for d in DOMAINS}
@@ -141,7 +152,11 @@ class ButterflyNet(nn.Module):
         if stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {stage!r}.")
         self.stage = stage
-        self._steps, self._steps_per_epoch, self._kl_warmup_epochs = 0, steps_per_epoch, kl_warmup_epochs
+        self._steps, self._steps_per_epoch, self._kl_warmup_epochs = (
+            0,
+            steps_per_epoch,
+            kl_warmup_epochs,
+        )
 
     def translate(self, x: Tensor) -> Tensor:
         """Control cells -> the perturbed decoder's output for their translated embedding."""
@@ -164,7 +179,9 @@ class ButterflyNet(nn.Module):
             for target in DOMAINS
         )
         disc = self._discriminator_loss(embedded, translated)
-        fooled = -self.adv_weight * disc if disc.item() < self.disc_threshold else disc.new_zeros(())
+        fooled = (
+            -self.adv_weight * disc if disc.item() < self.disc_threshold else disc.new_zeros(())
+        )
         return {"recon": recon, "kl": kl_weight * kl, "adv": fooled}  # type: ignore[dict-item]
 
     def discriminator_input(self, batch: Batch) -> Tensor:
@@ -207,7 +224,11 @@ class ButterflyNet(nn.Module):
         u = torch.rand(embedded["control"].shape[0], device=embedded["control"].device)
         real = u > 0.5
         label = torch.where(
-            u > 0.8, u, torch.where(real, torch.full_like(u, 0.8), torch.where(u > 0.2, torch.full_like(u, 0.2), u))
+            u > 0.8,
+            u,
+            torch.where(
+                real, torch.full_like(u, 0.8), torch.where(u > 0.2, torch.full_like(u, 0.2), u)
+            ),
         )
         loss = u.new_zeros(())
         for target, source in (("perturbed", "control"), ("control", "perturbed")):
@@ -324,8 +345,12 @@ class ScButterfly(PerConditionModel):
         if perturbed_hidden is not None:
             perturbed_hidden = [int(h) for h in perturbed_hidden]
             if not perturbed_hidden or min(perturbed_hidden) < 1:
-                raise ValueError(f"perturbed_hidden needs at least one positive width; got {perturbed_hidden}.")
-        pretrain_epochs = pretrain_epochs if pretrain_epochs is not None else max(1, max_epochs // 2)
+                raise ValueError(
+                    f"perturbed_hidden needs at least one positive width; got {perturbed_hidden}."
+                )
+        pretrain_epochs = (
+            pretrain_epochs if pretrain_epochs is not None else max(1, max_epochs // 2)
+        )
         super().__init__(
             spec,
             hidden=hidden, perturbed_hidden=perturbed_hidden, latent_dim=latent_dim, dropout=dropout,
@@ -362,13 +387,19 @@ class ScButterfly(PerConditionModel):
         config = self.train_config
         histories = []
         for stage in STAGES:
-            stage_config = config if stage == "translate" else replace(config, max_epochs=self.hparams["pretrain_epochs"])
+            stage_config = (
+                config
+                if stage == "translate"
+                else replace(config, max_epochs=self.hparams["pretrain_epochs"])
+            )
             net.begin(
                 stage,
                 steps_per_epoch=math.ceil(len(data) / config.batch_size),
                 kl_warmup_epochs=self.hparams["kl_warmup_epochs"],
             )
-            history = train(net, data, val_data, stage_config, device=self.device, generator=generator)
+            history = train(
+                net, data, val_data, stage_config, device=self.device, generator=generator
+            )
             histories.append(history.assign(stage=STAGES.index(stage)))
         return net, pd.concat(histories, ignore_index=True)
 
@@ -388,11 +419,14 @@ class ScButterfly(PerConditionModel):
                 continue
             rows = np.concatenate([ctrl, pert])
             n_pcs = min(self.hparams["ot_pcs"], len(rows) - 1, X.shape[1])
-            coords = PCA(n_components=max(n_pcs, 1), svd_solver="covariance_eigh", random_state=seed).fit_transform(
-                X[rows]
-            )
+            coords = PCA(
+                n_components=max(n_pcs, 1), svd_solver="covariance_eigh", random_state=seed
+            ).fit_transform(X[rows])
             partner = ot_pairs(
-                coords[len(ctrl) :], coords[: len(ctrl)], block_size=self.hparams["ot_block_size"], seed=seed
+                coords[len(ctrl) :],
+                coords[: len(ctrl)],
+                block_size=self.hparams["ot_block_size"],
+                seed=seed,
             )
             controls.append(ctrl)
             partners.append(pert[partner])
@@ -401,5 +435,9 @@ class ScButterfly(PerConditionModel):
         ctrl, pert = np.concatenate(controls), np.concatenate(partners)
         if training and len(ctrl) % self.train_config.batch_size == 1 and len(ctrl) > 1:
             ctrl, pert = ctrl[:-1], pert[:-1]
-        pairs = sp.hstack([X[ctrl], X[pert]], format="csr") if sp.issparse(X) else np.hstack([X[ctrl], X[pert]])
+        pairs = (
+            sp.hstack([X[ctrl], X[pert]], format="csr")
+            if sp.issparse(X)
+            else np.hstack([X[ctrl], X[pert]])
+        )
         return CellData(pairs, np.zeros(len(ctrl), dtype=np.int64))

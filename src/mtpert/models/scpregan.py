@@ -6,6 +6,7 @@ single-cell expression to perturbation", Bioinformatics 38(13):3377-3384.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
@@ -37,7 +38,7 @@ def _linear(n_in: int, n_out: int) -> nn.Linear:
 def _mlp(widths: Sequence[int], *, last_activated: bool) -> nn.Sequential:
     """Linear -> LayerNorm -> ReLU blocks; the last layer is plain unless ``last_activated``."""
     layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
+    for i, (a, b) in enumerate(itertools.pairwise(widths)):
         layers.append(_linear(a, b))
         if i < len(widths) - 2 or last_activated:
             layers += [nn.LayerNorm(b), nn.ReLU()]
@@ -57,7 +58,7 @@ class AuxiliaryClassifierDiscriminator(nn.Module):
         self.body = nn.Sequential(
             *(
                 module
-                for a, b in zip(widths[:-1], widths[1:], strict=True)
+                for a, b in itertools.pairwise(widths)
                 for module in (spectral_norm(_linear(a, b)), nn.ReLU())
             )
         )
@@ -128,7 +129,9 @@ class ScPreGANNet(nn.Module):
         z_cross = self.encoder(cross)
         cycle = _route(self.generators, z_cross, d)
         target = z.detach()
-        encoding = ((self.encoder(same) - target) ** 2).mean(-1) + ((z_cross - target) ** 2).mean(-1)
+        encoding = ((self.encoder(same) - target) ** 2).mean(-1) + ((z_cross - target) ** 2).mean(
+            -1
+        )
         adversarial = sum(
             domain_mean(self._judged(fake, claimed, t, real=True), d)
             for fake, claimed in ((same, d), (cross, other), (cycle, d))
@@ -155,7 +158,9 @@ class ScPreGANNet(nn.Module):
         """Per-cell loss of domain ``domain``'s discriminator: binary cross-entropy against the
         real/generated label plus cross-entropy of the cell type."""
         if cell_type is None:
-            raise ValueError("scPreGAN's discriminators classify cell types; the batch has no group labels.")
+            raise ValueError(
+                "scPreGAN's discriminators classify cell types; the batch has no group labels."
+            )
         out = _route(self.discriminator, x, domain)
         label = torch.full_like(out[:, 0], 1.0 if real else 0.0)
         return nn.functional.binary_cross_entropy_with_logits(
@@ -283,15 +288,21 @@ class ScPreGAN(PerConditionModel):
         val_data = self._cell_data(val) if val is not None and val.n_obs else None
         net = self._build()
         net.start_at(*gene_moments(train_cells))
-        history = train(net, data, val_data, self.train_config, device=self.device, generator=generator)
+        history = train(
+            net, data, val_data, self.train_config, device=self.device, generator=generator
+        )
         return net, history
 
     def _cell_data(self, adata: AnnData, rng: np.random.Generator | None = None) -> CellData:
         """Cells with their domain and cell-type index; with ``rng``, the smaller domain is
         resampled (with replacement) up to the size of the larger."""
         domain = (~self.spec.is_control(adata)).astype(np.int64)
-        cell_type = pd.Index(self.cell_types).get_indexer(adata.obs[self.spec.cell_type_key].astype(str))
-        rows = np.flatnonzero(cell_type >= 0)  # validation cells of a type unseen in training: skipped
+        cell_type = pd.Index(self.cell_types).get_indexer(
+            adata.obs[self.spec.cell_type_key].astype(str)
+        )
+        rows = np.flatnonzero(
+            cell_type >= 0
+        )  # validation cells of a type unseen in training: skipped
         if rng is not None:
             sides = sorted((rows[domain[rows] == k] for k in (CONTROL, PERTURBED)), key=len)
             if len(sides[0]):
