@@ -17,6 +17,8 @@ from mtpert.data.spec import DatasetSpec
 from mtpert.models.base import PerturbationModel
 from mtpert.models.latent_shift import LatentShiftModel
 from mtpert.models.multitask import MultiTaskModel
+from mtpert.models.scbutterfly import ScButterfly
+from mtpert.models.scpregan import ScPreGAN
 from mtpert.models.simple import ControlPredictor, MeanShift
 
 
@@ -54,6 +56,8 @@ MODELS: Mapping[str, ModelPreset] = MappingProxyType(
             ModelPreset("scgen", LatentShiftModel),
             ModelPreset("scvidr", LatentShiftModel, {"shift": "regression"}),
             ModelPreset("scvidr_multi", LatentShiftModel, {"shift": "regression", "dose_scaling": "log"}),
+            ModelPreset("scpregan", ScPreGAN),
+            ModelPreset("scbutterfly", ScButterfly),
         )
     }
 )

@@ -22,6 +22,7 @@ class Batch:
 
     ``source`` holds the expression of the optimal-transport partners (control cells) of the
     batch cells at positions ``paired``; both are None when the batch has no paired cells.
+    ``group`` is each cell's group index (e.g. its cell type) where the data has one.
     """
 
     x: Tensor
@@ -29,6 +30,7 @@ class Batch:
     dose: Tensor | None
     source: Tensor | None = None
     paired: Tensor | None = None
+    group: Tensor | None = None
 
     def __len__(self) -> int:
         return self.x.shape[0]
@@ -43,12 +45,15 @@ class CellData:
         condition: (n_cells,) int64 index of each cell's condition.
         dose: (n_cells,) float32 scaled dose, or None when the data has no doses.
         partner: (n_cells,) int64 row of each cell's OT partner in ``X`` (-1: none), or None.
+        group: (n_cells,) int64 group index of each cell (e.g. its cell type, for a model that
+            classifies it), or None.
     """
 
     X: sp.csr_matrix | np.ndarray
     condition: np.ndarray
     dose: np.ndarray | None = None
     partner: np.ndarray | None = None
+    group: np.ndarray | None = None
 
     def __len__(self) -> int:
         return self.X.shape[0]
@@ -69,6 +74,7 @@ class CellData:
 
     def _batch(self, rows: np.ndarray, device: torch.device) -> Batch:
         dose = None if self.dose is None else torch.from_numpy(self.dose[rows]).to(device)
+        group = None if self.group is None else torch.from_numpy(self.group[rows]).to(device)
         source = paired = None
         if self.partner is not None:
             partner = self.partner[rows]
@@ -82,6 +88,7 @@ class CellData:
             dose=dose,
             source=source,
             paired=paired,
+            group=group,
         )
 
 

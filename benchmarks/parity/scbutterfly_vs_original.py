@@ -1,0 +1,155 @@
+"""mtpert's scbutterfly vs the original scButterfly (PyPI 0.0.9) on the same Kang splits.
+
+Run via benchmarks/parity/scbutterfly_vs_original.sh (it builds the original's own virtual
+environment, .peers/scbutterfly). For each held-out cell type (seed 1): HVGs chosen without the
+type's stimulated cells (mtpert.data.prepare), mtpert's holdout split, the cells written to a
+temporary h5ad that the original's pipeline (_scbutterfly_original.py, run in its own process)
+reads; both predict the type's stimulated cells from its control cells with their default
+(tutorial) settings. Both predictions are scored by mtpert.metrics.evaluate_prediction. Only cell
+types with at least 10 control and 10 stimulated cells are kept, for both: the original's pairing
+needs both conditions in every cell type. Writes benchmarks/results/parity_scbutterfly.{csv,md}.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _common import REPO, RESULTS, load_kang, provenance
+
+from mtpert.data import DatasetSpec, eligible_groups, heldout_mask, holdout_group, prepare
+from mtpert.io import atomic_write, write_table
+from mtpert.metrics import evaluate_prediction
+from mtpert.models import get_model
+
+GROUPS = ("CD4 Naive T", "CD14 Mono", "B")
+SEED = 1
+METRICS = ("r2_all", "r2_top100")
+TOLERANCE = {"r2_all": 0.05, "r2_top100": 0.10}
+"""Largest |ours - original| called a match, fixed before the first run. Both are stochastic with
+different random streams, so equal numbers cannot be expected; top-100 DEG R² moves more between
+runs than R² over all genes."""
+PEER_PYTHON = REPO / ".peers" / "scbutterfly" / "bin" / "python"
+PEER_SCRIPT = Path(__file__).with_name("_scbutterfly_original.py")
+PEER_TIMEOUT_S = 1800
+
+
+def kept_cell_types(raw: AnnData, spec: DatasetSpec) -> AnnData:
+    table = eligible_groups(raw, spec, min_cells=10)
+    return raw[raw.obs[spec.cell_type_key].astype(str).isin(table.index[table["eligible"]])].copy()
+
+
+def score(data: AnnData, target, X: np.ndarray, spec: DatasetSpec) -> dict[str, float]:
+    control = data[target.control]
+    pred = AnnData(
+        X=X, obs=control.obs.assign(**{spec.condition_key: target.condition}), var=control.var
+    )
+    truth = data[target.control.append(target.truth)]
+    table = evaluate_prediction(truth, pred, spec, metrics=list(METRICS))
+    return dict(zip(table["metric"], table["value"], strict=True))
+
+
+def main() -> None:
+    start_all = time.perf_counter()
+    spec = DatasetSpec()
+    raw = kept_cell_types(load_kang(), spec)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for group in GROUPS:
+            data = prepare(raw, spec, n_hvg=2000, exclude=heldout_mask(raw, spec, group))
+            split = holdout_group(data, spec, group, seed=SEED)
+            target = split.targets[0]
+
+            model = get_model("scbutterfly")(spec, seed=SEED, num_threads=1, progress=False)
+            start = time.perf_counter()
+            model.fit(split.subset(data, "train"), split.subset(data, "val"))
+            ours_s = time.perf_counter() - start
+            ours = score(
+                data, target, model.predict(data[target.control], target.condition).X, spec
+            )
+
+            role = pd.Series("pool", index=split.train.append(split.val).append(target.truth))
+            role[target.control] = "target_control"
+            role[target.truth] = "target_truth"
+            cells = data[role.index].copy()
+            cells.obs["parity_role"] = role.to_numpy()
+            cells.obs = cells.obs[[spec.cell_type_key, spec.condition_key, "parity_role"]]
+            cells = cells[np.argsort(role.to_numpy() != "target_control", kind="stable")].copy()
+            path, out = Path(tmp) / f"{group}.h5ad", str(Path(tmp) / f"{group}_pred.npy")
+            cells.write_h5ad(path)
+            subprocess.run(
+                [str(PEER_PYTHON), str(PEER_SCRIPT), str(path), out, str(SEED)],
+                check=True,
+                timeout=PEER_TIMEOUT_S,
+                stdout=subprocess.DEVNULL,
+            )
+            info = json.loads(Path(out + ".json").read_text())
+            original = score(data, target, np.load(out), spec)
+
+            for name, values, seconds in (
+                ("mtpert", ours, ours_s),
+                ("original", original, info["train_seconds"]),
+            ):
+                rows.append(
+                    {"group": group, "implementation": name, **values, "train_seconds": seconds}
+                )
+            print(
+                f"{group}: mtpert {ours} ({ours_s:.0f} s), original {original} ({info['train_seconds']:.0f} s)",
+                flush=True,
+            )
+    results = pd.DataFrame(rows)
+    write_table(results, RESULTS / "parity_scbutterfly.csv")
+    seconds = time.perf_counter() - start_all
+    atomic_write(
+        RESULTS / "parity_scbutterfly.md", lambda f: f.write(report(results, seconds).encode())
+    )
+
+
+def report(results: pd.DataFrame, seconds: float) -> str:
+    wide = results.pivot(index="group", columns="implementation")
+    lines = [
+        "| cell type | metric | mtpert | original | difference | verdict |",
+        "|---|---|---|---|---|---|",
+    ]
+    for group in GROUPS:
+        for metric in METRICS:
+            ours, original = (
+                wide.loc[group, (metric, "mtpert")],
+                wide.loc[group, (metric, "original")],
+            )
+            diff = ours - original
+            verdict = (
+                "match"
+                if abs(diff) <= TOLERANCE[metric]
+                else ("mtpert better" if diff > 0 else "mtpert worse")
+            )
+            lines.append(
+                f"| {group} | {metric} | {ours:.3f} | {original:.3f} | {diff:+.3f} | {verdict} |"
+            )
+        lines.append(
+            f"| {group} | train seconds | {wide.loc[group, ('train_seconds', 'mtpert')]:.0f} | "
+            f"{wide.loc[group, ('train_seconds', 'original')]:.0f} | | |"
+        )
+    tolerance = ", ".join(f"{k} {v}" for k, v in TOLERANCE.items())
+    return (
+        "# scbutterfly: mtpert's re-implementation vs the original (scButterfly 0.0.9)\n\n"
+        + provenance("bash benchmarks/parity/scbutterfly_vs_original.sh", seconds)
+        + f"\nKang subset, cell types with >= 10 cells per condition, 2,000 HVGs chosen without the held-out "
+        f"type's stimulated cells, mtpert's holdout split (seed {SEED}); both with their default settings "
+        f"(the original's tutorial), one CPU thread. Tolerance (|mtpert - original|): {tolerance}.\n\n"
+        + "\n".join(lines)
+        + "\n"
+    )
+
+
+if __name__ == "__main__":
+    main()
