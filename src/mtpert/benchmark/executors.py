@@ -22,7 +22,14 @@ import torch
 from anndata import AnnData
 
 from mtpert.benchmark.grid import NOISE_CEILING, RunSpec
-from mtpert.benchmark.holdout import SplitKind, fit_and_score, make_split, noise_ceiling, prepare_holdout, rank_scores
+from mtpert.benchmark.holdout import (
+    SplitKind,
+    fit_and_score,
+    make_split,
+    noise_ceiling,
+    prepare_holdout,
+    rank_scores,
+)
 from mtpert.benchmark.store import RunResult
 from mtpert.data.registry import load_dataset
 from mtpert.data.spec import DatasetSpec

@@ -23,8 +23,8 @@ from typing import Any, Literal
 import pandas as pd
 from anndata import AnnData
 
-from mtpert.data.spec import DEFAULT_MIN_CELLS, DatasetSpec
 from mtpert.benchmark.holdout import SplitKind
+from mtpert.data.spec import DEFAULT_MIN_CELLS, DatasetSpec
 from mtpert.data.split import condition_label, eligible_conditions, eligible_groups
 from mtpert.errors import ConfigError
 from mtpert.models.registry import MODELS, get_model

@@ -14,7 +14,6 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import anndata as ad
-
 import numpy as np
 import pandas as pd
 import torch
@@ -22,7 +21,14 @@ from anndata import AnnData
 
 from mtpert.data.pp import prepare
 from mtpert.data.spec import DEFAULT_MIN_CELLS, DatasetSpec
-from mtpert.data.split import Split, Target, eligible_groups, holdout_condition, holdout_group, single_dose
+from mtpert.data.split import (
+    Split,
+    Target,
+    eligible_groups,
+    holdout_condition,
+    holdout_group,
+    single_dose,
+)
 from mtpert.metrics import evaluate, rank_prediction
 from mtpert.metrics.evaluate import RESULT_COLUMNS
 from mtpert.models.base import PerturbationModel
@@ -90,9 +96,9 @@ def fit_and_score(
     parts = {}
     for dose in sorted({t.dose for t in split.targets}):
         subset, dose_spec = single_dose(data, spec, dose)
-        keep = lambda names, cells=subset.obs_names: names[names.isin(cells)]  # noqa: E731
+        train, val = (names[names.isin(subset.obs_names)] for names in (split.train, split.val))
         targets = tuple(replace(t, dose=None) for t in split.targets if t.dose == dose)
-        dose_split = replace(split, train=keep(split.train), val=keep(split.val), targets=targets)
+        dose_split = replace(split, train=train, val=val, targets=targets)
         parts[dose] = _fit_and_score(subset, dose_split, dose_spec, name, seed, params)
     originals = {(t.group, t.condition, t.dose): t for t in split.targets}
     predictions = []

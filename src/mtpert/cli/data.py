@@ -8,7 +8,16 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from mtpert.cli.options import CellTypeKey, ConditionKey, Control, DoseKey, MinCells, console, make_spec, user_errors
+from mtpert.cli.options import (
+    CellTypeKey,
+    ConditionKey,
+    Control,
+    DoseKey,
+    MinCells,
+    console,
+    make_spec,
+    user_errors,
+)
 
 app = typer.Typer(help="Inspect datasets (local files or registered public ones), or simulate one.", no_args_is_help=True)
 
