@@ -17,16 +17,24 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Protocol
 
+import pandas as pd
 import torch
 from anndata import AnnData
 
 from mtpert.benchmark.grid import NOISE_CEILING, RunSpec
-from mtpert.benchmark.holdout import fit_and_score, noise_ceiling, prepare_holdout
+from mtpert.benchmark.holdout import (
+    SplitKind,
+    fit_and_score,
+    make_split,
+    noise_ceiling,
+    prepare_holdout,
+    rank_scores,
+)
 from mtpert.benchmark.store import RunResult
 from mtpert.data.registry import load_dataset
 from mtpert.data.spec import DatasetSpec
-from mtpert.data.split import holdout_group
 from mtpert.errors import ConfigError, MissingDependencyError
+from mtpert.models.base import PerturbationModel
 from mtpert.models.registry import get_model
 
 QUIET = {"progress": False}
@@ -56,21 +64,29 @@ def usable_cores() -> int:
 
 # ---------------------------------------------------------------------------- one run
 def execute(task: Task) -> RunResult:
-    """Prepare the data for ``task.run``'s held-out group, fit and score (or compute the noise
-    ceiling), and return its table with the run's costs; nothing is written here."""
+    """Prepare the data for ``task.run``'s held-out cells, fit and score (or compute the noise
+    ceiling), and return its table with the run's costs; nothing is written here.
+
+    Where a group has several conditions or doses, the table also holds the ``rank`` of each
+    prediction among them (:func:`mtpert.benchmark.holdout.rank_scores`).
+    """
     run = task.run
-    data = _prepared(task.data, run.spec, run.target, run.prep["n_hvg"], run.prep["hvg_on_all_cells"])
-    split = holdout_group(data, run.spec, run.target, seed=run.seed, min_cells=run.prep["min_cells"])
+    min_cells = run.prep["min_cells"]
+    data = _prepared(task.data, run.spec, run.split, run.target, run.dose, run.group_key, run.prep["n_hvg"], run.prep["hvg_on_all_cells"])
+    split = make_split(data, run.spec, run.split, run.target, dose=run.dose, group_key=run.group_key, seed=run.seed, min_cells=min_cells)
     _reset_peak_rss()
     start = time.perf_counter()
     costs: dict[str, float] = {}
-    predictions, model = (), None
+    predictions, models = (), {}
     if run.model == NOISE_CEILING:
         scores = noise_ceiling(data, split, run.seed, **run.model_params)
     else:
-        result = fit_and_score(data, split, run.spec, run.model, run.seed, {**run.model_params, **_quiet(run.model)})
-        scores, model = result.scores, result.model
-        costs = {"fit_seconds": result.fit_seconds, "predict_seconds": result.predict_seconds, **model.fit_summary()}
+        params = {**run.model_params, **_quiet(run.model)}
+        result = fit_and_score(data, split, run.spec, run.model, run.seed, params, one_dose_at_a_time=run.one_dose_at_a_time)
+        ranks = rank_scores(data, run.spec, result.predictions, group_key=run.group_key, min_cells=min_cells)
+        scores = pd.concat([result.scores, ranks], ignore_index=True) if len(ranks) else result.scores
+        models = result.models
+        costs = {"fit_seconds": result.fit_seconds, "predict_seconds": result.predict_seconds, **_fit_summary(models.values())}
         predictions = result.predictions if task.keep_prediction else ()
     costs |= {
         "run_seconds": time.perf_counter() - start,
@@ -82,7 +98,7 @@ def execute(task: Task) -> RunResult:
     ids = {"run_id": run.id, "dataset": run.dataset, "split": run.split, "model": run.model, "seed": run.seed, "params": run.params}
     table = scores.assign(**ids, **costs)
     table = table[[*ids, *(c for c in table.columns if c not in ids)]]
-    return RunResult(run, table, predictions, model if task.keep_model else None)
+    return RunResult(run, table, predictions, models if task.keep_model else {})
 
 
 @lru_cache(maxsize=1)
@@ -92,9 +108,20 @@ def load(data: str) -> AnnData:
 
 
 @lru_cache(maxsize=2)
-def _prepared(data: str, spec: DatasetSpec, group: str, n_hvg: int, hvg_on_all_cells: bool) -> AnnData:
-    """Data prepared for one held-out group, kept for the next run of the same group."""
-    return prepare_holdout(load(data), spec, group, n_hvg=n_hvg, hvg_on_all_cells=hvg_on_all_cells)
+def _prepared(
+    data: str, spec: DatasetSpec, kind: SplitKind, target: str, dose: float | None, group_key: str | None, n_hvg: int, hvg_on_all_cells: bool
+) -> AnnData:
+    """Data prepared for one held-out target, kept for the next run of the same target."""
+    raw = load(data)
+    split = make_split(raw, spec, kind, target, dose=dose, group_key=group_key, min_cells=1)  # its held-out cells depend on neither
+    return prepare_holdout(raw, spec, split, n_hvg=n_hvg, hvg_on_all_cells=hvg_on_all_cells)
+
+
+def _fit_summary(models: Iterable[PerturbationModel]) -> dict[str, float]:
+    """What the fitted model(s) of a run learned: parameters and epochs add up over a model per
+    dose, final losses are averaged (one model: its own numbers)."""
+    table = pd.DataFrame([m.fit_summary() for m in models])
+    return {k: float(table[k].sum() if k in ("n_params", "epochs") else table[k].mean()) for k in table}
 
 
 def _quiet(model: str) -> dict[str, object]:

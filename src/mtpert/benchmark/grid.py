@@ -3,6 +3,10 @@
 A :class:`RunSpec` is one cell of the grid (dataset x split x held-out target x model x seed) with
 everything that decides its result; its :attr:`~RunSpec.id` is a hash of that, so the same run gets
 the same id in every invocation and a finished run is recognised and skipped on resume.
+
+Two splits: ``group`` holds out one group (a cell type, or any ``group_key`` such as a species)
+at every dose; ``condition`` holds out one (condition, dose) in every group, asking for a dose
+never seen in training.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import hashlib
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
@@ -19,8 +23,9 @@ from typing import Any, Literal
 import pandas as pd
 from anndata import AnnData
 
+from mtpert.benchmark.holdout import SplitKind
 from mtpert.data.spec import DEFAULT_MIN_CELLS, DatasetSpec
-from mtpert.data.split import eligible_groups
+from mtpert.data.split import condition_label, eligible_conditions, eligible_groups
 from mtpert.errors import ConfigError
 from mtpert.models.registry import MODELS, get_model
 
@@ -37,8 +42,10 @@ class BenchmarkConfig:
     Attributes:
         data: an .h5ad file or the name of a registered dataset.
         models: registered model names.
-        holdout: groups of ``spec.cell_type_key`` to hold out, or ``"all"`` (every group with
-            ``min_cells`` control and perturbed cells; the others are skipped with the reason).
+        holdout: what to hold out, or ``"all"`` (everything with ``min_cells`` cells to score;
+            the others are skipped with the reason): with ``split="group"`` groups of
+            ``group_key``; with ``split="condition"`` (condition, dose) labels such as
+            ``"stimulated@0.5"`` (:func:`mtpert.data.condition_label`).
         seeds: each seed fixes a run's train/validation split and the model's initialization.
         spec: obs keys; default the registered dataset's, else :class:`DatasetSpec`'s defaults.
         n_hvg: highly variable genes, chosen without the held-out group's perturbed cells unless
@@ -49,9 +56,17 @@ class BenchmarkConfig:
             row (0: no ceiling).
         save_predictions: keep predictions as h5ad for the ``"showcase"`` group (first seed,
             every model; what the report plots), for ``"all"`` runs, or ``"none"``.
-        showcase: the held-out group the report plots; default the eligible one with the most
-            perturbed cells.
+        showcase: the group the report plots; default the eligible one with the most perturbed
+            cells. With ``split="condition"``, the report plots its predictions at every held-out
+            dose, and ``save_predictions="showcase"`` keeps the first seed's of every run.
         save_models: keep every fitted model (``model.save``) under ``models/<run id>``.
+        split: ``"group"`` (hold out a group at every dose) or ``"condition"`` (hold out a
+            (condition, dose) in every group; needs a dose key, and models that predict unseen
+            doses).
+        group_key: obs column of the groups; default ``spec.cell_type_key``, e.g. ``"species"``
+            to hold out a species.
+        one_dose_at_a_time: models fitted once per dose on data with doses (see
+            :class:`mtpert.models.registry.ModelPreset`); default the registered presets' choice.
     """
 
     data: str
@@ -67,11 +82,16 @@ class BenchmarkConfig:
     save_predictions: SavePredictions = "showcase"
     showcase: str | None = None
     save_models: bool = False
+    split: SplitKind = "group"
+    group_key: str | None = None
+    one_dose_at_a_time: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         set_ = lambda name, value: object.__setattr__(self, name, value)
         set_("models", tuple(self.models))
         set_("seeds", tuple(int(s) for s in self.seeds))
+        if self.one_dose_at_a_time is not None:
+            set_("one_dose_at_a_time", tuple(self.one_dose_at_a_time))
         if self.holdout != "all":
             set_("holdout", (self.holdout,) if isinstance(self.holdout, str) else tuple(self.holdout))
         if isinstance(self.spec, Mapping):
@@ -83,6 +103,8 @@ class BenchmarkConfig:
             raise ConfigError("No seeds given; e.g. seeds: [1, 2, 19193].")
         if not self.holdout:
             raise ConfigError("holdout is empty; give group names or 'all'.")
+        if self.split not in ("group", "condition"):
+            raise ConfigError(f"split must be 'group' or 'condition', not {self.split!r}.")
         if self.save_predictions not in ("showcase", "all", "none"):
             raise ConfigError(f"save_predictions must be 'showcase', 'all' or 'none', not {self.save_predictions!r}.")
         if self.noise_ceiling_repeats < 0 or self.n_hvg < 0 or self.min_cells < 1:
@@ -92,9 +114,10 @@ class BenchmarkConfig:
                 raise ConfigError(f"'{NOISE_CEILING}' is added by the harness; set noise_ceiling_repeats instead.")
             if name not in MODELS:
                 raise ConfigError(f"Unknown model '{name}'; registered models: {', '.join(MODELS)}.")
-        extra = set(self.model_params) - set(self.models)
-        if extra:
-            raise ConfigError(f"model_params names models not in the benchmark: {sorted(extra)}.")
+        for setting in ("model_params", "one_dose_at_a_time"):
+            extra = set(getattr(self, setting) or ()) - set(self.models)
+            if extra:
+                raise ConfigError(f"{setting} names models not in the benchmark: {sorted(extra)}.")
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> BenchmarkConfig:
@@ -142,27 +165,47 @@ class BenchmarkConfig:
             return self.spec
         return DATASETS[self.data].spec if self.data in DATASETS else DatasetSpec()
 
+    def fits_per_dose(self, model: str) -> bool:
+        """Whether ``model`` is fitted once per dose (on data with doses)."""
+        if self.one_dose_at_a_time is None:
+            return get_model(model).one_dose_at_a_time
+        return model in self.one_dose_at_a_time
+
 
 @dataclass(frozen=True)
 class RunSpec:
     """One run: fit ``model`` under ``seed`` with ``target`` held out of ``dataset``, and score it.
 
-    ``params`` and ``preparation`` are canonical JSON, so a RunSpec is hashable and its id stable.
+    ``target`` is a group of ``group_key`` (default the spec's cell-type key) for the ``group``
+    split, a condition (at ``dose``) for the ``condition`` split. ``one_dose_at_a_time``: one model
+    per dose. ``params`` and ``preparation`` are canonical JSON, so a RunSpec is hashable and its
+    id stable.
     """
 
     dataset: str
     spec: DatasetSpec
     preparation: str
-    split: Literal["group"]
+    split: SplitKind
     target: str
     model: str
     seed: int
     params: str
+    group_key: str | None = None
+    dose: float | None = None
+    one_dose_at_a_time: bool = False
 
     @property
     def id(self) -> str:
-        """First 16 hex digits of the SHA-256 of the run's canonical JSON."""
-        return hashlib.sha256(_canonical(asdict(self)).encode()).hexdigest()[:16]
+        """First 16 hex digits of the SHA-256 of the run's canonical JSON. Fields with a default
+        enter it only when they differ from it, so adding one keeps every earlier run's id."""
+        defaults = {f.name: f.default for f in fields(self) if f.default is not MISSING}
+        values = {k: v for k, v in asdict(self).items() if k not in defaults or v != defaults[k]}
+        return hashlib.sha256(_canonical(values).encode()).hexdigest()[:16]
+
+    @property
+    def heldout(self) -> str:
+        """What the run holds out: a group, or a condition label such as ``'stimulated@0.5'``."""
+        return self.target if self.split == "group" else condition_label(self.target, self.dose)
 
     @property
     def model_params(self) -> dict[str, Any]:
@@ -174,12 +217,12 @@ class RunSpec:
         return json.loads(self.preparation)
 
     def label(self) -> str:
-        return f"{self.target} | {self.model} | seed {self.seed}"
+        return f"{self.heldout} | {self.model} | seed {self.seed}"
 
 
 @dataclass(frozen=True)
 class Grid:
-    """The runs of a benchmark, the held-out groups skipped (with reasons), and the showcase group."""
+    """The runs of a benchmark, the held-out targets skipped (with reasons), and the showcase group."""
 
     runs: tuple[RunSpec, ...]
     skipped: pd.DataFrame
@@ -189,48 +232,66 @@ class Grid:
         """Whether ``run``'s predictions are saved under ``config.save_predictions``."""
         if run.model == NOISE_CEILING or config.save_predictions == "none":
             return False
-        return config.save_predictions == "all" or (run.target == self.showcase and run.seed == config.seeds[0])
+        if config.save_predictions == "all":
+            return True
+        return run.seed == config.seeds[0] and (run.split == "condition" or run.target == self.showcase)
 
 
 def expand(config: BenchmarkConfig, adata: AnnData) -> Grid:
-    """Every (held-out group, model, seed) run of ``config`` on ``adata``, grouped by target.
+    """Every (held-out target, model, seed) run of ``config`` on ``adata``, grouped by target.
 
-    Groups with fewer than ``min_cells`` control or perturbed cells are skipped, not an error;
-    an unknown group name or hyperparameter is.
+    Targets with fewer than ``min_cells`` cells to score are skipped, not an error; an unknown
+    target name, hyperparameter or a model that cannot serve the split is.
     """
     spec = config.dataset_spec()
     spec.validate(adata)
-    table = eligible_groups(adata, spec, min_cells=config.min_cells)
+    group_key = None if config.group_key in (None, spec.cell_type_key) else config.group_key
+    groups = eligible_groups(adata, spec, group_key=group_key, min_cells=config.min_cells)
+    if config.split == "group":
+        table = groups
+    elif spec.dose_key is None:
+        raise ConfigError("split 'condition' holds out a dose of a condition; the spec has no dose_key (set spec: {dose_key: ...}).")
+    else:
+        table = eligible_conditions(adata, spec, group_key=group_key, min_cells=config.min_cells)
     chosen = list(table.index) if config.holdout == "all" else list(config.holdout)
     unknown = [g for g in chosen if g not in table.index]
     if unknown:
-        raise ConfigError(f"Held-out group(s) {unknown} not in obs['{spec.cell_type_key}']; available: {list(table.index)}.")
+        where = f"in obs['{group_key or spec.cell_type_key}']" if config.split == "group" else "among the (condition, dose)s"
+        raise ConfigError(f"Held-out target(s) {unknown} not {where}; available: {list(table.index)}.")
     table = table.loc[chosen]
     targets = table.index[table["eligible"]].tolist()
     if not targets:
         raise ConfigError(
-            f"No held-out group has {config.min_cells} control and perturbed cells; lower min_cells. "
+            f"No held-out target has {config.min_cells} control and perturbed cells; lower min_cells. "
             + "; ".join(f"{g}: {r}" for g, r in table["reason"].items())
         )
-    showcase = config.showcase or str(table.loc[targets, "n_perturbed"].idxmax())
-    if showcase not in targets:
-        raise ConfigError(f"showcase '{showcase}' is not among the scored groups {targets}.")
+    shown = targets if config.split == "group" else groups.index[groups["eligible"]].tolist()
+    showcase = config.showcase or str(groups.loc[shown, "n_perturbed"].idxmax())
+    if showcase not in shown:
+        raise ConfigError(f"showcase '{showcase}' is not among the scored groups {shown}.")
     for name in config.models:  # fail on a bad hyperparameter now, not after hours of runs
         try:
-            get_model(name)(spec, **config.model_params.get(name, {}))
+            model = get_model(name)(spec, **config.model_params.get(name, {}))
         except (TypeError, ValueError) as error:
             raise ConfigError(f"model_params for '{name}': {error}") from error
+        if config.split == "condition" and (config.fits_per_dose(name) or not model.predicts_unseen_doses):
+            raise ConfigError(
+                f"'{name}' cannot predict a dose it was not trained on, which split 'condition' asks for; "
+                "leave it out (e.g. scvidr_multi, mtae and control can), or use split 'group'."
+            )
     preparation = _canonical({"n_hvg": config.n_hvg, "hvg_on_all_cells": config.hvg_on_all_cells, "min_cells": config.min_cells})
-    models = [(m, dict(config.model_params.get(m, {}))) for m in config.models]
+    models = [(m, dict(config.model_params.get(m, {})), spec.dose_key is not None and config.fits_per_dose(m)) for m in config.models]
     if config.noise_ceiling_repeats:
-        models.append((NOISE_CEILING, {"repeats": config.noise_ceiling_repeats}))
-    runs = tuple(
-        RunSpec(dataset_id(config.data), spec, preparation, "group", target, model, seed, _canonical(params))
-        for target in targets
-        for model, params in models
-        for seed in config.seeds
-    )
-    return Grid(runs, table.loc[~table["eligible"], ["n_control", "n_perturbed", "reason"]], showcase)
+        models.append((NOISE_CEILING, {"repeats": config.noise_ceiling_repeats}, False))
+    runs = []
+    for label in targets:
+        target, dose = (label, None) if config.split == "group" else (table.loc[label, "condition"], float(table.loc[label, "dose"]))
+        runs += [
+            RunSpec(dataset_id(config.data), spec, preparation, config.split, target, model, seed, _canonical(params), group_key, dose, per_dose)
+            for model, params, per_dose in models
+            for seed in config.seeds
+        ]
+    return Grid(tuple(runs), table.loc[~table["eligible"]].drop(columns="eligible"), showcase)
 
 
 def dataset_id(data: str) -> str:

@@ -1,8 +1,8 @@
-"""Score models on held-out groups: prepare without leakage, split, fit, predict, evaluate.
+"""Score models on held-out targets: prepare without leakage, split, fit, predict, evaluate.
 
-For each held-out group the HVGs are chosen without that group's perturbed cells, so nothing a
-model sees was selected using the cells it is scored on (``hvg_on_all_cells=True`` restores the
-literature protocol). Every (group, model, seed) becomes one block of a long result table.
+For each split the HVGs are chosen without its held-out cells, so nothing a model sees was
+selected using the cells it is scored on (``hvg_on_all_cells=True`` restores the literature
+protocol). Every (target, model, seed) becomes one block of a long result table.
 """
 
 from __future__ import annotations
@@ -10,9 +10,10 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Literal
 
+import anndata as ad
 import numpy as np
 import pandas as pd
 import torch
@@ -20,12 +21,21 @@ from anndata import AnnData
 
 from mtpert.data.pp import prepare
 from mtpert.data.spec import DEFAULT_MIN_CELLS, DatasetSpec
-from mtpert.data.split import Split, Target, eligible_groups, heldout_mask, holdout_group
-from mtpert.metrics import evaluate
+from mtpert.data.split import (
+    Split,
+    Target,
+    eligible_groups,
+    holdout_condition,
+    holdout_group,
+    single_dose,
+)
+from mtpert.metrics import evaluate, rank_prediction
+from mtpert.metrics.evaluate import RESULT_COLUMNS
 from mtpert.models.base import PerturbationModel
 from mtpert.models.registry import get_model
 
 ProgressCallback = Callable[[str], None]
+SplitKind = Literal["group", "condition"]
 
 
 @dataclass(frozen=True)
@@ -49,9 +59,12 @@ def seed_everything(seed: int) -> None:
 
 @dataclass(frozen=True)
 class FitResult:
-    """What fitting one model under one seed and scoring it on a split's targets produced."""
+    """What fitting a model under one seed and scoring it on a split's targets produced.
 
-    model: PerturbationModel
+    ``models``: the fitted model under key None, or one per dose (see :func:`fit_and_score`).
+    """
+
+    models: Mapping[float | None, PerturbationModel]
     scores: pd.DataFrame
     predictions: tuple[Prediction, ...]
     fit_seconds: float
@@ -59,13 +72,53 @@ class FitResult:
 
 
 def fit_and_score(
-    data: AnnData, split: Split, spec: DatasetSpec, name: str, seed: int, params: Mapping[str, Any] | None = None
+    data: AnnData,
+    split: Split,
+    spec: DatasetSpec,
+    name: str,
+    seed: int,
+    params: Mapping[str, Any] | None = None,
+    *,
+    one_dose_at_a_time: bool = False,
 ) -> FitResult:
     """Fit model ``name`` on ``split``'s training cells under ``seed`` and score every target.
 
     ``data`` is prepared (log-normalized, HVGs chosen without the held-out cells). The scores are
     the evaluation suite's long table, one block per target, with the target's ids and cell counts.
+
+    ``one_dose_at_a_time`` (data with doses): a single-perturbation model's protocol, one model
+    per dose of the targets, each fitted on the training cells of the control and that dose only
+    (:func:`mtpert.data.single_dose`) and asked for the condition without a dose; scores and
+    predictions are labelled with the dose again, and the times add up over the doses.
     """
+    if not one_dose_at_a_time:
+        return _fit_and_score(data, split, spec, name, seed, params)
+    parts = {}
+    for dose in sorted({t.dose for t in split.targets}):
+        subset, dose_spec = single_dose(data, spec, dose)
+        train, val = (names[names.isin(subset.obs_names)] for names in (split.train, split.val))
+        targets = tuple(replace(t, dose=None) for t in split.targets if t.dose == dose)
+        dose_split = replace(split, train=train, val=val, targets=targets)
+        parts[dose] = _fit_and_score(subset, dose_split, dose_spec, name, seed, params)
+    originals = {(t.group, t.condition, t.dose): t for t in split.targets}
+    predictions = []
+    for dose, part in parts.items():
+        for p in part.predictions:
+            pred = p.pred.copy()
+            pred.obs[spec.dose_key] = dose
+            predictions.append(replace(p, target=originals[p.target.group, p.target.condition, dose], pred=pred))
+    return FitResult(
+        {dose: part.models[None] for dose, part in parts.items()},
+        pd.concat([part.scores.assign(dose=dose) for dose, part in parts.items()], ignore_index=True),
+        tuple(predictions),
+        sum(part.fit_seconds for part in parts.values()),
+        sum(part.predict_seconds for part in parts.values()),
+    )
+
+
+def _fit_and_score(
+    data: AnnData, split: Split, spec: DatasetSpec, name: str, seed: int, params: Mapping[str, Any] | None
+) -> FitResult:
     seed_everything(seed)
     model = get_model(name)(spec, **(params or {}))
     start = time.perf_counter()
@@ -79,7 +132,42 @@ def fit_and_score(
         predict_seconds += time.perf_counter() - start
         predictions.append(Prediction(target, name, seed, control, truth, pred))
         blocks.append(target_scores(target, evaluate(control, truth, pred, seed=seed)))
-    return FitResult(model, pd.concat(blocks, ignore_index=True), tuple(predictions), fit_seconds, predict_seconds)
+    return FitResult({None: model}, pd.concat(blocks, ignore_index=True), tuple(predictions), fit_seconds, predict_seconds)
+
+
+def rank_scores(
+    data: AnnData,
+    spec: DatasetSpec,
+    predictions: Sequence[Prediction],
+    *,
+    group_key: str | None = None,
+    min_cells: int = DEFAULT_MIN_CELLS,
+) -> pd.DataFrame:
+    """Rows of metric ``rank`` (:func:`mtpert.metrics.rank_prediction`; 0 best, lower is better):
+    each prediction ranked among the true (condition, dose)s of its group of ``group_key`` that
+    have ``min_cells`` cells, in ``data``. A model that predicts the same response at every dose
+    scores 0.5 on average. No rows for a group with fewer than two such conditions.
+    """
+    by_group = replace(spec, cell_type_key=group_key or spec.cell_type_key)
+    ids = [by_group.cell_type_key, spec.condition_key, *([spec.dose_key] if spec.dose_key else [])]
+    obs = data.obs
+    size = obs.groupby(ids, observed=True)[ids[0]].transform("size").to_numpy()
+    control = spec.is_control(data)
+    blocks = []
+    for group in dict.fromkeys(p.target.group for p in predictions):
+        in_group = (obs[ids[0]].astype(str) == group).to_numpy()
+        truth = data[in_group & (control | (size >= min_cells))]
+        if len(truth.obs.loc[~spec.is_control(truth), ids[1:]].drop_duplicates()) < 2:
+            continue
+        mine = [p for p in predictions if p.target.group == group]
+        pred = ad.concat([p.pred for p in mine], index_unique="-", keys=[str(i) for i in range(len(mine))])
+        ranks = rank_prediction(truth, pred, by_group)
+        for p in mine:
+            row = ranks["condition"] == p.target.condition
+            if p.target.dose is not None:
+                row &= np.isclose(ranks["dose"], p.target.dose)
+            blocks.append(target_scores(p.target, ranks.loc[row, RESULT_COLUMNS].reset_index(drop=True)))
+    return pd.concat(blocks, ignore_index=True) if blocks else pd.DataFrame()
 
 
 def noise_ceiling(data: AnnData, split: Split, seed: int, repeats: int = 5) -> pd.DataFrame:
@@ -116,12 +204,32 @@ def target_scores(target: Target, scores: pd.DataFrame) -> pd.DataFrame:
     return scores.assign(**ids)[[*ids, *scores.columns]]
 
 
+def make_split(
+    adata: AnnData,
+    spec: DatasetSpec,
+    kind: SplitKind,
+    target: str,
+    *,
+    dose: float | None = None,
+    group_key: str | None = None,
+    seed: int = 0,
+    min_cells: int = DEFAULT_MIN_CELLS,
+) -> Split:
+    """The split a benchmark run names: ``'group'`` holds out group ``target`` of ``group_key``
+    at every dose (:func:`mtpert.data.holdout_group`); ``'condition'`` holds out condition
+    ``target`` at ``dose`` in every group (:func:`mtpert.data.holdout_condition`)."""
+    options = {"group_key": group_key, "seed": seed, "min_cells": min_cells}
+    if kind == "group":
+        return holdout_group(adata, spec, target, **options)
+    return holdout_condition(adata, spec, target, dose=dose, **options)
+
+
 def prepare_holdout(
-    adata: AnnData, spec: DatasetSpec, group: str, *, n_hvg: int = 2000, hvg_on_all_cells: bool = False
+    adata: AnnData, spec: DatasetSpec, split: Split, *, n_hvg: int = 2000, hvg_on_all_cells: bool = False
 ) -> AnnData:
-    """``adata`` log-normalized over HVGs chosen without ``group``'s perturbed cells (unless
+    """``adata`` log-normalized over HVGs chosen without ``split``'s held-out cells (unless
     ``hvg_on_all_cells``, the literature protocol)."""
-    exclude = None if hvg_on_all_cells else heldout_mask(adata, spec, group)
+    exclude = None if hvg_on_all_cells else adata.obs_names.isin(split.heldout)
     return prepare(adata, spec, n_hvg=n_hvg, exclude=exclude)
 
 
@@ -164,7 +272,8 @@ def run_holdout(
         groups = table.index[table["eligible"]].tolist()
     blocks = []
     for group in groups:
-        data = prepare_holdout(adata, spec, group, n_hvg=n_hvg, hvg_on_all_cells=hvg_on_all_cells)
+        heldout = holdout_group(adata, spec, group, min_cells=min_cells)  # the held-out cells do not depend on the seed
+        data = prepare_holdout(adata, spec, heldout, n_hvg=n_hvg, hvg_on_all_cells=hvg_on_all_cells)
         for seed in seeds:
             split = holdout_group(data, spec, group, seed=seed, min_cells=min_cells)
             for name in models:

@@ -1,5 +1,8 @@
 """The benchmark report: headline table, comparison with mean shift, noise ceiling, figures.
 
+On data with doses it adds a table per dose for each metric, the rank of each prediction among
+the doses, and the dose-response figure of the showcase group.
+
 :func:`write_report` reads a benchmark directory and writes ``report/report.html`` (self-contained:
 figures embedded), ``report/summary.md``, and every figure as PNG and PDF under ``report/figures``.
 The tables are public functions too, for notebooks.
@@ -12,15 +15,17 @@ import html
 import io
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+import anndata as ad
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
 from mtpert.benchmark.grid import NOISE_CEILING
 from mtpert.benchmark.store import ResultStore
+from mtpert.data.split import condition_label
 from mtpert.io import atomic_write
 from mtpert.metrics import top_degs
 from mtpert.pl import (
@@ -30,18 +35,23 @@ from mtpert.pl import (
     metric_heatmap,
     pca_overlay,
 )
+from mtpert.pl.dose import dose_response
 
 HEADLINE = (
     "deg_overlap_top100", "r2_all", "r2_top20", "r2_top100", "pearson_delta_all",
-    "e_distance_rel", "wasserstein_rel", "euclidean_rel", "mean_pairwise_rel", "mmd_rel",
+    "e_distance_rel", "wasserstein_rel", "euclidean_rel", "mean_pairwise_rel", "mmd_rel", "rank",
 )  # fmt: skip
 """The thesis' headline metrics: DEGs, R² over all HVGs / top-20 / top-100 DEGs, Pearson delta,
-and the five distances relative to predicting no change (< 1 beats it)."""
+the five distances relative to predicting no change (< 1 beats it), and, where a group has
+several conditions or doses, the rank of each prediction among them (0 best, 0.5 ignores them).
+Those absent from the results are left out."""
 
 BASELINE = "mean_shift"
 HEATMAP_METRICS = ("r2_top100", "e_distance_rel")
 N_DEGS = 20
 """Top true DEGs labelled in the scatter and shown in the dot plot."""
+N_DOSE_GENES = 6
+"""Genes in the dose-response figure."""
 
 
 # ---------------------------------------------------------------------------- tables
@@ -74,7 +84,7 @@ def against_baseline(results: pd.DataFrame, baseline: str = BASELINE, metrics: S
     average *and* on more than half the targets, so one lucky target does not make a win.
     """
     data = results[results["metric"].isin(metrics)]
-    per_target = data.groupby(["model", "group", "condition", "metric"], dropna=False)["value"].mean().unstack("model")
+    per_target = data.groupby(["model", "group", "condition", "dose", "metric"], dropna=False)["value"].mean().unstack("model")
     if baseline not in per_target.columns:
         raise KeyError(f"No '{baseline}' runs to compare with; add it to the models.")
     higher = data.groupby("metric")["higher_is_better"].first()
@@ -139,6 +149,7 @@ def write_report(
     store = ResultStore(out)
     results = store.results()
     config = store.config()
+    metrics = [m for m in metrics if m in set(results["metric"])]
     order = _model_order(results, config.models if config else ())
     mean, spread = headline(results, metrics)
     mean, spread = mean.reindex(order), spread.reindex(order)
@@ -175,7 +186,7 @@ class _Table:
 def _sections(results, mean, spread, marks, comparison, lines, cost, store) -> list[_Table | list[str]]:
     """The report's content in order: tables (rendered to HTML and Markdown alike) and sentences."""
     seeds = sorted(results["seed"].unique())
-    targets = results[["group", "condition"]].drop_duplicates()
+    targets = results[["group", "condition", "dose"]].drop_duplicates()
     cells = mean.map(_fmt) + np.where(spread.notna(), " ± " + spread.map(_fmt), "")
     out: list[_Table | list[str]] = [
         _Table(
@@ -185,7 +196,9 @@ def _sections(results, mean, spread, marks, comparison, lines, cost, store) -> l
             "the control's (< 1 beats predicting no change). The noise_ceiling row scores half of the true "
             "cells as a prediction of the other half: how well real cells predict real cells. Halves hold half "
             "the cells, so on noise-sensitive metrics (DEG overlap, distances) a model scored against all true "
-            "cells can pass it: read it as a reference, not a bound.",
+            "cells can pass it: read it as a reference, not a bound."
+            + (" rank: how many of the group's other true doses (conditions) are closer to the prediction than its "
+               "own, as a fraction (0 best; 0.5 is what a dose-blind prediction scores)." if "rank" in mean.columns else ""),
             cells,
             marks,
         ),
@@ -204,6 +217,10 @@ def _sections(results, mean, spread, marks, comparison, lines, cost, store) -> l
             )
         )
     out.append(_Table("Cost per run", "Seconds per run; peak resident memory of the worker process during a run (MiB).", cost.map(_fmt)))
+    if results["dose"].notna().any():
+        for metric in mean.columns:
+            per_dose = results[results["metric"] == metric].pivot_table(index="model", columns="dose", values="value", aggfunc="mean")
+            out.append(_Table(f"{metric} per dose (mean over held-out groups and seeds)", "", per_dose.reindex(mean.index).map(_fmt)))
     for metric in mean.columns:
         per_target = results[results["metric"] == metric].pivot_table(index="model", columns="group", values="value", aggfunc="mean")
         out.append(_Table(f"{metric} per held-out target (mean over seeds)", "", per_target.reindex(mean.index).map(_fmt)))
@@ -232,14 +249,19 @@ def _figures(results, store, config, order, metrics) -> list[Figure]:
     figures.append(Figure("heatmap", "Models x held-out targets, mean over seeds.", fig))
     showcase = config.showcase if config and config.showcase else None
     runs = results[(results["group"] == showcase) & results["model"].isin(order)] if showcase else results.iloc[:0]
-    for condition in runs["condition"].unique() if len(runs) else ():
-        try:
-            control, truth, preds = store.predictions(showcase, condition)
-        except FileNotFoundError:
+    for condition, rows in runs.groupby("condition", sort=False):
+        kept = {}  # (control, truth, predictions) per dose, lowest first
+        for dose in sorted(rows["dose"].dropna().unique()) or [None]:
+            try:
+                kept[dose] = store.predictions(showcase, condition, dose)
+            except FileNotFoundError:
+                continue
+        if not kept:
             continue
+        dose, (control, truth, preds) = list(kept.items())[-1]
         seed = min(s for _, s in preds)
         chosen = {m: preds[m, seed] for m in order if (m, seed) in preds}
-        label = f"{showcase} -> {condition}, seed {seed}"
+        label = f"{showcase} -> {condition_label(condition, dose)}, seed {seed}"
         degs = top_degs(control, truth, n=N_DEGS)
         fig, axes = _panel_grid(len(chosen))
         for ax, (model, pred) in zip(axes, chosen.items(), strict=False):
@@ -252,7 +274,28 @@ def _figures(results, store, config, order, metrics) -> list[Figure]:
         fig, ax = plt.subplots(figsize=(2.5 + 0.32 * len(degs), 1.2 + 0.35 * (len(chosen) + 2)), layout="constrained")
         deg_dotplot(control, truth, chosen, degs, ax=ax)
         figures.append(Figure("dotplot", f"Top {N_DEGS} true DEGs across control, truth and each prediction ({label}).", fig))
+        if dose is not None:
+            figures.append(_dose_response(kept, config, showcase, condition, seed, order))
     return figures
+
+
+def _dose_response(kept: dict, config, group: str, condition: str, seed: int, order: Sequence[str]) -> Figure:
+    """True and predicted mean expression across the kept doses of one group, per model (``seed``)."""
+    spec = config.dataset_spec()
+    spec = replace(spec, cell_type_key=config.group_key or spec.cell_type_key)  # one group of the split's key
+    control = next(iter(kept.values()))[0]
+    truth = ad.concat([control, *(t for _, t, _ in kept.values())], index_unique="-")
+    preds = {
+        m: ad.concat([p[m, seed] for _, _, p in kept.values() if (m, seed) in p], index_unique="-")
+        for m in order
+        if any((m, seed) in p for _, _, p in kept.values())
+    }
+    fig = dose_response(truth, preds, spec, condition=condition, n_genes=N_DOSE_GENES)
+    caption = (
+        f"Dose-response of {group} -> {condition}: mean expression of the top {N_DOSE_GENES} true DEGs of the highest dose, "
+        f"true (black) and predicted by each model (seed {seed}), at each dose predicted."
+    )
+    return Figure("dose_response", caption, fig)
 
 
 def _panel_grid(n: int) -> tuple[plt.Figure, list]:

@@ -5,7 +5,7 @@ Layout of ``DIR``::
     config.json          the benchmark's configuration (the union of resumed grids)
     environment.json     per invocation: time, mtpert version and git commit, packages, machine
     runs/<id>.parquet    one finished run: its scores (long table) and its costs (.csv without pyarrow)
-    predictions/<group>/<condition>/cells.h5ad, <model>_seed<seed>.h5ad   kept predictions
+    predictions/<group>/<condition>[@<dose>]/cells.h5ad, <model>_seed<seed>.h5ad   kept predictions
     models/<id>/         kept fitted models (see save_models)
 
 A run's table is written last and atomically, so it exists only for a run that finished: a run
@@ -20,9 +20,9 @@ import json
 import os
 import platform
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib.util import find_spec
 from pathlib import Path
@@ -33,6 +33,7 @@ import pandas as pd
 import mtpert
 from mtpert.benchmark.grid import BenchmarkConfig, RunSpec, dataset_id
 from mtpert.benchmark.holdout import Prediction
+from mtpert.data.split import condition_label
 from mtpert.errors import ConfigError
 from mtpert.io import atomic_path, atomic_write, write_table
 from mtpert.models.base import PerturbationModel
@@ -43,7 +44,7 @@ PACKAGES = ("numpy", "scipy", "pandas", "anndata", "scanpy", "scikit-learn", "to
 ROLE_KEY = "mtpert_role"
 """obs column of ``cells.h5ad`` saying whether a cell is a ``control`` or ``truth`` cell."""
 
-_COMPARABLE = ("spec", "n_hvg", "hvg_on_all_cells", "min_cells", "noise_ceiling_repeats")
+_COMPARABLE = ("spec", "split", "group_key", "n_hvg", "hvg_on_all_cells", "min_cells", "noise_ceiling_repeats", "one_dose_at_a_time")
 """Settings every run of one directory must share for its results to be comparable."""
 
 
@@ -58,7 +59,7 @@ class RunResult:
     run: RunSpec
     table: pd.DataFrame
     predictions: tuple[Prediction, ...] = ()
-    model: PerturbationModel | None = None
+    models: Mapping[float | None, PerturbationModel] = field(default_factory=dict)
 
 
 class ResultStore:
@@ -125,20 +126,20 @@ class ResultStore:
         run = result.run
         for p in result.predictions:
             self._write_prediction(p)
-        if result.model is not None:
-            result.model.save(self.root / "models" / run.id)
+        for dose, model in result.models.items():  # None: the run's one model; else one per dose
+            model.save(self.root / "models" / run.id / ("" if dose is None else f"dose_{dose}"))
         return write_table(result.table, self.runs / f"{run.id}{self.suffix}")
 
     def _write_prediction(self, p: Prediction) -> None:
-        folder = self._prediction_folder(p.target.group, p.target.condition)
+        folder = self._prediction_folder(p.target.group, p.target.condition, p.target.dose)
         cells = folder / "cells.h5ad"
         if not cells.exists():  # control and truth cells: the same for every model and seed
             both = ad.concat({"control": p.control, "truth": p.truth}, label=ROLE_KEY, index_unique=None)
             _write_h5ad(both, cells)
         _write_h5ad(p.pred, folder / f"{p.model}_seed{p.seed}.h5ad")
 
-    def _prediction_folder(self, group: str, condition: str) -> Path:
-        return self.root / "predictions" / _safe(group) / _safe(condition)
+    def _prediction_folder(self, group: str, condition: str, dose: float | None) -> Path:
+        return self.root / "predictions" / _safe(group) / _safe(condition_label(condition, dose))
 
     # ------------------------------------------------------------------ reading
     def done(self, run: RunSpec) -> bool:
@@ -160,11 +161,13 @@ class ResultStore:
             raise FileNotFoundError(f"No finished runs in {self.runs}; run `mtpert benchmark --out {self.root}` first.")
         return pd.concat([_read_table(f) for f in files], ignore_index=True)
 
-    def predictions(self, group: str, condition: str) -> tuple[ad.AnnData, ad.AnnData, dict[tuple[str, int], ad.AnnData]]:
+    def predictions(
+        self, group: str, condition: str, dose: float | None = None
+    ) -> tuple[ad.AnnData, ad.AnnData, dict[tuple[str, int], ad.AnnData]]:
         """Control cells, true cells and every kept prediction, by (model, seed), of one target."""
-        folder = self._prediction_folder(group, condition)
+        folder = self._prediction_folder(group, condition, dose)
         if not (folder / "cells.h5ad").is_file():
-            raise FileNotFoundError(f"No kept predictions for '{group}' -> '{condition}' in {folder}.")
+            raise FileNotFoundError(f"No kept predictions for '{group}' -> '{condition_label(condition, dose)}' in {folder}.")
         cells = ad.read_h5ad(folder / "cells.h5ad")
         role = cells.obs.pop(ROLE_KEY).astype(str).to_numpy()
         preds = {}

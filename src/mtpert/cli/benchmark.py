@@ -34,6 +34,11 @@ class ExecutorKind(str, Enum):
     ray = "ray"
 
 
+class SplitKind(str, Enum):
+    group = "group"
+    condition = "condition"
+
+
 def _names(text: str | None) -> list[str] | None:
     return None if text is None else [t.strip() for t in text.split(",") if t.strip()]
 
@@ -49,7 +54,9 @@ def benchmark(
     out: Annotated[Path, typer.Option(help="Benchmark directory: results, provenance and report. Rerun to resume.")],
     data: Annotated[str | None, typer.Option(help="An .h5ad file or a registered dataset name.")] = None,
     models: Annotated[str | None, typer.Option(help="Comma-separated registered model names (see `mtpert models`).")] = None,
-    holdout: Annotated[str | None, typer.Option(help="Comma-separated groups to hold out, or 'all'.", show_default="all")] = None,
+    holdout: Annotated[str | None, typer.Option(help="Comma-separated groups (split group) or condition@dose labels (split condition) to hold out, or 'all'.", show_default="all")] = None,
+    split: Annotated[SplitKind | None, typer.Option(help="group: hold out a group at every dose; condition: hold out a condition@dose in every group.", show_default="group")] = None,
+    group_key: Annotated[str | None, typer.Option(help="obs column of the groups, e.g. species.", show_default="the cell-type key")] = None,
     seeds: Annotated[str | None, typer.Option(help="Comma-separated seeds.", show_default="1,2,19193")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML or JSON file with any setting of BenchmarkConfig; options given here override it.", dir_okay=False)] = None,
     jobs: Annotated[int, typer.Option(min=1, help="Runs at a time (local executor); each gets cores // jobs torch threads.")] = 1,
@@ -63,10 +70,11 @@ def benchmark(
     control: Control = None,
     dose_key: DoseKey = None,
 ) -> None:
-    """Fit and score every model on every held-out group under every seed; resumable.
+    """Fit and score every model on every held-out target under every seed; resumable.
 
-    Finished runs are skipped, so after an interruption rerun the same command. Groups too small
+    Finished runs are skipped, so after an interruption rerun the same command. Targets too small
     to score are skipped with the reason. Ends by writing DIR/report (see `mtpert report`).
+    Data with doses: pass --dose-key (or spec: {dose_key: ...} in --config).
     """
     from mtpert.benchmark import BenchmarkConfig, run_benchmark, write_report
     from mtpert.benchmark.executors import make_executor
@@ -77,6 +85,8 @@ def benchmark(
         "models": _names(models),
         "holdout": None if holdout is None or holdout.strip() == "all" else _names(holdout),
         "seeds": _seeds(seeds),
+        "split": None if split is None else split.value,
+        "group_key": group_key,
         "n_hvg": n_hvg,
         "min_cells": min_cells,
         "save_models": save_models,
@@ -144,7 +154,7 @@ class _LiveView:
 
         grid = plan.grid  # skipped groups were already logged by run_benchmark
         console.print(
-            f"{len(grid.runs)} runs ({grid.runs[0].dataset}): {len({r.target for r in grid.runs})} held-out groups x "
+            f"{len(grid.runs)} runs ({grid.runs[0].dataset}): {len({r.heldout for r in grid.runs})} held-out targets x "
             f"{len({r.model for r in grid.runs})} models (noise ceiling included) x {len(plan.config.seeds)} seeds; "
             f"{plan.n_done} already done, {len(plan.todo)} to run"
         )
@@ -157,7 +167,7 @@ class _LiveView:
         values = table.groupby("metric")["value"].mean()
         seconds = table["run_seconds"].iloc[0]
         run = result.run
-        self.rows = [*self.rows, (run.target, run.model, str(run.seed), *(f"{values.get(m, float('nan')):.3f}" for m in LIVE_METRICS), f"{seconds:.1f}")][-LIVE_ROWS:]
+        self.rows = [*self.rows, (run.heldout, run.model, str(run.seed), *(f"{values.get(m, float('nan')):.3f}" for m in LIVE_METRICS), f"{seconds:.1f}")][-LIVE_ROWS:]
         self.finished += 1
         self.progress.advance(self.task)
         if self.live is not None:

@@ -7,6 +7,8 @@ from mtpert.data.spec import DEFAULT_MIN_CELLS, DatasetSpec
 from mtpert.data.split import (
     Split,
     Target,
+    condition_label,
+    eligible_conditions,
     eligible_groups,
     heldout_mask,
     holdout_condition,
@@ -21,7 +23,9 @@ __all__ = [
     "RemoteDataset",
     "Split",
     "Target",
+    "condition_label",
     "detect_kind",
+    "eligible_conditions",
     "eligible_groups",
     "heldout_mask",
     "holdout_condition",

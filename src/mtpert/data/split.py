@@ -261,3 +261,32 @@ def eligible_groups(
             reason = f"{n_pert} perturbed cells < {min_cells}"
         rows.append({key: group, "n_control": n_ctrl, "n_perturbed": n_pert, "eligible": not reason, "reason": reason})
     return pd.DataFrame(rows).set_index(key)
+
+
+def condition_label(condition: str, dose: float | None) -> str:
+    """``'condition'``, or ``'condition@dose'`` with the dose as Python prints a float: how a
+    benchmark names a held-out (condition, dose)."""
+    return condition if dose is None else f"{condition}@{float(dose)}"
+
+
+def eligible_conditions(
+    adata: AnnData, spec: DatasetSpec, *, group_key: str | None = None, min_cells: int = DEFAULT_MIN_CELLS
+) -> pd.DataFrame:
+    """Table of each (condition, dose) and whether :func:`holdout_condition` can hold it out.
+
+    Indexed by :func:`condition_label`; columns ``condition``, ``dose``, ``n_groups`` (groups of
+    ``group_key`` with ``min_cells`` control and ``min_cells`` such cells: its scored targets),
+    ``eligible`` and ``reason`` (empty when eligible).
+    """
+    key = group_key or spec.cell_type_key
+    groups = _group_labels(adata, key)
+    control = spec.is_control(adata)
+    n_control = pd.Series(groups[control]).value_counts()
+    rows = []
+    for condition, dose in _condition_values(adata, spec, np.ones(adata.n_obs, dtype=bool)):
+        held = pd.Series(groups[_condition_mask(adata, spec, condition, dose) & ~control]).value_counts()
+        n_groups = int(((held >= min_cells) & (n_control.reindex(held.index, fill_value=0) >= min_cells)).sum())
+        reason = "" if n_groups else f"no {key} has {min_cells} control and {min_cells} such cells"
+        rows.append({"label": condition_label(condition, dose), "condition": condition, "dose": dose,
+                     "n_groups": n_groups, "eligible": not reason, "reason": reason})  # fmt: skip
+    return pd.DataFrame(rows).set_index("label")

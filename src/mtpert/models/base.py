@@ -47,9 +47,13 @@ class PerturbationModel(ABC):
     a property derived from its options), take their hyperparameters as keyword-only constructor
     arguments and pass them to ``super().__init__`` so they are saved explicitly, and implement
     :meth:`_fit`, :meth:`_predict`, :meth:`_learned` and :meth:`_restore`.
+
+    ``predicts_unseen_doses`` says whether the model can be asked for a dose it was not trained
+    on (a continuous dose encoding, or a dose scaling); a benchmark holding a dose out needs it.
     """
 
     name: str
+    predicts_unseen_doses: bool = False
 
     def __init__(self, spec: DatasetSpec, **hparams: Any) -> None:
         self.spec = spec
@@ -135,7 +139,7 @@ class PerturbationModel(ABC):
         trained networks add ``epochs`` and their final losses."""
         if self.genes is None:
             raise NotFittedError(f"{self.name}: fit the model before asking what it learned.")
-        return {"n_params": float(sum(np.size(v) for v in self._tensors().values()))}
+        return {"n_params": float(sum(torch.as_tensor(v).numel() for v in self._tensors().values()))}
 
     # ------------------------------------------------------------------ subclass hooks
     @abstractmethod

@@ -231,6 +231,18 @@ class LatentShiftModel(PerturbationModel):
         base = {"mean": "scgen", "regression": "scvidr"}[self.shift]
         return base + ("_multi" if self.dose_scaling == "log" else "")
 
+    def fit_summary(self) -> dict[str, float]:
+        """Fitted values (network, its buffers and the shifts), epochs run, and each loss term of
+        the last epoch."""
+        last = self.history.iloc[-1]
+        losses = {f"final_{c}": float(last[c]) for c in last.index if c.startswith(("train_", "val_"))}
+        return {**super().fit_summary(), "epochs": float(len(self.history)), **losses}
+
+    @property
+    def predicts_unseen_doses(self) -> bool:  # type: ignore[override]
+        """With log-dose scaling; otherwise a delta exists only for each dose seen."""
+        return self.dose_scaling == "log"
+
     @property
     def history(self) -> pd.DataFrame:
         """Per-epoch training history: ``epoch``, ``lr``, ``train_<term>`` and ``val_<term>`` losses."""

@@ -396,6 +396,8 @@ class MultiTaskModel(PerturbationModel):
         self.net: MultiTaskNet | None = None
         self._history: dict[str, list[float]] = {}
 
+    predicts_unseen_doses = True
+
     @property
     def name(self) -> str:  # type: ignore[override]
         """Preset name derived from the options, e.g. ``mtvae_plus_ot`` or ``mtae_adv_concat``."""

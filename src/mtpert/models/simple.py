@@ -26,6 +26,7 @@ class ControlPredictor(PerturbationModel):
     """
 
     name = "control"
+    predicts_unseen_doses = True
 
     def __init__(self, spec: DatasetSpec) -> None:
         super().__init__(spec)
