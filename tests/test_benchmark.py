@@ -254,3 +254,41 @@ def test_cli_refuses_unreadable_data_bad_config_and_empty_dirs(tmp_path) -> None
     (tmp_path / "empty").mkdir()
     empty = runner.invoke(app, ["report", str(tmp_path / "empty")])
     assert empty.exit_code == 2 and "No finished runs" in empty.output
+
+
+def test_a_failing_run_is_recorded_and_the_grid_goes_on(sim_path, tmp_path, monkeypatch) -> None:
+    from mtpert.benchmark import executors
+
+    original = executors.fit_and_score
+
+    def breaks_mean_shift(data, split, spec, model, *args, **kwargs):
+        if model == "mean_shift":
+            raise RuntimeError("mean shift is broken")
+        return original(data, split, spec, model, *args, **kwargs)
+
+    monkeypatch.setattr(executors, "fit_and_score", breaks_mean_shift)
+    failures = []
+    store = run_benchmark(config(sim_path, holdout=("type_0", "type_1")), tmp_path, on_failure=failures.append)
+    assert sorted(f.run.heldout for f in failures) == ["type_0", "type_1"]
+    assert all(f.message == "RuntimeError: mean shift is broken" for f in failures)
+    assert set(store.results()["model"]) == {"control", NOISE_CEILING}  # the other runs finished
+    tracebacks = sorted(store.failed.iterdir())
+    assert len(tracebacks) == 2 and "mean shift is broken" in tracebacks[0].read_text()
+    monkeypatch.undo()
+    plans = []
+    store = run_benchmark(config(sim_path, holdout=("type_0", "type_1")), tmp_path, on_plan=plans.append)
+    assert {t.run.model for t in plans[0].todo} == {"mean_shift"}  # only the failed runs again
+    assert not any(store.failed.iterdir())
+
+
+def test_cli_exits_1_naming_failed_runs(sim_path, tmp_path, monkeypatch) -> None:
+    from mtpert.benchmark import executors
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("broken model")
+
+    monkeypatch.setattr(executors, "fit_and_score", broken)
+    args = ["benchmark", "--data", str(sim_path), "--models", "mean_shift", "--holdout", "type_0", "--seeds", "1"]
+    result = CliRunner().invoke(app, [*args, "--n-hvg", "100", "--out", str(tmp_path)])
+    assert result.exit_code == 1, result.output
+    assert "failed" in result.output and "RuntimeError: broken model" in result.output

@@ -11,6 +11,7 @@ import multiprocessing
 import os
 import resource
 import time
+import traceback
 from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
@@ -51,9 +52,23 @@ class Task:
     keep_model: bool = False
 
 
+@dataclass(frozen=True)
+class RunFailure:
+    """A run that raised: the grid goes on without it, and a rerun tries it again."""
+
+    run: RunSpec
+    error: str
+    """The traceback, as text."""
+
+    @property
+    def message(self) -> str:
+        """The exception's last line, e.g. ``ValueError: ...``."""
+        return self.error.strip().splitlines()[-1]
+
+
 class Executor(Protocol):
-    def map(self, tasks: Iterable[Task]) -> Iterator[RunResult]:
-        """Execute ``tasks`` and yield each result as soon as it is ready (in any order)."""
+    def map(self, tasks: Iterable[Task]) -> Iterator[RunResult | RunFailure]:
+        """Execute ``tasks`` and yield each result (or failure) as soon as it is ready (in any order)."""
         ...
 
 
@@ -99,6 +114,15 @@ def execute(task: Task) -> RunResult:
     table = scores.assign(**ids, **costs)
     table = table[[*ids, *(c for c in table.columns if c not in ids)]]
     return RunResult(run, table, predictions, models if task.keep_model else {})
+
+
+def execute_or_fail(task: Task) -> RunResult | RunFailure:
+    """:func:`execute`, with an error in the run returned as a :class:`RunFailure` (one model's
+    bug or bad hyperparameter must not stop a grid of hundreds of runs)."""
+    try:
+        return execute(task)
+    except Exception:
+        return RunFailure(task.run, traceback.format_exc())
 
 
 @lru_cache(maxsize=1)
@@ -164,20 +188,20 @@ class LocalExecutor:
         self.jobs = jobs
         self.threads = max(1, usable_cores() // jobs)
 
-    def map(self, tasks: Iterable[Task]) -> Iterator[RunResult]:
+    def map(self, tasks: Iterable[Task]) -> Iterator[RunResult | RunFailure]:
         tasks = list(tasks)
         if self.jobs == 1:
             before = torch.get_num_threads()
             torch.set_num_threads(self.threads)
             try:
-                yield from map(execute, tasks)
+                yield from map(execute_or_fail, tasks)
             finally:
                 torch.set_num_threads(before)
             return
         context = multiprocessing.get_context("spawn")
         pool = ProcessPoolExecutor(self.jobs, mp_context=context, initializer=torch.set_num_threads, initargs=(self.threads,))
         try:
-            pending = {pool.submit(execute, t) for t in tasks}
+            pending = {pool.submit(execute_or_fail, t) for t in tasks}
             while pending:
                 finished, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for future in finished:
@@ -202,7 +226,7 @@ class RayExecutor:
         self.ray = ray
         self.cpus_per_run = cpus_per_run
 
-    def map(self, tasks: Iterable[Task]) -> Iterator[RunResult]:
+    def map(self, tasks: Iterable[Task]) -> Iterator[RunResult | RunFailure]:
         ray = self.ray
         remote = ray.remote(num_cpus=self.cpus_per_run)(_execute_with_threads)
         pending = [remote.remote(t, self.cpus_per_run) for t in tasks]
@@ -215,9 +239,9 @@ class RayExecutor:
                 ray.cancel(ref)
 
 
-def _execute_with_threads(task: Task, threads: int) -> RunResult:
+def _execute_with_threads(task: Task, threads: int) -> RunResult | RunFailure:
     torch.set_num_threads(threads)
-    return execute(task)
+    return execute_or_fail(task)
 
 
 def make_executor(kind: str, jobs: int = 1) -> Executor:

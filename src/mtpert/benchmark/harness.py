@@ -8,7 +8,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from mtpert.benchmark.executors import Executor, LocalExecutor, Task, load
+from mtpert.benchmark.executors import Executor, LocalExecutor, RunFailure, Task, load
 from mtpert.benchmark.grid import BenchmarkConfig, Grid, expand
 from mtpert.benchmark.store import ResultStore, RunResult
 from mtpert.io import write_table
@@ -37,12 +37,15 @@ def run_benchmark(
     executor: Executor | None = None,
     on_plan: Callable[[Plan], None] | None = None,
     on_result: Callable[[RunResult], None] | None = None,
+    on_failure: Callable[[RunFailure], None] | None = None,
 ) -> ResultStore:
     """Run every unfinished run of ``config`` with ``executor`` (default: one at a time, here),
     saving each as it finishes to the benchmark directory ``out``.
 
     Rerunning the same call resumes: finished runs are skipped. Held-out groups too small to
-    score are logged and skipped. Returns the store, e.g. for :func:`mtpert.benchmark.write_report`.
+    score are logged and skipped. A run that raises is logged, its traceback kept in
+    ``out/failed/<run id>.txt`` and ``on_failure`` called; the grid goes on, and a rerun retries
+    it. Returns the store, e.g. for :func:`mtpert.benchmark.write_report`.
     """
     grid = expand(config, load(config.data))
     for group, reason in grid.skipped["reason"].items():
@@ -59,6 +62,12 @@ def run_benchmark(
         if on_plan is not None:
             on_plan(plan)
         for result in (executor or LocalExecutor()).map(todo):
+            if isinstance(result, RunFailure):
+                path = store.write_failure(result.run, result.error)
+                log.error("%s failed: %s (traceback in %s); the other runs go on", result.run.label(), result.message, path)
+                if on_failure is not None:
+                    on_failure(result)
+                continue
             store.write(result)
             log.info("finished %s (%s)", result.run.label(), result.run.id)
             if on_result is not None:

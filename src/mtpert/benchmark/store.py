@@ -128,7 +128,22 @@ class ResultStore:
             self._write_prediction(p)
         for dose, model in result.models.items():  # None: the run's one model; else one per dose
             model.save(self.root / "models" / run.id / ("" if dose is None else f"dose_{dose}"))
-        return write_table(result.table, self.runs / f"{run.id}{self.suffix}")
+        path = write_table(result.table, self.runs / f"{run.id}{self.suffix}")
+        (self.failed / f"{run.id}.txt").unlink(missing_ok=True)  # an earlier failure, now rerun
+        return path
+
+    @property
+    def failed(self) -> Path:
+        """Folder of the tracebacks of runs that raised (``<run id>.txt``); rerunning retries them."""
+        return self.root / "failed"
+
+    def write_failure(self, run: RunSpec, error: str) -> Path:
+        """Keep the traceback of a failed run; the run stays not done, so a rerun tries it again."""
+        self.failed.mkdir(parents=True, exist_ok=True)
+        text = f"{run.label()} (run {run.id})\n\n{error}"
+        path = self.failed / f"{run.id}.txt"
+        atomic_write(path, lambda f: f.write(text.encode()))
+        return path
 
     def _write_prediction(self, p: Prediction) -> None:
         folder = self._prediction_folder(p.target.group, p.target.condition, p.target.dose)

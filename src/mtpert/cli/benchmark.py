@@ -22,6 +22,7 @@ from mtpert.cli.options import (
 
 if TYPE_CHECKING:
     from mtpert.benchmark.harness import Plan
+    from mtpert.benchmark.executors import RunFailure
     from mtpert.benchmark.store import RunResult
 
 LIVE_ROWS = 8
@@ -104,7 +105,7 @@ def benchmark(
         live = _LiveView()
         start = time.perf_counter()
         try:
-            run_benchmark(settings, out, executor=runner, on_plan=live.start, on_result=live.add)
+            run_benchmark(settings, out, executor=runner, on_plan=live.start, on_result=live.add, on_failure=live.fail)
         except KeyboardInterrupt:
             live.stop()
             err_console.print(f"[yellow]interrupted[/] after {live.finished} runs; rerun the same command to resume.")
@@ -114,6 +115,12 @@ def benchmark(
         if report:
             paths = write_report(out)
             console.print(f"report: [bold]{paths['html']}[/] and {paths['markdown'].name}")
+        if live.failed:
+            err_console.print(
+                f"[red]{live.failed} runs failed[/]; tracebacks in {out}/failed/. Fix the cause and rerun the "
+                "same command: finished runs are kept, failed ones are tried again."
+            )
+            raise typer.Exit(code=1)
 
 
 def report(
@@ -147,6 +154,7 @@ class _LiveView:
         )  # fmt: skip
         self.rows: list[tuple[str, ...]] = []
         self.finished = 0
+        self.failed = 0
         self.live = None
 
     def start(self, plan: Plan) -> None:
@@ -172,6 +180,12 @@ class _LiveView:
         self.progress.advance(self.task)
         if self.live is not None:
             self.live.update(self._view())
+
+    def fail(self, failure: RunFailure) -> None:
+        """A run raised: say so above the live view, and count it as handled."""
+        self.failed += 1
+        self.progress.advance(self.task)
+        self.progress.console.print(f"[red]failed[/] {failure.run.label()}: {failure.message}")
 
     def stop(self) -> None:
         if self.live is not None:
