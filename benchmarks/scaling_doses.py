@@ -256,6 +256,9 @@ def main() -> None:
     plot(table, RESULTS / "scaling_doses.png")
     command = f"taskset -c 1 nice -n 10 python benchmarks/scaling_doses.py --doses {args.doses} --seeds {args.seeds}"
     models = {a: get_model(APPROACHES[a].model).cls for a in present}
+    seeds_per_approach = "; ".join(
+        f"{a} {','.join(map(str, sorted(results.loc[results['approach'] == a, 'seed'].unique())))}" for a in present
+    )
     text = (
         "# Scaling with the number of doses: one multi-task model vs one model per dose\n\n"
         + provenance(command + (" --with-scgen" if args.with_scgen else ""), seconds)
@@ -276,7 +279,7 @@ def main() -> None:
         "compare runs made side by side). Peak RSS is of the whole process (Python, torch, the data); "
         "`training_rss_mb` is peak RSS minus RSS after loading the data, the part training added.\n\n"
         "## Totals per approach (all its models together; accuracy averaged over doses; means over "
-        f"seeds {args.seeds})\n\n" + table.round(3).to_markdown() + "\n\n"
+        f"the seeds each approach ran: {seeds_per_approach})\n\n" + table.round(3).to_markdown() + "\n\n"
         "## Per-dose approaches over the multi-task model\n\n"
         + ratios.round(3).to_markdown()
         + "\n\n"
