@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import resource
 import subprocess
 import sys
 from datetime import datetime, timezone
@@ -45,3 +46,8 @@ def provenance(command: str, seconds: float) -> str:
         f"- commit: {commit()}; run {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; {seconds:.0f} s wall\n"
         f"- machine: {platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}\n"
     )
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
