@@ -49,5 +49,14 @@ def provenance(command: str, seconds: float) -> str:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far (Linux reports KiB)."""
+    """Peak resident memory of this process so far, in MiB.
+
+    Reads ``VmHWM`` from /proc (Linux): ``getrusage``'s ``ru_maxrss`` survives ``exec``, so a
+    worker started by a large parent would report the parent's peak. Elsewhere, ``ru_maxrss``.
+    """
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
