@@ -73,7 +73,7 @@ def run_worker(fold: Path, name: str, threads: int) -> dict[str, float]:
         "predict_seconds": result.predict_seconds,
         "peak_rss_mb": peak_rss_mb(),
         "rss_after_loading_mb": loaded_mb,
-        "epochs": summary.get("epochs", np.nan),
+        "epochs": float(len(result.model.history)) if hasattr(result.model, "history") else np.nan,
         "best_epoch": _best_epoch(result.model),
         "n_params": summary["n_params"],
         **{m: float(scores[m]) for m in METRICS},
@@ -99,7 +99,10 @@ def run_mtpert(fold: Path, name: str, threads: int) -> dict[str, float]:
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         cmd = [sys.executable, __file__, "--worker", name, "--fold", str(fold), "--out", out.name,
                "--threads", str(threads)]  # fmt: skip
-        subprocess.run(cmd, check=True)
+        try:
+            subprocess.run(cmd, check=True)
+        except subprocess.CalledProcessError as error:
+            return {"note": f"failed (exit {error.returncode}; traceback in the log)"}
         return json.loads(Path(out.name).read_text())
 
 

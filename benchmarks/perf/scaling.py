@@ -54,7 +54,9 @@ N_GENES = 2000
 BASE_CHUNKS = 4
 BASE_CHUNK_CELLS = 25_000
 EVAL_SIZES = (300, 1000, 2000)
-DEFAULT_JOBS = "mtae@10000,mtae@100000,mtae@100000:backed,scgen@10000,scgen@100000,mtae@1000000:backed"
+DEFAULT_JOBS = (
+    "mtae@10000,mtae@100000,mtae@100000:backed,scgen@10000,scgen@100000,mtae@1000000:backed"
+)
 
 
 def draw_base() -> list[ad.AnnData]:

@@ -135,7 +135,7 @@ class PerturbationModel(ABC):
         trained networks add ``epochs`` and their final losses."""
         if self.genes is None:
             raise NotFittedError(f"{self.name}: fit the model before asking what it learned.")
-        return {"n_params": float(sum(np.size(v) for v in self._tensors().values()))}
+        return {"n_params": float(sum(np.prod(np.shape(v)) for v in self._tensors().values()))}
 
     # ------------------------------------------------------------------ subclass hooks
     @abstractmethod
