@@ -17,7 +17,7 @@ fit includes its passes over the data besides the epoch (validation of the matri
 Peak memory is the process's peak RSS. The evaluation suite is timed on targets of 300, 1,000 and
 2,000 cells each of control, truth and prediction.
 
-Writes benchmarks/results/perf_scaling.{csv,md,png}.
+Writes benchmarks/results/<name>.{csv,md,png} and <name>_eval.csv (``--name``, default perf_scaling).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import anndata as ad
@@ -53,7 +54,8 @@ SPEC = DatasetSpec()
 N_GENES = 2000
 BASE_CHUNKS = 4
 BASE_CHUNK_CELLS = 25_000
-EVAL_SIZES = (300, 1000, 2000)
+EVAL_CELLS = 10_000
+"""Cells of the file the evaluation targets are drawn from."""
 DEFAULT_JOBS = (
     "mtae@10000,mtae@100000,mtae@100000:backed,scgen@10000,scgen@100000,mtae@1000000:backed"
 )
@@ -131,13 +133,13 @@ def run_job(path: Path, name: str, backed: bool) -> dict[str, float]:
     }
 
 
-def eval_times(path: Path) -> pd.DataFrame:
-    """Median of 3 timings of the whole evaluation suite per target size."""
+def eval_times(path: Path, sizes: list[int]) -> pd.DataFrame:
+    """Median of 3 timings of the whole evaluation suite per target size (cells per side)."""
     data = ad.read_h5ad(path)
     control = data[SPEC.is_control(data)]
     perturbed = data[~SPEC.is_control(data)]
     rows = []
-    for n in EVAL_SIZES:
+    for n in sizes:
         truth, pred = perturbed[:n], perturbed[n : 2 * n]
         times = []
         for _ in range(3):
@@ -146,6 +148,15 @@ def eval_times(path: Path) -> pd.DataFrame:
             times.append(time.perf_counter() - start)
         rows.append({"cells_per_side": n, "eval_seconds": float(np.median(times))})
     return pd.DataFrame(rows)
+
+
+def merged(new: pd.DataFrame, csv: Path, keys: list[str]) -> pd.DataFrame:
+    """``new`` rows over those of an earlier run in ``csv`` (same keys: the new ones win), so
+    long jobs can run separately and still share one table and figure."""
+    if not csv.is_file():
+        return new
+    table = pd.concat([pd.read_csv(csv), new], ignore_index=True)
+    return table.drop_duplicates(keys, keep="last").sort_values(keys).reset_index(drop=True)
 
 
 def plot(jobs: pd.DataFrame, evals: pd.DataFrame, path: Path) -> None:
@@ -157,7 +168,8 @@ def plot(jobs: pd.DataFrame, evals: pd.DataFrame, path: Path) -> None:
     axes[0].set(xscale="log", xlabel="training cells", ylabel="cells / s (one epoch, 1 thread)")
     axes[1].set(xscale="log", yscale="log", xlabel="training cells", ylabel="peak RSS (GiB)")
     axes[1].axhline(8, color="grey", ls="--", lw=1)
-    axes[2].plot(evals["cells_per_side"], evals["eval_seconds"], "o-")
+    if len(evals):
+        axes[2].plot(evals["cells_per_side"], evals["eval_seconds"], "o-")
     axes[2].set(xscale="log", xlabel="cells per side (control, truth, prediction)",
                 ylabel="evaluation suite (s)")  # fmt: skip
     axes[0].legend(fontsize=8)
@@ -181,12 +193,15 @@ def main() -> None:
         args.out.write_text(json.dumps(run_job(Path(path), name, backed == "1")))
         return
     start = time.perf_counter()
+    stamp = f"{datetime.now(UTC):%Y-%m-%d %H:%M}"
     jobs = []
     for job in args.jobs.split(","):
         spec, _, mode = job.partition(":")
         name, n = spec.split("@")
         jobs.append((name, int(n), mode == "backed"))
-    paths = build_files(args.workdir, {n for _, n, _ in jobs} | {min(n for _, n, _ in jobs)})
+    paths = build_files(
+        args.workdir, {n for _, n, _ in jobs} | ({EVAL_CELLS} if args.eval_sizes else set())
+    )
     rows = []
     for name, n, backed in jobs:
         with tempfile.NamedTemporaryFile(suffix=".json") as out:
@@ -207,14 +222,20 @@ def main() -> None:
                     "n_cells": n,
                     "backed": backed,
                     **json.loads(Path(out.name).read_text()),
+                    "run_utc": stamp,
                 }
             )
         print(rows[-1], flush=True)
-    table = pd.DataFrame(rows)
-    evals = eval_times(paths[min(paths)])
-    write_table(table, RESULTS / "perf_scaling.csv")
-    write_table(evals, RESULTS / "perf_scaling_eval.csv")
-    plot(table, evals, RESULTS / "perf_scaling.png")
+    table = merged(pd.DataFrame(rows), RESULTS / f"{args.name}.csv", ["model", "n_cells", "backed"])
+    eval_csv = RESULTS / f"{args.name}_eval.csv"
+    evals = eval_times(paths[EVAL_CELLS], args.eval_sizes) if args.eval_sizes else pd.DataFrame()
+    evals = merged(
+        evals.assign(run_utc=stamp) if len(evals) else evals, eval_csv, ["cells_per_side"]
+    )
+    write_table(table, RESULTS / f"{args.name}.csv")
+    if len(evals):
+        write_table(evals, eval_csv)
+    plot(table, evals, RESULTS / f"{args.name}.png")
     cores = len(os.sched_getaffinity(0))
     text = (
         "# Scaling: training throughput and memory vs cells; evaluation time vs cells\n\n"
@@ -223,13 +244,13 @@ def main() -> None:
         )
         + f"- {cores} CPU core(s) (affinity), one torch thread per job, no GPU; simulated cells x "
         f"{N_GENES} genes (see the script's docstring for how the files are drawn); one epoch per job, "
-        "registered defaults otherwise\n\n"
+        "registered defaults otherwise; rows of earlier runs of this script are kept (``run_utc``)\n\n"
         + table.to_markdown(index=False, floatfmt=".4g")
         + "\n\nEvaluation suite (all metrics) per target:\n\n"
         + evals.to_markdown(index=False, floatfmt=".3g")
-        + "\n\n![scaling](perf_scaling.png)\n"
+        + f"\n\n![scaling]({args.name}.png)\n"
     )
-    atomic_write(RESULTS / "perf_scaling.md", lambda f: f.write(text.encode()))
+    atomic_write(RESULTS / f"{args.name}.md", lambda f: f.write(text.encode()))
     print(text)
 
 
