@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import resource
 import subprocess
 import sys
 from datetime import datetime, timezone
@@ -45,3 +46,17 @@ def provenance(command: str, seconds: float) -> str:
         f"- commit: {commit()}; run {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; {seconds:.0f} s wall\n"
         f"- machine: {platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}\n"
     )
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MiB.
+
+    Reads ``VmHWM`` from /proc (Linux): ``getrusage``'s ``ru_maxrss`` survives ``exec``, so a
+    worker started by a large parent would report the parent's peak. Elsewhere, ``ru_maxrss``.
+    """
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

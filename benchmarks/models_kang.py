@@ -14,14 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import resource
 import time
 from functools import partial
 from pathlib import Path
 from concurrent.futures import ProcessPoolExecutor
 
 import pandas as pd
-from _common import RESULTS, load_kang, provenance
+from _common import RESULTS, load_kang, peak_rss_mb, provenance
 
 from mtpert.benchmark import run_holdout
 from mtpert.data import DatasetSpec
@@ -31,11 +30,6 @@ from mtpert.models import MODELS
 HEADLINE = ["deg_overlap_top100", "r2_all", "r2_top20", "r2_top100", "r2_top100_boot", "pearson_delta_all",
             "pearson_delta_top100", "e_distance_rel", "wasserstein_rel", "euclidean_rel", "mean_pairwise_rel",
             "mmd_rel"]
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def table_path(out: Path, name: str, seed: int) -> Path:

@@ -42,11 +42,17 @@ TOLERANCE = 0.05
 
 
 def peer_prediction(
-    peer_python: str, fit: ad.AnnData, target: pd.Index, spec: DatasetSpec, epochs: int, seed: int
-) -> tuple[np.ndarray, float]:
+    peer_python: str,
+    fit: ad.AnnData,
+    target: pd.Index,
+    spec: DatasetSpec,
+    epochs: int,
+    seed: int,
+    patience: int = 0,
+) -> tuple[np.ndarray, dict[str, float]]:
     """pertpy's predicted cells for ``target`` (control cells in ``fit``), clipped at 0 as mtpert
     clips its own (the decoder's raw output can be negative, which log1p data never is), and
-    its train seconds."""
+    what the peer recorded (train and predict seconds, epochs, peak memory; see PEER)."""
     with tempfile.TemporaryDirectory() as tmp:
         inp, out = Path(tmp) / "fit.h5ad", Path(tmp) / "pred.h5ad"
         fit = fit.copy()
@@ -59,10 +65,11 @@ def peer_prediction(
         }
         fit.write_h5ad(inp)
         env = {**os.environ, "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"}
-        cmd = [peer_python, str(PEER), str(inp), str(out), "--epochs", str(epochs), "--seed", str(seed)]
+        cmd = [peer_python, str(PEER), str(inp), str(out), "--epochs", str(epochs), "--seed", str(seed),
+               "--patience", str(patience)]  # fmt: skip
         subprocess.run(cmd, check=True, env=env)
         pred = ad.read_h5ad(out)
-    return np.clip(pred[target].X, 0.0, None), float(pred.uns["train_seconds"])
+    return np.clip(pred[target].X, 0.0, None), {k: float(v) for k, v in pred.uns.items()}
 
 
 def run(args: argparse.Namespace) -> pd.DataFrame:
@@ -87,9 +94,10 @@ def run(args: argparse.Namespace) -> pd.DataFrame:
 
             fit = data[split.train.append(split.val)].copy()
             fit.obs["split"] = np.where(fit.obs_names.isin(split.train), "train", "val")
-            preds["pertpy"], seconds["pertpy"] = peer_prediction(
+            preds["pertpy"], peer = peer_prediction(
                 args.peer_python, fit, target.control, spec, args.epochs, seed
             )
+            seconds["pertpy"] = peer["train_seconds"]
             preds["control (reference)"], seconds["control (reference)"] = control.X, 0.0
 
             for name, X in preds.items():

@@ -16,6 +16,7 @@ import scanpy as sc
 import scipy.sparse as sp
 from anndata import AnnData
 
+from mtpert.data.backed import sample_rows
 from mtpert.data.spec import DatasetSpec, check_matrix
 from mtpert.errors import DataError
 
@@ -29,8 +30,14 @@ COUNTS_LAYER = "counts"
 """Layer where :func:`log_normalize` keeps the raw counts."""
 
 
-def _values(X: np.ndarray | sp.spmatrix, max_values: int = 200_000) -> np.ndarray:
-    """The stored values of ``X`` (non-zeros of a sparse matrix), subsampled for speed."""
+KIND_SAMPLE_ROWS = 2000
+"""Rows of an on-disk (backed) matrix that :func:`detect_kind` reads instead of all of it."""
+
+
+def _values(adata: AnnData, max_values: int = 200_000) -> np.ndarray:
+    """The stored values of ``adata.X`` (non-zeros of a sparse matrix), subsampled for speed;
+    of a sample of rows when ``X`` is on disk."""
+    X = sample_rows(adata, KIND_SAMPLE_ROWS)
     values = X.data if sp.issparse(X) else np.asarray(X).ravel()
     if values.size > max_values:
         values = values[np.random.default_rng(0).choice(values.size, max_values, replace=False)]
@@ -44,7 +51,7 @@ def detect_kind(adata: AnnData) -> DataKind:
     than :data:`LOG_MAX` (or scanpy's ``uns['log1p']`` marker is present). ``"unknown"``: anything
     else, e.g. normalized but not logged, TPM, or scaled data.
     """
-    values = _values(adata.X)
+    values = _values(adata)
     if values.size == 0:
         return "unknown"
     if values.min() < 0:

@@ -16,6 +16,7 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
+from mtpert.data.backed import on_disk
 from mtpert.errors import DataError
 
 DEFAULT_MIN_CELLS = 20
@@ -97,7 +98,7 @@ class DatasetSpec:
         Checks: the named obs keys exist, the cell-type/condition columns have no missing
         values, control cells exist (and, unless ``require_perturbed`` is False, perturbed cells),
         a numeric dose column, unique gene names, and an expression matrix that is finite and
-        non-negative.
+        non-negative (read chunk by chunk when it is on disk, see :mod:`mtpert.data.backed`).
         """
         if adata.n_obs == 0 or adata.n_vars == 0:
             raise DataError(f"The AnnData is empty ({adata.n_obs} cells x {adata.n_vars} genes).")
@@ -134,7 +135,9 @@ class DatasetSpec:
             raise DataError(
                 f"Gene names are not unique (e.g. {dupes}); call adata.var_names_make_unique() first."
             )
-        check_matrix(adata.X)
+        disk = on_disk(adata)
+        for block in disk.chunks() if disk is not None else (adata.X,):
+            check_matrix(block)
 
 
 def check_matrix(X: np.ndarray | sp.spmatrix, *, what: str = "adata.X", allow_negative: bool = False) -> None:

@@ -27,7 +27,6 @@ import math
 import warnings
 from typing import Any, Literal, get_args
 
-import anndata as ad
 import numpy as np
 import pandas as pd
 import torch
@@ -38,8 +37,8 @@ from torch import Tensor, nn
 from mtpert.data.spec import DatasetSpec
 from mtpert.errors import DataError
 from mtpert.models.base import NotFittedError, PerturbationModel
-from mtpert.models.multitask import PREDICT_BATCH, _check_choice, _csr, _resolve_device
-from mtpert.train.data import Batch, CellData
+from mtpert.models.multitask import PREDICT_BATCH, _check_choice, _resolve_device
+from mtpert.train.data import Batch, CellData, cell_matrix
 from mtpert.train.loop import TrainConfig, cpu_threads, train
 
 Shift = Literal["mean", "regression"]
@@ -259,12 +258,10 @@ class LatentShiftModel(PerturbationModel):
             )
         with cpu_threads(self.num_threads):
             self._train(train_data, val)
-            cells = (
-                train_data
-                if val is None or not val.n_obs
-                else ad.concat([train_data, val], merge="same")
-            )
-            self._estimate_shifts(cells)
+            parts = [train_data] if val is None or not val.n_obs else [train_data, val]
+            z = np.concatenate([self.encode(part) for part in parts])
+            # the shifts need only the latents and the labels: X (maybe on disk) is not concatenated
+            self._estimate_shifts(z, AnnData(obs=pd.concat([part.obs for part in parts])))
 
     def _train(self, train_data: AnnData, val: AnnData | None) -> None:
         seed = self.seed if self.seed is not None else int(torch.randint(2**31 - 1, (1,)).item())
@@ -280,11 +277,11 @@ class LatentShiftModel(PerturbationModel):
             )
         self._history = {k: [float(v) for v in history[k]] for k in history.columns}
 
-    def _estimate_shifts(self, adata: AnnData) -> None:
+    def _estimate_shifts(self, z: np.ndarray, adata: AnnData) -> None:
         """One (coef, intercept) per condition key: ``delta(z) = intercept + coef @ z`` for a
-        target whose control cells have mean latent ``z`` (``coef`` is zero for ``mean``)."""
+        target whose control cells have mean latent ``z``; ``z`` holds the latents of the cells
+        labelled in ``adata.obs`` (``coef`` is zero for ``mean``)."""
         spec = self.spec
-        z = self.encode(adata)
         cell_type = adata.obs[spec.cell_type_key].astype(str).to_numpy()
         is_control = spec.is_control(adata)
         control_means = _group_means(z, cell_type, is_control)
@@ -433,7 +430,7 @@ class LatentShiftModel(PerturbationModel):
 
 def _cells(adata: AnnData) -> CellData:
     """``adata``'s cells for the VAE, which takes no condition (every index is 0)."""
-    return CellData(_csr(adata.X), np.zeros(adata.n_obs, dtype=np.int64))
+    return CellData(cell_matrix(adata), np.zeros(adata.n_obs, dtype=np.int64))
 
 
 def _group_means(z: np.ndarray, group: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:

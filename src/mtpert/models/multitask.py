@@ -29,7 +29,6 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 import torch
 from anndata import AnnData
 from sklearn.decomposition import PCA
@@ -39,7 +38,7 @@ from mtpert.data.spec import DatasetSpec
 from mtpert.errors import DataError
 from mtpert.models.base import NotFittedError, PerturbationModel
 from mtpert.models.film import CONDITIONINGS, ConditionedMLP, ConditionEncoder, Conditioning
-from mtpert.train.data import Batch, CellData
+from mtpert.train.data import Batch, CellData, cell_matrix
 from mtpert.train.loop import TrainConfig, cpu_threads, train
 from mtpert.train.pairing import DEFAULT_BLOCK_SIZE, pair_within_groups
 
@@ -433,6 +432,12 @@ class MultiTaskModel(PerturbationModel):
                 )
             self.dose_scale = float(np.log1p(doses).max()) or 1.0
         seed = self.seed if self.seed is not None else int(torch.randint(2**31 - 1, (1,)).item())
+        if self.options["objective"] != "reconstruction" and train_data.isbacked:
+            raise DataError(
+                f"objective='{self.options['objective']}' pairs cells across the whole training set, "
+                "which needs X in memory; load it (adata.to_memory()) or use objective='reconstruction' "
+                "to train from the backed file."
+            )
         pca = (
             self._pairing_space(train_data, seed)
             if self.options["objective"] != "reconstruction"
@@ -451,7 +456,7 @@ class MultiTaskModel(PerturbationModel):
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
             self.net = self._build(class_weight)
-            self.net.start_at_mean(torch.as_tensor(np.asarray(data.X.mean(axis=0)).ravel()))
+            self.net.start_at_mean(torch.as_tensor(data.column_means(), dtype=torch.float32))
             generator = torch.Generator().manual_seed(seed)
             history = train(
                 self.net, data, val_data, self.train_config, device=self.device, generator=generator
@@ -467,7 +472,7 @@ class MultiTaskModel(PerturbationModel):
         if dose is not None and dose < 0:
             raise DataError(f"dose must be >= 0, got {dose}.")
         net = self._fitted_net()
-        cells = CellData(_csr(control.X), np.zeros(control.n_obs, dtype=np.int64))
+        cells = CellData(cell_matrix(control), np.zeros(control.n_obs, dtype=np.int64))
         out = []
         with torch.no_grad(), cpu_threads(self.num_threads):
             for batch in cells.batches(PREDICT_BATCH, device=self.device):
@@ -561,7 +566,7 @@ class MultiTaskModel(PerturbationModel):
     def _pairing_space(self, adata: AnnData, seed: int) -> PCA:
         n_pcs = min(self.hparams["ot_pcs"], adata.n_obs - 1, adata.n_vars)
         return PCA(n_components=n_pcs, svd_solver="covariance_eigh", random_state=seed).fit(
-            _csr(adata.X)
+            cell_matrix(adata)
         )
 
     def _cell_data(self, adata: AnnData, pca: PCA | None, seed: int) -> CellData:
@@ -575,7 +580,7 @@ class MultiTaskModel(PerturbationModel):
                 f"Cells with conditions {unknown} that the training cells do not have; known: {self.conditions}. "
                 "Drop them, or include them in the training cells."
             )
-        X = _csr(adata.X)
+        X = cell_matrix(adata)
         dose = None
         if spec.dose_key is not None:
             dose = np.asarray(
@@ -595,11 +600,6 @@ class MultiTaskModel(PerturbationModel):
                 seed=seed,
             )
         return CellData(X, index.astype(np.int64), dose, partner)
-
-
-def _csr(X: np.ndarray | sp.spmatrix) -> sp.csr_matrix | np.ndarray:
-    """``X`` as float32, CSR if sparse (dense arrays stay dense)."""
-    return sp.csr_matrix(X, dtype=np.float32) if sp.issparse(X) else np.asarray(X, dtype=np.float32)
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
