@@ -24,8 +24,8 @@ from mtpert.data.spec import DatasetSpec
 from mtpert.data.split import _condition_mask, _condition_values
 from mtpert.errors import DataError
 from mtpert.models.base import NotFittedError, PerturbationModel
-from mtpert.models.multitask import PREDICT_BATCH, _csr, _resolve_device
-from mtpert.train.data import CellData
+from mtpert.models.multitask import PREDICT_BATCH, _resolve_device
+from mtpert.train.data import CellData, cell_matrix
 from mtpert.train.loop import TrainConfig, cpu_threads
 
 ConditionKey = tuple[str, float | None]
@@ -122,7 +122,7 @@ class PerConditionModel(PerturbationModel):
                 "This model was trained without doses (the spec has no dose_key); leave dose=None."
             )
         net = self.nets[self._key_index(condition, dose)]
-        cells = CellData(_csr(control.X), np.zeros(control.n_obs, dtype=np.int64))
+        cells = CellData(cell_matrix(control), np.zeros(control.n_obs, dtype=np.int64))
         with torch.no_grad(), cpu_threads(self.hparams["num_threads"]):
             out = [
                 net.translate(batch.x).clamp_min(0.0).cpu().numpy()  # type: ignore[operator]
@@ -180,7 +180,7 @@ def gene_moments(adata: AnnData) -> tuple[Tensor, Tensor]:
     networks here start those parameters at the genes' mean and standard deviation instead, the
     same starting point in log space (otherwise the early epochs are spent learning the gene means).
     """
-    X = _csr(adata.X)
+    X = cell_matrix(adata)
     mean = np.asarray(X.mean(axis=0)).ravel()
     square = X.multiply(X).mean(axis=0) if hasattr(X, "multiply") else (X**2).mean(axis=0)
     sd = np.sqrt(np.maximum(np.asarray(square).ravel() - mean**2, 0.0))

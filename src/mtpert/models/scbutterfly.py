@@ -21,9 +21,8 @@ from torch import Tensor, nn
 
 from mtpert.data.spec import DatasetSpec
 from mtpert.errors import DataError
-from mtpert.models.multitask import _csr
 from mtpert.models.per_condition import PerConditionModel, gene_moments
-from mtpert.train.data import Batch, CellData
+from mtpert.train.data import Batch, CellData, cell_matrix
 from mtpert.train.loop import train
 from mtpert.train.pairing import DEFAULT_BLOCK_SIZE, ot_pairs
 
@@ -408,7 +407,7 @@ class ScButterfly(PerConditionModel):
         (None when no cell type has both). For ``training``, a pair that would be alone in the
         last minibatch is dropped: BatchNorm needs two cells."""
         spec = self.spec
-        X = _csr(adata.X)
+        X = cell_matrix(adata)
         is_control = spec.is_control(adata)
         cell_type = adata.obs[spec.cell_type_key].astype(str).to_numpy()
         controls, partners = [], []

@@ -18,9 +18,8 @@ from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from mtpert.data.spec import DatasetSpec
-from mtpert.models.multitask import _csr
 from mtpert.models.per_condition import PerConditionModel, domain_mean, gene_moments
-from mtpert.train.data import Batch, CellData
+from mtpert.train.data import Batch, CellData, cell_matrix
 from mtpert.train.loop import train
 
 CONTROL, PERTURBED = 0, 1
@@ -307,7 +306,7 @@ class ScPreGAN(PerConditionModel):
             sides = sorted((rows[domain[rows] == k] for k in (CONTROL, PERTURBED)), key=len)
             if len(sides[0]):
                 rows = np.concatenate([rows, rng.choice(sides[0], len(sides[1]) - len(sides[0]))])
-        return CellData(_csr(adata.X)[rows], domain[rows], group=cell_type[rows].astype(np.int64))
+        return CellData(cell_matrix(adata)[rows], domain[rows], group=cell_type[rows].astype(np.int64))
 
     def _learned_extra(self) -> dict[str, Any]:
         return {"cell_types": self.cell_types}
