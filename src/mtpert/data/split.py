@@ -73,7 +73,7 @@ def heldout_mask(adata: AnnData, spec: DatasetSpec, group: str, *, group_key: st
     return (adata.obs[key].astype(str) == group).to_numpy() & ~spec.is_control(adata)
 
 
-def _condition_values(adata: AnnData, spec: DatasetSpec, mask: np.ndarray) -> list[tuple[str, float | None]]:
+def condition_values(adata: AnnData, spec: DatasetSpec, mask: np.ndarray) -> list[tuple[str, float | None]]:
     """Distinct (condition, dose) pairs among the cells in ``mask``, control excluded."""
     obs = adata.obs.loc[mask & ~spec.is_control(adata)]
     if spec.dose_key is None:
@@ -89,7 +89,7 @@ def _group_labels(adata: AnnData, key: str) -> np.ndarray:
     return adata.obs[key].astype(str).to_numpy()
 
 
-def _condition_mask(adata: AnnData, spec: DatasetSpec, condition: str, dose: float | None) -> np.ndarray:
+def condition_mask(adata: AnnData, spec: DatasetSpec, condition: str, dose: float | None) -> np.ndarray:
     mask = (adata.obs[spec.condition_key].astype(str) == condition).to_numpy()
     if dose is not None and spec.dose_key is not None:
         mask &= np.isclose(adata.obs[spec.dose_key].to_numpy(dtype=float), dose)
@@ -143,14 +143,14 @@ def holdout_group(
             f"No cells with obs['{key}'] == '{group}'; available: "
             f"{sorted(adata.obs[key].astype(str).unique())}."
         )
-    conditions = _condition_values(adata, spec, in_group)
+    conditions = condition_values(adata, spec, in_group)
     if not conditions:
         raise DataError(f"'{group}' has no perturbed cells, so there is nothing to hold out and score.")
     spec_for_group = spec if key == spec.cell_type_key else DatasetSpec(**{**spec.to_dict(), "cell_type_key": key})
     require_groups(adata, spec_for_group, group, [], min_cells=min_cells)
 
     control_names = pd.Index(adata.obs_names[in_group & spec.is_control(adata)])
-    truths = {(c, d): pd.Index(adata.obs_names[in_group & _condition_mask(adata, spec, c, d)]) for c, d in conditions}
+    truths = {(c, d): pd.Index(adata.obs_names[in_group & condition_mask(adata, spec, c, d)]) for c, d in conditions}
     targets = tuple(Target(group, c, d, control_names, t) for (c, d), t in truths.items() if len(t) >= min_cells)
     if not targets:
         raise DataError(
@@ -197,7 +197,7 @@ def holdout_condition(
             )
         if not np.isclose(doses, dose).any():
             raise DataError(f"'{condition}' has no cells at dose {dose:g}; its doses: {doses}.")
-    held = _condition_mask(adata, spec, condition, dose) & ~spec.is_control(adata)
+    held = condition_mask(adata, spec, condition, dose) & ~spec.is_control(adata)
     control = spec.is_control(adata)
     targets = []
     for name in sorted(np.unique(group[held])):
@@ -283,8 +283,8 @@ def eligible_conditions(
     control = spec.is_control(adata)
     n_control = pd.Series(groups[control]).value_counts()
     rows = []
-    for condition, dose in _condition_values(adata, spec, np.ones(adata.n_obs, dtype=bool)):
-        held = pd.Series(groups[_condition_mask(adata, spec, condition, dose) & ~control]).value_counts()
+    for condition, dose in condition_values(adata, spec, np.ones(adata.n_obs, dtype=bool)):
+        held = pd.Series(groups[condition_mask(adata, spec, condition, dose) & ~control]).value_counts()
         n_groups = int(((held >= min_cells) & (n_control.reindex(held.index, fill_value=0) >= min_cells)).sum())
         reason = "" if n_groups else f"no {key} has {min_cells} control and {min_cells} such cells"
         rows.append({"label": condition_label(condition, dose), "condition": condition, "dose": dose,

@@ -34,6 +34,8 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.pt"
 PREDICTION_KEY = "mtpert_prediction"
 """``uns`` key where :meth:`PerturbationModel.predict` records which model predicted what."""
+PREDICT_BATCH = 4096
+"""Cells a network encodes and decodes at once when predicting."""
 
 
 class NotFittedError(MtpertError, RuntimeError):
@@ -204,3 +206,8 @@ def dense(X: np.ndarray | sp.spmatrix) -> np.ndarray:
     """``X`` as a dense float32 array (for the few cells a model handles at once)."""
     return np.asarray(X.toarray() if sp.issparse(X) else X, dtype=np.float32)
 
+
+def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    """Refuse an option value outside ``choices``, naming them."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}.")

@@ -36,10 +36,9 @@ from torch import Tensor, nn
 
 from mtpert.data.spec import DatasetSpec
 from mtpert.errors import DataError
-from mtpert.models.base import NotFittedError, PerturbationModel
-from mtpert.models.multitask import PREDICT_BATCH, _check_choice, _resolve_device
+from mtpert.models.base import PREDICT_BATCH, NotFittedError, PerturbationModel, check_choice
 from mtpert.train.data import Batch, CellData, cell_matrix
-from mtpert.train.loop import TrainConfig, cpu_threads, train
+from mtpert.train.loop import TrainConfig, cpu_threads, resolve_device, train
 
 Shift = Literal["mean", "regression"]
 DoseScaling = Literal["none", "log"]
@@ -194,8 +193,8 @@ class LatentShiftModel(PerturbationModel):
         seed: int | None = None,
         progress: bool = True,
     ) -> None:
-        _check_choice("shift", shift, get_args(Shift))
-        _check_choice("dose_scaling", dose_scaling, get_args(DoseScaling))
+        check_choice("shift", shift, get_args(Shift))
+        check_choice("dose_scaling", dose_scaling, get_args(DoseScaling))
         hidden = tuple(int(h) for h in hidden)
         if not hidden or min(hidden) < 1 or latent_dim < 1:
             raise ValueError(
@@ -215,7 +214,7 @@ class LatentShiftModel(PerturbationModel):
             lr=lr, weight_decay=weight_decay, batch_size=batch_size, max_epochs=max_epochs,
             patience=patience, warmup_epochs=0, grad_clip=math.inf, progress=progress,
         )  # fmt: skip
-        self.device = _resolve_device(device)
+        self.device = resolve_device(device)
         self.num_threads = num_threads
         self.seed = seed
         self.net: ScGenVAE | None = None

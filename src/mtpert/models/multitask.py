@@ -36,19 +36,16 @@ from torch import Tensor, nn
 
 from mtpert.data.spec import DatasetSpec
 from mtpert.errors import DataError
-from mtpert.models.base import NotFittedError, PerturbationModel
+from mtpert.models.base import PREDICT_BATCH, NotFittedError, PerturbationModel, check_choice
 from mtpert.models.film import CONDITIONINGS, ConditionedMLP, ConditionEncoder, Conditioning
 from mtpert.train.data import Batch, CellData, cell_matrix
-from mtpert.train.loop import TrainConfig, cpu_threads, train
+from mtpert.train.loop import TrainConfig, cpu_threads, resolve_device, train
 from mtpert.train.pairing import DEFAULT_BLOCK_SIZE, pair_within_groups
 
 Latent = Literal["deterministic", "variational"]
 Regularizer = Literal["none", "adversarial", "gaussian"]
 Objective = Literal["reconstruction", "ot", "both"]
 Prediction = Literal["decoded", "residual"]
-
-PREDICT_BATCH = 4096
-"""Cells encoded and decoded at once when predicting."""
 
 INSTANCE_NOISE = 1.0
 """Standard deviation of the noise added to prior draws and latents alike before the gaussian
@@ -346,11 +343,11 @@ class MultiTaskModel(PerturbationModel):
         seed: int | None = None,
         progress: bool = True,
     ) -> None:
-        _check_choice("latent", latent, get_args(Latent))
-        _check_choice("regularizer", regularizer, get_args(Regularizer))
-        _check_choice("objective", objective, get_args(Objective))
-        _check_choice("conditioning", conditioning, CONDITIONINGS)
-        _check_choice("prediction", prediction, get_args(Prediction))
+        check_choice("latent", latent, get_args(Latent))
+        check_choice("regularizer", regularizer, get_args(Regularizer))
+        check_choice("objective", objective, get_args(Objective))
+        check_choice("conditioning", conditioning, CONDITIONINGS)
+        check_choice("prediction", prediction, get_args(Prediction))
         if prediction == "residual" and objective == "ot":
             raise ValueError(
                 "prediction='residual' subtracts the decoding under the control condition, which "
@@ -387,7 +384,7 @@ class MultiTaskModel(PerturbationModel):
             lr=lr, weight_decay=weight_decay, batch_size=batch_size, max_epochs=max_epochs, patience=patience,
             warmup_epochs=warmup_epochs, grad_clip=grad_clip, disc_steps=disc_steps, progress=progress,
         )  # fmt: skip
-        self.device = _resolve_device(device)
+        self.device = resolve_device(device)
         self.num_threads = num_threads
         self.seed = seed
         self.conditions: list[str] = []
@@ -600,19 +597,3 @@ class MultiTaskModel(PerturbationModel):
                 seed=seed,
             )
         return CellData(X, index.astype(np.int64), dose, partner)
-
-
-def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}.")
-
-
-def _resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    resolved = torch.device(device)
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
-            f"device={device!r} but CUDA is not available; use device='auto' or 'cpu'."
-        )
-    return resolved

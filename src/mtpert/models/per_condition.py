@@ -21,12 +21,11 @@ from anndata import AnnData
 from torch import Tensor, nn
 
 from mtpert.data.spec import DatasetSpec
-from mtpert.data.split import _condition_mask, _condition_values
+from mtpert.data.split import condition_mask, condition_values
 from mtpert.errors import DataError
-from mtpert.models.base import NotFittedError, PerturbationModel
-from mtpert.models.multitask import PREDICT_BATCH, _resolve_device
+from mtpert.models.base import PREDICT_BATCH, NotFittedError, PerturbationModel
 from mtpert.train.data import CellData, cell_matrix
-from mtpert.train.loop import TrainConfig, cpu_threads
+from mtpert.train.loop import TrainConfig, cpu_threads, resolve_device
 
 ConditionKey = tuple[str, float | None]
 
@@ -51,7 +50,7 @@ class PerConditionModel(PerturbationModel):
         self.train_config = TrainConfig(
             **{f.name: hparams[f.name] for f in fields(TrainConfig) if f.name in hparams}
         )
-        self.device = _resolve_device(hparams["device"])
+        self.device = resolve_device(hparams["device"])
         self.keys: list[ConditionKey] = []
         self.nets: list[nn.Module] = []
         self._histories: list[dict[str, list[float]]] = []
@@ -94,7 +93,7 @@ class PerConditionModel(PerturbationModel):
     # ------------------------------------------------------------------ PerturbationModel hooks
     def _fit(self, train: AnnData, val: AnnData | None) -> None:
         spec = self.spec
-        self.keys = _condition_values(train, spec, np.ones(train.n_obs, dtype=bool))
+        self.keys = condition_values(train, spec, np.ones(train.n_obs, dtype=bool))
         seed = self.hparams["seed"]
         seed = seed if seed is not None else int(torch.randint(2**31 - 1, (1,)).item())
         self.nets, self._histories = [], []
@@ -158,7 +157,7 @@ class PerConditionModel(PerturbationModel):
     # ------------------------------------------------------------------ helpers
     def _cells_of(self, adata: AnnData, key: ConditionKey) -> AnnData:
         """Control cells and the cells of perturbation ``key``."""
-        return adata[self.spec.is_control(adata) | _condition_mask(adata, self.spec, *key)]
+        return adata[self.spec.is_control(adata) | condition_mask(adata, self.spec, *key)]
 
     def _key_index(self, condition: str, dose: float | None) -> int:
         for i, (c, d) in enumerate(self.keys):

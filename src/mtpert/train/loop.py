@@ -234,3 +234,15 @@ def _progress_bar(config: TrainConfig) -> Progress:
         disable=not config.progress,
         transient=True,
     )
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``; CUDA asked for but absent is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device={device!r} but CUDA is not available; use device='auto' or 'cpu'."
+        )
+    return resolved
