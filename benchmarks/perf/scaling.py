@@ -185,6 +185,13 @@ def main() -> None:
     parser.add_argument(
         "--workdir", type=Path, default=Path(tempfile.gettempdir()) / "mtpert_scaling"
     )
+    parser.add_argument(
+        "--eval-sizes",
+        type=lambda v: [int(x) for x in v.split(",") if x],
+        default=[300, 1000, 2000],
+        help="cells per side of the timed evaluation targets ('' skips them)",
+    )
+    parser.add_argument("--name", default="perf_scaling", help="stem of the result files")
     parser.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)  # path model backed
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
