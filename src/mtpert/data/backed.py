@@ -54,11 +54,16 @@ class OnDisk:
             return sp.csr_matrix((0, self.shape[1]), dtype=np.float32)
         first, last = int(rows.min()), int(rows.max())
         if last - first < SPAN_FACTOR * len(rows):
-            block = self.matrix[first : last + 1][rows - first]
+            block = self.matrix[first : last + 1]
+            if len(rows) != last - first + 1 or (np.diff(rows) != 1).any():
+                block = block[rows - first]
         else:
             unique, inverse = np.unique(rows, return_inverse=True)
             block = self.matrix[unique][inverse]
-        block = block[:, self.cols]
+        if not (
+            isinstance(self.cols, slice) and self.cols == slice(None)
+        ):  # copies cost at this size
+            block = block[:, self.cols]
         if sp.issparse(block):
             return sp.csr_matrix(block, dtype=np.float32)
         return np.asarray(block, dtype=np.float32)

@@ -103,14 +103,14 @@ class CellData:
         if generator is not None and len(starts) > SHUFFLE_CHUNKS:
             starts = starts[torch.randperm(len(starts), generator=generator).numpy()]
         for i in range(0, len(starts), SHUFFLE_CHUNKS):
-            rows = np.concatenate(
-                [
-                    np.arange(s, min(s + CHUNK_ROWS, len(self)))
-                    for s in starts[i : i + SHUFFLE_CHUNKS]
-                ]
-            )
+            chunks = [
+                np.arange(s, min(s + CHUNK_ROWS, len(self))) for s in starts[i : i + SHUFFLE_CHUNKS]
+            ]
+            blocks = [self.X.read(chunk) for chunk in chunks]  # each one contiguous read
+            X = sp.vstack(blocks, format="csr") if sp.issparse(blocks[0]) else np.vstack(blocks)
+            rows = np.concatenate(chunks)
             dose = None if self.dose is None else self.dose[rows]
-            buffer = replace(self, X=self.X.read(rows), condition=self.condition[rows], dose=dose)
+            buffer = replace(self, X=X, condition=self.condition[rows], dose=dose)
             yield from buffer.batches(batch_size, device=device, generator=generator)
 
     def column_means(self) -> np.ndarray:
