@@ -66,15 +66,16 @@ def run_worker(fold: Path, name: str, threads: int) -> dict[str, float]:
         {"num_threads": threads, "progress": False} if "num_threads" in _init_args(name) else {}
     )
     result = fit_and_score(data, split, spec, name, SEED, params)
-    summary = result.model.fit_summary()
+    model = result.models[None]
+    summary = model.fit_summary()
     scores = result.scores.set_index("metric")["value"]
     return {
         "train_seconds": result.fit_seconds,
         "predict_seconds": result.predict_seconds,
         "peak_rss_mb": peak_rss_mb(),
         "rss_after_loading_mb": loaded_mb,
-        "epochs": float(len(result.model.history)) if hasattr(result.model, "history") else np.nan,
-        "best_epoch": _best_epoch(result.model),
+        "epochs": float(len(model.history)) if hasattr(model, "history") else np.nan,
+        "best_epoch": _best_epoch(model),
         "n_params": summary["n_params"],
         **{m: float(scores[m]) for m in METRICS},
     }
@@ -159,7 +160,8 @@ def run_scbutterfly(
 
 def run(args: argparse.Namespace) -> pd.DataFrame:
     spec = DatasetSpec()
-    data = prepare_holdout(load_kang(), spec, GROUP)
+    raw = load_kang()
+    data = prepare_holdout(raw, spec, holdout_group(raw, spec, GROUP, seed=SEED))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         fold = Path(tmp) / "fold.h5ad"

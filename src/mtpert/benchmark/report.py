@@ -26,6 +26,7 @@ import pandas as pd
 from mtpert.benchmark.grid import NOISE_CEILING
 from mtpert.benchmark.store import ResultStore
 from mtpert.data.split import condition_label
+from mtpert.errors import ConfigError
 from mtpert.io import atomic_write
 from mtpert.metrics import top_degs
 from mtpert.pl import (
@@ -139,15 +140,30 @@ class Figure:
 
 
 def write_report(
-    out: str | os.PathLike[str], *, metrics: Sequence[str] = HEADLINE, formats: Sequence[str] = ("png", "pdf")
+    out: str | os.PathLike[str],
+    *,
+    metrics: Sequence[str] = HEADLINE,
+    models: Sequence[str] | None = None,
+    formats: Sequence[str] = ("png", "pdf"),
 ) -> dict[str, Path]:
     """Write ``report.html``, ``summary.md`` and the figures (in ``formats``) of benchmark
     directory ``out``, under ``out/report``.
+
+    ``models``: report only these (and the noise ceiling), e.g. the part of a grid that is
+    complete while the rest still runs; default every model with results.
 
     Returns the paths written, by name (``html``, ``markdown``, and ``<figure>.<format>``).
     """
     store = ResultStore(out)
     results = store.results()
+    if models is not None:
+        unknown = sorted(set(models) - set(results["model"]))
+        if unknown:
+            raise ConfigError(
+                f"no results for model(s) {unknown} in {store.root}; it has "
+                f"{sorted(set(results['model']) - {NOISE_CEILING})}. Pick --models among those."
+            )
+        results = results[results["model"].isin([*models, NOISE_CEILING])]
     config = store.config()
     metrics = [m for m in metrics if m in set(results["metric"])]
     order = _model_order(results, config.models if config else ())
@@ -357,6 +373,11 @@ def _html_table(t: _Table) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
 
+def _markdown_table(cells: pd.DataFrame) -> str:
+    """The table as Markdown, cells verbatim (tabulate would reparse '1420400' as 1.4204e+06)."""
+    return cells.to_markdown(disable_numparse=True, colalign=("left",) + ("right",) * cells.shape[1])
+
+
 def _markdown(title: str, sections, figures: list[Figure]) -> str:
     parts = [f"# {title}\n"]
     for section in sections:
@@ -366,6 +387,6 @@ def _markdown(title: str, sections, figures: list[Figure]) -> str:
         cells = section.cells.copy()
         if section.bold is not None:
             cells = cells.where(~section.bold, "**" + cells + "**")
-        parts.append(f"## {section.title}\n\n" + (f"{section.note}\n\n" if section.note else "") + cells.to_markdown() + "\n")
+        parts.append(f"## {section.title}\n\n" + (f"{section.note}\n\n" if section.note else "") + _markdown_table(cells) + "\n")
     parts.append("## Figures\n\n" + "\n".join(f"- `figures/{f.name}.png` (and .pdf): {f.caption}" for f in figures) + "\n")
     return "\n".join(parts)

@@ -126,12 +126,19 @@ def benchmark(
 def report(
     out: Annotated[Path, typer.Argument(help="A benchmark directory written by `mtpert benchmark`.", exists=True, file_okay=False)],
     pdf: Annotated[bool, typer.Option("--pdf/--no-pdf", help="Also save every figure as PDF.")] = True,
+    models: Annotated[
+        str | None, typer.Option(help="Comma-separated models to report (default: all with results).")
+    ] = None,
 ) -> None:
     """Write OUT/report: report.html (self-contained), summary.md, and figures as PNG and PDF."""
     from mtpert.benchmark import write_report
 
     with user_errors():
-        paths = write_report(out, formats=("png", "pdf") if pdf else ("png",))
+        paths = write_report(
+            out,
+            models=_names(models),
+            formats=("png", "pdf") if pdf else ("png",),
+        )
     console.print(f"wrote [bold]{paths['html']}[/], {paths['markdown']} and {len(paths) - 2} figure files")
 
 
