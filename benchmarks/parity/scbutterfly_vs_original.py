@@ -1,17 +1,21 @@
 """mtpert's scbutterfly vs the original scButterfly (PyPI 0.0.9) on the same Kang splits.
 
-Run via benchmarks/parity/scbutterfly_vs_original.sh (it builds the original's own virtual
-environment, .peers/scbutterfly). For each held-out cell type (seed 1): HVGs chosen without the
+Run via benchmarks/parity/scbutterfly_vs_original.sh [--groups "CD14 Mono"] [--seeds 1,2,19193]
+[--name parity_scbutterfly] (it builds the original's own virtual environment, .peers/scbutterfly).
+For each held-out cell type and seed (default: three types, seed 1): HVGs chosen without the
 type's stimulated cells (mtpert.data.prepare), mtpert's holdout split, the cells written to a
 temporary h5ad that the original's pipeline (_scbutterfly_original.py, run in its own process)
 reads; both predict the type's stimulated cells from its control cells with their default
 (tutorial) settings. Both predictions are scored by mtpert.metrics.evaluate_prediction. Only cell
 types with at least 10 control and 10 stimulated cells are kept, for both: the original's pairing
-needs both conditions in every cell type. Writes benchmarks/results/parity_scbutterfly.{csv,md}.
+needs both conditions in every cell type. The seed sets the train/validation split and both
+models' random streams. Writes benchmarks/results/<name>.{csv,md}; with several seeds the verdict
+compares the means over seeds.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -32,7 +36,7 @@ from mtpert.metrics import evaluate_prediction
 from mtpert.models import get_model
 
 GROUPS = ("CD4 Naive T", "CD14 Mono", "B")
-SEED = 1
+SEEDS = (1,)
 METRICS = ("r2_all", "r2_top100")
 TOLERANCE = {"r2_all": 0.05, "r2_top100": 0.10}
 """Largest |ours - original| called a match, fixed before the first run. Both are stochastic with
@@ -59,100 +63,117 @@ def score(data: AnnData, target, X: np.ndarray, spec: DatasetSpec) -> dict[str, 
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--groups", type=lambda t: t.split(","), default=list(GROUPS))
+    parser.add_argument("--seeds", type=lambda t: [int(x) for x in t.split(",")], default=list(SEEDS))
+    parser.add_argument("--name", default="parity_scbutterfly", help="results file name (no suffix)")
+    args = parser.parse_args()
     start_all = time.perf_counter()
     spec = DatasetSpec()
     raw = kept_cell_types(load_kang(), spec)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for group in GROUPS:
+        for group in args.groups:
             data = prepare(raw, spec, n_hvg=2000, exclude=heldout_mask(raw, spec, group))
-            split = holdout_group(data, spec, group, seed=SEED)
-            target = split.targets[0]
-
-            # the original first (it fails faster), on the same cells: the target's control cells
-            # first and in the order scored below, then the cells it may train on, then the truth
-            # (which its split function reads but keeps out of training)
-            pool = split.train.append(split.val).difference(target.control, sort=False)
-            names = target.control.append(pool).append(target.truth)
-            roles = np.repeat(
-                ["target_control", "pool", "target_truth"],
-                [len(target.control), len(pool), len(target.truth)],
-            )
-            keys = [spec.cell_type_key, spec.condition_key]
-            cells = AnnData(
-                X=data[names].X,
-                obs=data.obs.loc[names, keys].assign(parity_role=roles),
-                var=pd.DataFrame(index=data.var_names),
-            )
-            path, out = Path(tmp) / f"{group}.h5ad", str(Path(tmp) / f"{group}_pred.npy")
-            cells.write_h5ad(path)
-            subprocess.run(
-                [str(PEER_PYTHON), str(PEER_SCRIPT), str(path), out, str(SEED)],
-                check=True,
-                timeout=PEER_TIMEOUT_S,
-                stdout=subprocess.DEVNULL,
-            )
-            info = json.loads(Path(out + ".json").read_text())
-            original = score(data, target, np.load(out), spec)
-
-            model = get_model("scbutterfly")(spec, seed=SEED, num_threads=1, progress=False)
-            start = time.perf_counter()
-            model.fit(split.subset(data, "train"), split.subset(data, "val"))
-            ours_s = time.perf_counter() - start
-            ours = score(
-                data, target, model.predict(data[target.control], target.condition).X, spec
-            )
-
-            for name, values, seconds in (
-                ("mtpert", ours, ours_s),
-                ("original", original, info["train_seconds"]),
-            ):
-                rows.append(
-                    {"group": group, "implementation": name, **values, "train_seconds": seconds}
-                )
-            print(
-                f"{group}: mtpert {ours} ({ours_s:.0f} s), original {original} ({info['train_seconds']:.0f} s)",
-                flush=True,
-            )
+            for seed in args.seeds:
+                rows += compare(data, spec, group, seed, Path(tmp))
     results = pd.DataFrame(rows)
-    write_table(results, RESULTS / "parity_scbutterfly.csv")
+    write_table(results, RESULTS / f"{args.name}.csv")
     seconds = time.perf_counter() - start_all
-    atomic_write(
-        RESULTS / "parity_scbutterfly.md", lambda f: f.write(report(results, seconds).encode())
+    command = "bash benchmarks/parity/scbutterfly_vs_original.sh " + " ".join(sys.argv[1:])
+    text = report(results, args.groups, args.seeds, command.strip(), seconds)
+    atomic_write(RESULTS / f"{args.name}.md", lambda f: f.write(text.encode()))
+
+
+def compare(data: AnnData, spec: DatasetSpec, group: str, seed: int, tmp: Path) -> list[dict]:
+    """Both implementations on one held-out ``group`` and ``seed``: one row each."""
+    split = holdout_group(data, spec, group, seed=seed)
+    target = split.targets[0]
+
+    # the original first (it fails faster), on the same cells: the target's control cells
+    # first and in the order scored below, then the cells it may train on, then the truth
+    # (which its split function reads but keeps out of training)
+    pool = split.train.append(split.val).difference(target.control, sort=False)
+    names = target.control.append(pool).append(target.truth)
+    roles = np.repeat(
+        ["target_control", "pool", "target_truth"],
+        [len(target.control), len(pool), len(target.truth)],
     )
+    keys = [spec.cell_type_key, spec.condition_key]
+    cells = AnnData(
+        X=data[names].X,
+        obs=data.obs.loc[names, keys].assign(parity_role=roles),
+        var=pd.DataFrame(index=data.var_names),
+    )
+    path, out = tmp / f"{group}_{seed}.h5ad", str(tmp / f"{group}_{seed}_pred.npy")
+    cells.write_h5ad(path)
+    subprocess.run(
+        [str(PEER_PYTHON), str(PEER_SCRIPT), str(path), out, str(seed)],
+        check=True,
+        timeout=PEER_TIMEOUT_S,
+        stdout=subprocess.DEVNULL,
+    )
+    info = json.loads(Path(out + ".json").read_text())
+    original = score(data, target, np.load(out), spec)
 
-
-def report(results: pd.DataFrame, seconds: float) -> str:
-    wide = results.pivot(index="group", columns="implementation")
-    lines = [
-        "| cell type | metric | mtpert | original | difference | verdict |",
-        "|---|---|---|---|---|---|",
-    ]
-    for group in GROUPS:
-        for metric in METRICS:
-            ours, original = (
-                wide.loc[group, (metric, "mtpert")],
-                wide.loc[group, (metric, "original")],
-            )
-            diff = ours - original
-            verdict = (
-                "match"
-                if abs(diff) <= TOLERANCE[metric]
-                else ("mtpert better" if diff > 0 else "mtpert worse")
-            )
-            lines.append(
-                f"| {group} | {metric} | {ours:.3f} | {original:.3f} | {diff:+.3f} | {verdict} |"
-            )
-        lines.append(
-            f"| {group} | train seconds | {wide.loc[group, ('train_seconds', 'mtpert')]:.0f} | "
-            f"{wide.loc[group, ('train_seconds', 'original')]:.0f} | | |"
+    model = get_model("scbutterfly")(spec, seed=seed, num_threads=1, progress=False)
+    start = time.perf_counter()
+    model.fit(split.subset(data, "train"), split.subset(data, "val"))
+    ours_s = time.perf_counter() - start
+    ours = score(data, target, model.predict(data[target.control], target.condition).X, spec)
+    print(
+        f"{group}, seed {seed}: mtpert {ours} ({ours_s:.0f} s), original {original} "
+        f"({info['train_seconds']:.0f} s)",
+        flush=True,
+    )
+    return [
+        {"group": group, "seed": seed, "implementation": name, **values, "train_seconds": seconds}
+        for name, values, seconds in (
+            ("mtpert", ours, ours_s),
+            ("original", original, info["train_seconds"]),
         )
+    ]
+
+
+def report(
+    results: pd.DataFrame, groups: list[str], seeds: list[int], command: str, seconds: float
+) -> str:
+    """Per cell type and metric: each seed's pair, then (several seeds) the means and the verdict."""
+    wide = results.pivot_table(index=["group", "seed"], columns="implementation")
+    means = results.pivot_table(index="group", columns="implementation")
+    lines = [
+        "| cell type | seed | metric | mtpert | original | difference | verdict |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for group in groups:
+        rows = [(seed, wide.loc[(group, seed)]) for seed in seeds]
+        if len(seeds) > 1:
+            rows.append((f"mean of {len(seeds)}", means.loc[group]))
+        for label, values in rows:
+            for metric in METRICS:
+                ours, original = values[(metric, "mtpert")], values[(metric, "original")]
+                diff = ours - original
+                verdict = (
+                    "match"
+                    if abs(diff) <= TOLERANCE[metric]
+                    else ("mtpert better" if diff > 0 else "mtpert worse")
+                )
+                if len(seeds) > 1 and not str(label).startswith("mean"):
+                    verdict = ""  # the verdict is on the mean over seeds
+                lines.append(
+                    f"| {group} | {label} | {metric} | {ours:.3f} | {original:.3f} | {diff:+.3f} | {verdict} |"
+                )
+            lines.append(
+                f"| {group} | {label} | train seconds | {values[('train_seconds', 'mtpert')]:.0f} | "
+                f"{values[('train_seconds', 'original')]:.0f} | | |"
+            )
     tolerance = ", ".join(f"{k} {v}" for k, v in TOLERANCE.items())
+    seed_text = ", ".join(map(str, seeds))
     return (
         "# scbutterfly: mtpert's re-implementation vs the original (scButterfly 0.0.9)\n\n"
-        + provenance("bash benchmarks/parity/scbutterfly_vs_original.sh", seconds)
+        + provenance(command, seconds)
         + f"\nKang subset, cell types with >= 10 cells per condition, 2,000 HVGs chosen without the held-out "
-        f"type's stimulated cells, mtpert's holdout split (seed {SEED}); both with their default settings "
+        f"type's stimulated cells, mtpert's holdout split (seeds {seed_text}); both with their default settings "
         f"(the original's tutorial), one CPU thread. Tolerance (|mtpert - original|): {tolerance}.\n\n"
         + "\n".join(lines)
         + "\n"

@@ -14,4 +14,4 @@ if [ ! -x "$venv/bin/python" ]; then
   "$venv/bin/pip" install -q --no-deps scButterfly==0.0.9 episcanpy==0.3.2
   "$venv/bin/pip" install -q scanpy pot adjustText tqdm pysam kneed intervaltree bamnostic "numpy<2" "anndata<0.11"
 fi
-taskset -c 1 nice -n 10 "${PYTHON:-python}" benchmarks/parity/scbutterfly_vs_original.py
+taskset -c 1 nice -n 10 "${PYTHON:-python}" benchmarks/parity/scbutterfly_vs_original.py "$@"
