@@ -1,17 +1,20 @@
 """Every registered model against the simulator's known answer, one cell type held out at a time.
 
-Run: python benchmarks/models_simulated.py [--seeds 1,2,19193] [--specificity 0.3] [model ...]
+Run: python benchmarks/models_simulated.py [--seeds 1,2,19193] [--specificity 0.3] [--params JSON]
+[--name NAME] [model ...]
 Simulated negative-binomial counts (``mtpert.data.simulate``: 4 cell types x 500 genes, 200 cells
 per cell type and condition, one stimulus whose response is partly shared and partly specific to
 the cell type). Each cell type is held out in turn; the predicted change (mean prediction minus
 mean control) is compared with the true expected change of log-normalized expression, which the
-simulator knows exactly (no sampling noise in the reference). Writes
-benchmarks/results/models_simulated_<specificity>.md and .csv.
+simulator knows exactly (no sampling noise in the reference). ``--params`` passes the same
+hyperparameter overrides to every model named (e.g. '{"prediction": "residual"}'). Writes
+benchmarks/results/<name>.md and .csv (default name: models_simulated_<specificity>).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 
 import numpy as np
@@ -49,14 +52,17 @@ def main() -> None:
     parser.add_argument("models", nargs="*", default=list(MODELS), help="registered model names (default: all)")
     parser.add_argument("--seeds", default="1,2,19193", help="comma-separated seeds")
     parser.add_argument("--specificity", type=float, default=0.3, help="simulate(type_specificity=...)")
+    parser.add_argument("--params", default="{}", help="JSON hyperparameter overrides for every model named")
+    parser.add_argument("--name", help="results name under benchmarks/results/")
     args = parser.parse_args()
+    params = json.loads(args.params)
     seeds = tuple(int(s) for s in args.seeds.split(","))
     spec = DatasetSpec()
     sim = simulate(n_cell_types=4, n_genes=500, n_cells=200, type_specificity=args.specificity, spec=spec, seed=0)
     rows: list[dict] = []
     start = time.perf_counter()
     results = run_holdout(
-        sim, spec, args.models, seeds=seeds, n_hvg=0,
+        sim, spec, args.models, seeds=seeds, n_hvg=0, model_params={m: params for m in args.models},
         on_prediction=lambda p: rows.append(r2_of_change(p, sim)),
         on_progress=lambda m: print(m, flush=True),
     )
@@ -64,7 +70,7 @@ def main() -> None:
     truth = pd.DataFrame(rows)
     fit = results.groupby(["group", "model", "seed"])["fit_seconds"].first().reset_index()
     truth = truth.merge(fit, on=["group", "model", "seed"])
-    name = f"models_simulated_{args.specificity:g}"
+    name = args.name or f"models_simulated_{args.specificity:g}"
     write_table(truth, RESULTS / f"{name}.csv")
 
     observed = results[results["metric"].isin(["r2_top100", "e_distance_rel"])].pivot_table(
@@ -77,7 +83,9 @@ def main() -> None:
         .sort_values("r2_true_change", ascending=False)
     )
     per_group = truth.pivot_table(index="group", columns="model", values="r2_true_change")[table.index]
-    command = f"python benchmarks/models_simulated.py --seeds {args.seeds} --specificity {args.specificity:g} " + " ".join(args.models)
+    options = [f"--seeds {args.seeds}", f"--specificity {args.specificity:g}"]
+    options += [f"--params '{args.params}'"] * bool(params) + [f"--name {args.name}"] * bool(args.name)
+    command = "python benchmarks/models_simulated.py " + " ".join(options + args.models)
     text = (
         "# Models against the simulator's known response\n\n" + provenance(command, seconds)
         + f"\nSimulated: 4 cell types x 500 genes, 200 cells per cell type and condition, one stimulus, "
