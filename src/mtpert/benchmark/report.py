@@ -232,7 +232,7 @@ def _sections(results, mean, spread, marks, comparison, lines, cost, store) -> l
                 table[[m for m in mean.columns if m in table.columns]],
             )
         )
-    out.append(_Table("Cost per run", "Seconds per run; peak resident memory of the worker process during a run (MiB).", cost.map(_fmt)))
+    out.append(_Table("Cost per run", "Seconds per run; peak resident memory of the worker process during a run (MiB).", _cost_cells(cost)))
     if results["dose"].notna().any():
         for metric in mean.columns:
             per_dose = results[results["metric"] == metric].pivot_table(index="model", columns="dose", values="value", aggfunc="mean")
@@ -329,6 +329,14 @@ def _model_order(results: pd.DataFrame, configured: Sequence[str]) -> list[str]:
     found = list(dict.fromkeys(results["model"]))
     order = [m for m in configured if m in found] + sorted(m for m in found if m not in configured and m != NOISE_CEILING)
     return order + ([NOISE_CEILING] if NOISE_CEILING in found else [])
+
+
+def _cost_cells(cost: pd.DataFrame) -> pd.DataFrame:
+    """The cost table as text: counts (parameters, runs) as whole numbers, the rest by :func:`_fmt`."""
+    counts = [c for c in ("n_params", "runs") if c in cost]
+    cells = cost.map(_fmt)
+    cells[counts] = cost[counts].map(lambda v: f"{v:,.0f}" if np.isfinite(v) else "")
+    return cells
 
 
 def _fmt(value: float) -> str:
