@@ -202,6 +202,17 @@ def _model_class(config: dict[str, Any]) -> type[PerturbationModel]:
     return get_model(config["model"]).cls
 
 
+def history_summary(histories: list[pd.DataFrame]) -> dict[str, float]:
+    """``epochs`` run (summed over the networks trained) and each loss term of the last epoch
+    (``final_<term>``, averaged over the networks): what a trained model adds to
+    :meth:`PerturbationModel.fit_summary`."""
+    last = pd.DataFrame([h.iloc[-1] for h in histories])
+    terms = [c for c in last.columns if c.startswith(("train_", "val_"))]
+    return {"epochs": float(sum(len(h) for h in histories))} | {
+        f"final_{c}": float(last[c].mean()) for c in terms
+    }
+
+
 def dense(X: np.ndarray | sp.spmatrix) -> np.ndarray:
     """``X`` as a dense float32 array (for the few cells a model handles at once)."""
     return np.asarray(X.toarray() if sp.issparse(X) else X, dtype=np.float32)

@@ -36,7 +36,13 @@ from torch import Tensor, nn
 
 from mtpert.data.spec import DatasetSpec
 from mtpert.errors import DataError
-from mtpert.models.base import PREDICT_BATCH, NotFittedError, PerturbationModel, check_choice
+from mtpert.models.base import (
+    PREDICT_BATCH,
+    NotFittedError,
+    PerturbationModel,
+    check_choice,
+    history_summary,
+)
 from mtpert.train.data import Batch, CellData, cell_matrix
 from mtpert.train.loop import TrainConfig, cpu_threads, resolve_device, train
 
@@ -232,9 +238,7 @@ class LatentShiftModel(PerturbationModel):
     def fit_summary(self) -> dict[str, float]:
         """Fitted values (network, its buffers and the shifts), epochs run, and each loss term of
         the last epoch."""
-        last = self.history.iloc[-1]
-        losses = {f"final_{c}": float(last[c]) for c in last.index if c.startswith(("train_", "val_"))}
-        return {**super().fit_summary(), "epochs": float(len(self.history)), **losses}
+        return {**super().fit_summary(), **history_summary([self.history])}
 
     @property
     def predicts_unseen_doses(self) -> bool:  # type: ignore[override]

@@ -36,7 +36,13 @@ from torch import Tensor, nn
 
 from mtpert.data.spec import DatasetSpec
 from mtpert.errors import DataError
-from mtpert.models.base import PREDICT_BATCH, NotFittedError, PerturbationModel, check_choice
+from mtpert.models.base import (
+    PREDICT_BATCH,
+    NotFittedError,
+    PerturbationModel,
+    check_choice,
+    history_summary,
+)
 from mtpert.models.film import CONDITIONINGS, ConditionedMLP, ConditionEncoder, Conditioning
 from mtpert.train.data import Batch, CellData, cell_matrix
 from mtpert.train.loop import TrainConfig, cpu_threads, resolve_device, train
@@ -504,9 +510,7 @@ class MultiTaskModel(PerturbationModel):
     def fit_summary(self) -> dict[str, float]:
         """Trainable parameters, epochs run, and each loss term of the last epoch."""
         net = self._fitted_net()
-        last = self.history.iloc[-1]
-        losses = {f"final_{c}": float(last[c]) for c in last.index if c.startswith(("train_", "val_"))}
-        return {"n_params": float(sum(p.numel() for p in net.parameters())), "epochs": float(len(self.history)), **losses}
+        return {"n_params": float(sum(p.numel() for p in net.parameters())), **history_summary([self.history])}
 
     # ------------------------------------------------------------------ save / load
     def _learned(self) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from mtpert.data.spec import DatasetSpec
 from mtpert.data.split import condition_mask, condition_values
 from mtpert.errors import DataError
-from mtpert.models.base import PREDICT_BATCH, NotFittedError, PerturbationModel
+from mtpert.models.base import PREDICT_BATCH, NotFittedError, PerturbationModel, history_summary
 from mtpert.train.data import CellData, cell_matrix
 from mtpert.train.loop import TrainConfig, cpu_threads, resolve_device
 
@@ -67,6 +67,12 @@ class PerConditionModel(PerturbationModel):
             ],
             ignore_index=True,
         )
+
+    def fit_summary(self) -> dict[str, float]:
+        """Fitted values of every network, epochs summed over the networks (all training stages),
+        and each loss term of their last epoch, averaged over the networks."""
+        histories = [pd.DataFrame(h) for h in self._histories]
+        return {**super().fit_summary(), **history_summary(histories)}
 
     # ------------------------------------------------------------------ subclass hooks
     @abstractmethod
