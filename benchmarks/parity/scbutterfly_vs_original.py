@@ -1,7 +1,7 @@
 """mtpert's scbutterfly vs the original scButterfly (PyPI 0.0.9) on the same Kang splits.
 
 Run via benchmarks/parity/scbutterfly_vs_original.sh [--groups "CD14 Mono"] [--seeds 1,2,19193]
-[--name parity_scbutterfly] (it builds the original's own virtual environment, .peers/scbutterfly).
+[--name parity_scbutterfly] [--original-init] [--skip-original] (it builds the original's own virtual environment, .peers/scbutterfly).
 For each held-out cell type and seed (default: three types, seed 1): HVGs chosen without the
 type's stimulated cells (mtpert.data.prepare), mtpert's holdout split, the cells written to a
 temporary h5ad that the original's pipeline (_scbutterfly_original.py, run in its own process)
@@ -11,6 +11,12 @@ types with at least 10 control and 10 stimulated cells are kept, for both: the o
 needs both conditions in every cell type. The seed sets the train/validation split and both
 models' random streams. Writes benchmarks/results/<name>.{csv,md}; with several seeds the verdict
 compares the means over seeds.
+
+Ablation: ``--original-init`` starts mtpert's decoders' output BatchNorm at weight 1 and bias 0,
+as the original does, instead of at the genes' standard deviation and mean (the deviation
+suspected of the largest gap); ``--skip-original`` then reuses the original's scores from the
+results file named by ``--original-from`` instead of running it again (same split and seed: the
+original is deterministic given both).
 """
 
 from __future__ import annotations
@@ -34,10 +40,12 @@ from mtpert.data import DatasetSpec, eligible_groups, heldout_mask, holdout_grou
 from mtpert.io import atomic_write, write_table
 from mtpert.metrics import evaluate_prediction
 from mtpert.models import get_model
+from mtpert.models.scbutterfly import ButterflyNet
 
 GROUPS = ("CD4 Naive T", "CD14 Mono", "B")
 SEEDS = (1,)
 METRICS = ("r2_all", "r2_top100")
+COLUMNS = (*METRICS, "train_seconds")
 TOLERANCE = {"r2_all": 0.05, "r2_top100": 0.10}
 """Largest |ours - original| called a match, fixed before the first run. Both are stochastic with
 different random streams, so equal numbers cannot be expected; top-100 DEG R² moves more between
@@ -65,9 +73,30 @@ def score(data: AnnData, target, X: np.ndarray, spec: DatasetSpec) -> dict[str, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--groups", type=lambda t: t.split(","), default=list(GROUPS))
-    parser.add_argument("--seeds", type=lambda t: [int(x) for x in t.split(",")], default=list(SEEDS))
-    parser.add_argument("--name", default="parity_scbutterfly", help="results file name (no suffix)")
+    parser.add_argument(
+        "--seeds", type=lambda t: [int(x) for x in t.split(",")], default=list(SEEDS)
+    )
+    parser.add_argument(
+        "--name", default="parity_scbutterfly", help="results file name (no suffix)"
+    )
+    parser.add_argument(
+        "--original-init", action="store_true", help="ablation: mtpert's output BatchNorm at 1/0"
+    )
+    parser.add_argument(
+        "--skip-original", action="store_true", help="reuse the original's scores (--original-from)"
+    )
+    parser.add_argument(
+        "--original-from",
+        default="parity_scbutterfly",
+        help="results file with the original's scores",
+    )
     args = parser.parse_args()
+    if args.original_init:
+        ButterflyNet.start_at = lambda self, mean, sd: None  # keep PyTorch's BatchNorm start: 1, 0
+    known = None
+    if args.skip_original:
+        known = pd.read_csv(RESULTS / f"{args.original_from}.csv")
+        known = known[known["implementation"] == "original"].set_index(["group", "seed"])
     start_all = time.perf_counter()
     spec = DatasetSpec()
     raw = kept_cell_types(load_kang(), spec)
@@ -76,7 +105,8 @@ def main() -> None:
         for group in args.groups:
             data = prepare(raw, spec, n_hvg=2000, exclude=heldout_mask(raw, spec, group))
             for seed in args.seeds:
-                rows += compare(data, spec, group, seed, Path(tmp))
+                reuse = None if known is None else known.loc[(group, seed)].to_dict()
+                rows += compare(data, spec, group, seed, Path(tmp), reuse)
     results = pd.DataFrame(rows)
     write_table(results, RESULTS / f"{args.name}.csv")
     seconds = time.perf_counter() - start_all
@@ -85,53 +115,54 @@ def main() -> None:
     atomic_write(RESULTS / f"{args.name}.md", lambda f: f.write(text.encode()))
 
 
-def compare(data: AnnData, spec: DatasetSpec, group: str, seed: int, tmp: Path) -> list[dict]:
-    """Both implementations on one held-out ``group`` and ``seed``: one row each."""
+def compare(
+    data: AnnData, spec: DatasetSpec, group: str, seed: int, tmp: Path, original: dict | None = None
+) -> list[dict]:
+    """Both implementations on one held-out ``group`` and ``seed``: one row each. ``original``:
+    the original's scores and train seconds from an earlier run, instead of running it."""
     split = holdout_group(data, spec, group, seed=seed)
     target = split.targets[0]
 
-    # the original first (it fails faster), on the same cells: the target's control cells
-    # first and in the order scored below, then the cells it may train on, then the truth
-    # (which its split function reads but keeps out of training)
-    pool = split.train.append(split.val).difference(target.control, sort=False)
-    names = target.control.append(pool).append(target.truth)
-    roles = np.repeat(
-        ["target_control", "pool", "target_truth"],
-        [len(target.control), len(pool), len(target.truth)],
-    )
-    keys = [spec.cell_type_key, spec.condition_key]
-    cells = AnnData(
-        X=data[names].X,
-        obs=data.obs.loc[names, keys].assign(parity_role=roles),
-        var=pd.DataFrame(index=data.var_names),
-    )
-    path, out = tmp / f"{group}_{seed}.h5ad", str(tmp / f"{group}_{seed}_pred.npy")
-    cells.write_h5ad(path)
-    subprocess.run(
-        [str(PEER_PYTHON), str(PEER_SCRIPT), str(path), out, str(seed)],
-        check=True,
-        timeout=PEER_TIMEOUT_S,
-        stdout=subprocess.DEVNULL,
-    )
-    info = json.loads(Path(out + ".json").read_text())
-    original = score(data, target, np.load(out), spec)
+    if original is None:
+        # the original first (it fails faster), on the same cells: the target's control cells
+        # first and in the order scored below, then the cells it may train on, then the truth
+        # (which its split function reads but keeps out of training)
+        pool = split.train.append(split.val).difference(target.control, sort=False)
+        names = target.control.append(pool).append(target.truth)
+        roles = np.repeat(
+            ["target_control", "pool", "target_truth"],
+            [len(target.control), len(pool), len(target.truth)],
+        )
+        keys = [spec.cell_type_key, spec.condition_key]
+        cells = AnnData(
+            X=data[names].X,
+            obs=data.obs.loc[names, keys].assign(parity_role=roles),
+            var=pd.DataFrame(index=data.var_names),
+        )
+        path, out = tmp / f"{group}_{seed}.h5ad", str(tmp / f"{group}_{seed}_pred.npy")
+        cells.write_h5ad(path)
+        subprocess.run(
+            [str(PEER_PYTHON), str(PEER_SCRIPT), str(path), out, str(seed)],
+            check=True,
+            timeout=PEER_TIMEOUT_S,
+            stdout=subprocess.DEVNULL,
+        )
+        info = json.loads(Path(out + ".json").read_text())
+        scores = score(data, target, np.load(out), spec)
+        original = {**scores, "train_seconds": info["train_seconds"]}
 
     model = get_model("scbutterfly")(spec, seed=seed, num_threads=1, progress=False)
     start = time.perf_counter()
     model.fit(split.subset(data, "train"), split.subset(data, "val"))
     ours_s = time.perf_counter() - start
-    ours = score(data, target, model.predict(data[target.control], target.condition).X, spec)
-    print(
-        f"{group}, seed {seed}: mtpert {ours} ({ours_s:.0f} s), original {original} "
-        f"({info['train_seconds']:.0f} s)",
-        flush=True,
-    )
+    ours = {
+        **score(data, target, model.predict(data[target.control], target.condition).X, spec),
+        "train_seconds": ours_s,
+    }
+    print(f"{group}, seed {seed}: mtpert {ours}, original {original}", flush=True)
     return [
-        {"group": group, "seed": seed, "implementation": name, **values, "train_seconds": seconds}
-        for name, values, seconds in (
-            ("mtpert", ours, ours_s),
-            ("original", original, info["train_seconds"]),
-        )
+        {"group": group, "seed": seed, "implementation": name, **{m: values[m] for m in COLUMNS}}
+        for name, values in (("mtpert", ours), ("original", original))
     ]
 
 
