@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -110,7 +111,7 @@ def main() -> None:
     results = pd.DataFrame(rows)
     write_table(results, RESULTS / f"{args.name}.csv")
     seconds = time.perf_counter() - start_all
-    command = "bash benchmarks/parity/scbutterfly_vs_original.sh " + " ".join(sys.argv[1:])
+    command = "bash benchmarks/parity/scbutterfly_vs_original.sh " + shlex.join(sys.argv[1:])
     text = report(results, args.groups, args.seeds, command.strip(), seconds)
     atomic_write(RESULTS / f"{args.name}.md", lambda f: f.write(text.encode()))
 
