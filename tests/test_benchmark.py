@@ -159,7 +159,8 @@ def test_ray_executor_matches_local(sim_path, tmp_path) -> None:
 def finished(sim_path, tmp_path_factory) -> Path:
     """A finished benchmark with its report: baselines and a tiny mtae, 2 groups x 2 seeds."""
     out = tmp_path_factory.mktemp("bench")
-    settings = config(sim_path, holdout=("type_0", "type_2"), seeds=(1, 2), models=("control", "mean_shift", "mtae"), model_params={"mtae": TINY_MTAE})
+    models = ("mtae", "mean_shift", "control")  # not alphabetical: the report keeps this order
+    settings = config(sim_path, holdout=("type_0", "type_2"), seeds=(1, 2), models=models, model_params={"mtae": TINY_MTAE})
     run_benchmark(settings, out)
     write_report(out, formats=("png",))
     return out
@@ -182,6 +183,15 @@ def test_report_tables_say_what_the_results_say(finished) -> None:
     assert "control does not beat mean_shift on any metric." in summary
     headline_md = summary.split("## Mean over held-out targets and seeds")[1].split("##")[0]
     assert re.search(r"\| noise_ceiling +\|", headline_md) and "**" in headline_md  # ceiling row, best marked
+    def section(title: str) -> str:
+        return summary.split(f"## {title}")[1].split("##")[0]
+
+    def row_names(title: str) -> list[str]:  # the models of a table, in order (header row dropped)
+        return re.findall(r"^\| (\w+) +\|", section(title), re.MULTILINE)[1:]
+
+    assert row_names("Mean over held-out targets and seeds") == ["mtae", "mean_shift", "control", NOISE_CEILING]
+    assert row_names("Held-out targets on which each model beats mean_shift") == ["mtae", "control"]
+    assert re.findall(r"^- (\w+) ", section("Against mean shift"), re.MULTILINE) == ["mtae", "control"]
     for name in ("metrics_by_model", "heatmap", "pca", "scatter", "dotplot"):
         assert (finished / "report" / "figures" / f"{name}.png").stat().st_size > 10_000
     assert len(list((finished / "predictions").rglob("*_seed1.h5ad"))) == 3  # showcase group, first seed

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import anndata as ad
 import pandas as pd
-import pytest
 from typer.testing import CliRunner
 
 from mtpert.cli import app

@@ -129,7 +129,7 @@ def test_evaluate_table_layout(data) -> None:
     assert table["metric"].tolist() == ["r2_all", "r2_all_boot", "e_distance_rel"]
     spread = table.set_index("metric")["spread"]
     assert math.isnan(spread["r2_all"]) and spread["r2_all_boot"] > 0
-    assert table.set_index("metric").loc["e_distance_rel", "higher_is_better"] == False  # noqa: E712
+    assert table.set_index("metric").loc["e_distance_rel", "higher_is_better"] == False
 
 
 def test_unknown_metric_is_a_clear_error(data) -> None:
@@ -334,7 +334,7 @@ def test_nan_input_is_refused(data) -> None:
 
 
 def test_raw_counts_anndata_is_refused(data) -> None:
-    control, truth, _ = data
+    _, truth, _ = data
     counts = AnnData(np.random.default_rng(0).poisson(3.0, size=truth.shape).astype(np.float32))
     with pytest.raises(DataError, match="control looks like raw counts.*log_normalize"):
         evaluate(counts, truth, truth)

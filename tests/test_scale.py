@@ -10,12 +10,11 @@ import pytest
 import torch
 
 import mtpert.train.data as train_data
-import mtpert.train.pairing as pairing
 from mtpert.data import DatasetSpec, detect_kind, holdout_group, prepare, simulate
 from mtpert.data.backed import on_disk, sample_rows
 from mtpert.errors import DataError
 from mtpert.models import get_model
-from mtpert.train import CellData, ot_pairs
+from mtpert.train import CellData, ot_pairs, pairing
 from mtpert.train.data import cell_matrix
 
 SPEC = DatasetSpec()

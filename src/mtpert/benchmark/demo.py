@@ -8,15 +8,15 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import pandas as pd
 
-from mtpert.benchmark.holdout import Prediction, ProgressCallback, run_holdout  # noqa: E402
-from mtpert.data.simulate import simulate  # noqa: E402
-from mtpert.data.spec import DatasetSpec  # noqa: E402
-from mtpert.io import atomic_write, write_table  # noqa: E402
-from mtpert.metrics import top_degs  # noqa: E402
-from mtpert.pl import mean_expression_scatter, metric_by_model  # noqa: E402
+from mtpert.benchmark.holdout import Prediction, ProgressCallback, run_holdout
+from mtpert.data.simulate import simulate
+from mtpert.data.spec import DatasetSpec
+from mtpert.io import atomic_write, write_table
+from mtpert.metrics import top_degs
+from mtpert.pl import mean_expression_scatter, metric_by_model
 
 DEMO_METRICS = ("r2_all", "r2_top100", "deg_overlap_top100", "pearson_delta_all", "e_distance_rel", "mmd_rel")
 

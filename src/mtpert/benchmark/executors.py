@@ -121,7 +121,7 @@ def execute_or_fail(task: Task) -> RunResult | RunFailure:
     bug or bad hyperparameter must not stop a grid of hundreds of runs)."""
     try:
         return execute(task)
-    except Exception:
+    except Exception:  # noqa: BLE001 (any failure of one run is reported, and the grid goes on)
         return RunFailure(task.run, traceback.format_exc())
 
 

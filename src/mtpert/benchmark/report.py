@@ -171,6 +171,8 @@ def write_report(
     mean, spread = mean.reindex(order), spread.reindex(order)
     marks = best_models(mean, results.groupby("metric")["higher_is_better"].first())
     comparison = against_baseline(results, metrics=metrics) if BASELINE in order else pd.DataFrame()
+    if len(comparison):  # sentences and table list the models in the report's order, not alphabetically
+        comparison = comparison.sort_values("model", key=lambda m: m.map(order.index), kind="stable")
     lines = verdicts(comparison) if len(comparison) else [f"No '{BASELINE}' runs, so no comparison with it."]
     folder = store.root / "report"
     written: dict[str, Path] = {}
@@ -229,7 +231,7 @@ def _sections(results, mean, spread, marks, comparison, lines, cost, store) -> l
             _Table(
                 f"Held-out targets on which each model beats {BASELINE}",
                 "✓: better on average and on more than half of the targets (each averaged over seeds).",
-                table[[m for m in mean.columns if m in table.columns]],
+                table.reindex([m for m in mean.index if m in table.index])[[m for m in mean.columns if m in table.columns]],
             )
         )
     out.append(_Table("Cost per run", "Seconds per run; peak resident memory of the worker process during a run (MiB).", _cost_cells(cost)))
@@ -347,8 +349,9 @@ def _fmt(value: float) -> str:
 
 
 # ---------------------------------------------------------------------------- rendering
-_CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:13px}th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}
+_CSS = """body{font-family:system-ui,sans-serif;max-width:1600px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:13px}th,td{border:1px solid #ccc;padding:3px 8px;text-align:right;white-space:nowrap}
+.wide{overflow-x:auto}
 th:first-child,td:first-child{text-align:left}thead th{background:#f3f3f3}p.note{color:#555;font-size:13px}
 img{max-width:100%;border:1px solid #eee}figure{margin:1em 0 2em}figcaption{color:#555;font-size:13px}"""
 
@@ -378,7 +381,7 @@ def _html_table(t: _Table) -> str:
             text = html.escape(str(value))
             cells.append(f"<td><b>{text}</b></td>" if t.bold is not None and t.bold.loc[model, column] else f"<td>{text}</td>")
         rows.append(f"<tr><th>{html.escape(str(model))}</th>{''.join(cells)}</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    return f"<div class='wide'><table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
 
 
 def _markdown_table(cells: pd.DataFrame) -> str:

@@ -21,8 +21,8 @@ from mtpert.cli.options import (
 )
 
 if TYPE_CHECKING:
-    from mtpert.benchmark.harness import Plan
     from mtpert.benchmark.executors import RunFailure
+    from mtpert.benchmark.harness import Plan
     from mtpert.benchmark.store import RunResult
 
 LIVE_ROWS = 8

@@ -7,7 +7,16 @@ from typing import Annotated
 
 import typer
 
-from mtpert.cli.options import CellTypeKey, ConditionKey, Control, DoseKey, console, make_spec, print_frame, user_errors
+from mtpert.cli.options import (
+    CellTypeKey,
+    ConditionKey,
+    Control,
+    DoseKey,
+    console,
+    make_spec,
+    print_frame,
+    user_errors,
+)
 
 
 def evaluate(

@@ -107,7 +107,7 @@ def _train_val(adata: AnnData, spec: DatasetSpec, keep: np.ndarray, val_fraction
     rng = np.random.default_rng(seed)
     val_names: list[np.ndarray] = []
     for _, names in obs.index.to_series().groupby(strata.to_numpy(), sort=True):
-        n_val = int(round(len(names) * val_fraction))
+        n_val = round(len(names) * val_fraction)
         if n_val and len(names) - n_val >= 1:
             val_names.append(rng.choice(names.to_numpy(), n_val, replace=False))
     val = pd.Index(np.concatenate(val_names)) if val_names else pd.Index([], dtype=object)
