@@ -7,9 +7,13 @@ takes seconds of compute; Ray and the headless-browser check skip when those are
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import matplotlib
@@ -129,6 +133,37 @@ def test_a_run_killed_while_writing_leaves_nothing_and_the_rerun_completes(sim_p
 
 def _raise(error: BaseException) -> None:
     raise error
+
+
+def test_a_benchmark_killed_with_sigkill_resumes_where_it_stopped(sim_path, tmp_path) -> None:
+    """The real thing: ``kill -9`` of the command and its workers mid-grid, as when a job is
+    preempted, then the same command. Nothing finished is lost or redone, nothing partial is read."""
+    file = tmp_path / "bench.yaml"
+    slow_mtae = {**TINY_MTAE, "hidden": [256], "max_epochs": 60}  # a second or so per run
+    file.write_text(json.dumps({"data": str(sim_path), "models": ["control", "mean_shift", "mtae"], "seeds": [1],
+                                "n_hvg": 100, "noise_ceiling_repeats": 2, "model_params": {"mtae": slow_mtae}}))  # fmt: skip
+    out, runs = tmp_path / "out", tmp_path / "out" / "runs"
+    pattern, read = ("*.parquet", pd.read_parquet) if ResultStore(out).suffix == ".parquet" else ("*.csv", pd.read_csv)
+    command = [sys.executable, "-c", "from mtpert.cli import app; app()", "benchmark", "--config", str(file), "--out", str(out)]
+    process = subprocess.Popen([*command, "--jobs", "2", "--no-report"], start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not (runs.is_dir() and any(runs.glob(pattern))) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert process.poll() is None, process.stderr.read().decode()  # still running: the kill lands mid-grid
+    os.killpg(process.pid, signal.SIGKILL)  # the command and its worker processes
+    process.wait()
+    done = sorted(runs.glob(pattern))
+    total = 16  # 4 held-out types x (3 models + noise ceiling) x 1 seed
+    assert 1 <= len(done) < total
+    for path in done:  # every result on disk is whole
+        assert len(read(path)) > 0
+    resumed = runner.invoke(app, ["benchmark", "--config", str(file), "--out", str(out), "--no-report"])
+    assert resumed.exit_code == 0, resumed.output
+    assert f"{len(done)} already done, {total - len(done)} to run" in resumed.output
+    assert not [p for p in out.rglob(".*") if p.is_file() and p.name != ".lock"]  # no temporary file left
+    clean = runner.invoke(app, ["benchmark", "--config", str(file), "--out", str(tmp_path / "clean"), "--no-report"])
+    assert clean.exit_code == 0, clean.output
+    pd.testing.assert_series_equal(values(ResultStore(out).results()), values(ResultStore(tmp_path / "clean").results()))
 
 
 # ---------------------------------------------------------------------------- executors
