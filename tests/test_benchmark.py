@@ -270,10 +270,11 @@ def test_cli_runs_a_configured_benchmark_and_reports(sim_path, tmp_path) -> None
     report = runner.invoke(app, ["report", str(out), "--no-pdf"])
     assert report.exit_code == 0, report.output
     assert (out / "report" / "report.html").is_file() and not list(out.rglob("*.pdf"))
-    # a report on part of the models: only their rows (and the noise ceiling's) remain
+    # a report on part of the models, in its own folder: only their rows (and the noise ceiling's) remain
     part = runner.invoke(app, ["report", str(out), "--no-pdf", "--models", "mean_shift"])
     assert part.exit_code == 0, part.output
-    summary = (out / "report" / "summary.md").read_text()
+    (folder,) = out.glob("report-mean_shift-*")
+    summary = (folder / "summary.md").read_text()
     assert "| mean_shift " in summary and "| noise_ceiling " in summary and "| control " not in summary
     wrong = runner.invoke(app, ["report", str(out), "--models", "mtae"])
     assert wrong.exit_code == 2 and "no results for model(s) ['mtae']" in wrong.output

@@ -77,4 +77,4 @@ def test_evaluate_refuses_genes_missing_from_truth(tmp_path) -> None:
     pred.write_h5ad(tmp_path / "pred.h5ad")
     result = runner.invoke(app, ["evaluate", str(tmp_path / "truth.h5ad"), str(tmp_path / "pred.h5ad")])
     assert result.exit_code == 2
-    assert "predicted genes are not in" in result.output
+    assert "predicted genes of" in result.output and "are not in" in result.output

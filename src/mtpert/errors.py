@@ -25,3 +25,15 @@ class ConfigError(MtpertError, ValueError):
 
 class MissingDependencyError(MtpertError, ImportError):
     """An optional extra that the requested feature needs is not installed."""
+
+
+class CheckpointError(MtpertError, ValueError):
+    """A saved model that cannot be loaded: an unreadable file, or weights that do not fit its
+    config."""
+
+
+class UnknownNameError(MtpertError, KeyError):
+    """A name (model, metric, dataset) that is not registered; the message lists the known ones."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""

@@ -14,8 +14,10 @@ import pandas as pd
 from mtpert.benchmark.holdout import Prediction, ProgressCallback, run_holdout
 from mtpert.data.simulate import simulate
 from mtpert.data.spec import DatasetSpec
+from mtpert.errors import ConfigError
 from mtpert.io import atomic_write, write_table
 from mtpert.metrics import top_degs
+from mtpert.models.registry import get_model
 from mtpert.pl import mean_expression_scatter, metric_by_model
 
 DEMO_METRICS = ("r2_all", "r2_top100", "deg_overlap_top100", "pearson_delta_all", "e_distance_rel", "mmd_rel")
@@ -33,6 +35,11 @@ def run_demo(
     Writes ``results.csv`` (long table), ``metrics.png`` (one panel per headline metric) and
     ``scatter.png`` (predicted vs true means for the first held-out cell type) to ``out``.
     """
+    models = list(dict.fromkeys(models))
+    if not models:
+        raise ConfigError("No models given; name at least one, e.g. --models control,mean_shift (see `mtpert models`).")
+    for name in models:
+        get_model(name)  # an unknown name fails now, not after the simulation
     out.mkdir(parents=True, exist_ok=True)
     spec = DatasetSpec()
     adata = simulate(seed=seed)

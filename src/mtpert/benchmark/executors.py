@@ -87,7 +87,7 @@ def execute(task: Task) -> RunResult:
     """
     run = task.run
     min_cells = run.prep["min_cells"]
-    data = _prepared(task.data, run.spec, run.split, run.target, run.dose, run.group_key, run.prep["n_hvg"], run.prep["hvg_on_all_cells"])
+    data = _prepared(task.data, run.spec, run.split, run.target, run.dose, run.group_key, run.prep["n_hvg"], run.prep["hvg_on_all_cells"], min_cells)
     split = make_split(data, run.spec, run.split, run.target, dose=run.dose, group_key=run.group_key, seed=run.seed, min_cells=min_cells)
     _reset_peak_rss()
     start = time.perf_counter()
@@ -133,11 +133,12 @@ def load(data: str) -> AnnData:
 
 @lru_cache(maxsize=2)
 def _prepared(
-    data: str, spec: DatasetSpec, kind: SplitKind, target: str, dose: float | None, group_key: str | None, n_hvg: int, hvg_on_all_cells: bool
+    data: str, spec: DatasetSpec, kind: SplitKind, target: str, dose: float | None, group_key: str | None, n_hvg: int, hvg_on_all_cells: bool,
+    min_cells: int,
 ) -> AnnData:
     """Data prepared for one held-out target, kept for the next run of the same target."""
     raw = load(data)
-    split = make_split(raw, spec, kind, target, dose=dose, group_key=group_key, min_cells=1)  # its held-out cells depend on neither
+    split = make_split(raw, spec, kind, target, dose=dose, group_key=group_key, min_cells=min_cells)  # held-out cells: not seed-dependent
     return prepare_holdout(raw, spec, split, n_hvg=n_hvg, hvg_on_all_cells=hvg_on_all_cells)
 
 

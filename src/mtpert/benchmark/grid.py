@@ -13,26 +13,44 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields
+from functools import cache
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_type_hints
 
 import pandas as pd
 from anndata import AnnData
+from pydantic import BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError
 
 from mtpert.benchmark.holdout import SplitKind
-from mtpert.data.spec import DEFAULT_MIN_CELLS, DatasetSpec
+from mtpert.data.spec import DEFAULT_MIN_CELLS, MIN_CELLS_FLOOR, DatasetSpec
 from mtpert.data.split import condition_label, eligible_conditions, eligible_groups
 from mtpert.errors import ConfigError
 from mtpert.models.registry import MODELS, get_model
+
+log = logging.getLogger("mtpert.benchmark")
 
 NOISE_CEILING = "noise_ceiling"
 """Pseudo-model of the grid: half of the true perturbed cells scored as a prediction of the other half."""
 
 SavePredictions = Literal["showcase", "all", "none"]
+
+
+def _listed(value: Any) -> Any:
+    """A lone name or number where a list is expected is a list of one (``models: mtae``,
+    ``seeds: 3``, ``holdout: B``); ``"all"`` stays as it is."""
+    return [value] if isinstance(value, str | int | float) and value != "all" else value
+
+
+Names = Annotated[tuple[str, ...], BeforeValidator(_listed)]
+Seeds = Annotated[tuple[int, ...], BeforeValidator(_listed)]
+_SCHEMA = ConfigDict(coerce_numbers_to_str=True, extra="forbid")
+"""Validation of the settings' types: lax (``"2000"`` is 2000, ``[0]`` a group named ``"0"``,
+since groups are matched as text), but nothing that cannot be read as the type."""
 
 
 @dataclass(frozen=True)
@@ -70,45 +88,37 @@ class BenchmarkConfig:
     """
 
     data: str
-    models: tuple[str, ...]
-    holdout: tuple[str, ...] | Literal["all"] = "all"
-    seeds: tuple[int, ...] = (1, 2, 19193)
+    models: Names
+    holdout: Names | Literal["all"] = "all"
+    seeds: Seeds = (1, 2, 19193)
     spec: DatasetSpec | None = None
-    n_hvg: int = 2000
+    n_hvg: Annotated[int, Field(ge=0)] = 2000
     hvg_on_all_cells: bool = False
-    min_cells: int = DEFAULT_MIN_CELLS
+    min_cells: Annotated[int, Field(ge=MIN_CELLS_FLOOR)] = DEFAULT_MIN_CELLS
     model_params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    noise_ceiling_repeats: int = 5
+    noise_ceiling_repeats: Annotated[int, Field(ge=0)] = 5
     save_predictions: SavePredictions = "showcase"
     showcase: str | None = None
     save_models: bool = False
     split: SplitKind = "group"
     group_key: str | None = None
-    one_dose_at_a_time: tuple[str, ...] | None = None
+    one_dose_at_a_time: Names | None = None
 
     def __post_init__(self) -> None:
-        set_ = lambda name, value: object.__setattr__(self, name, value)
-        set_("models", tuple(self.models))
-        set_("seeds", tuple(int(s) for s in self.seeds))
-        if self.one_dose_at_a_time is not None:
-            set_("one_dose_at_a_time", tuple(self.one_dose_at_a_time))
-        if self.holdout != "all":
-            set_("holdout", (self.holdout,) if isinstance(self.holdout, str) else tuple(self.holdout))
-        if isinstance(self.spec, Mapping):
-            set_("spec", DatasetSpec.from_dict(dict(self.spec)))
-        set_("model_params", MappingProxyType({k: MappingProxyType(dict(v)) for k, v in self.model_params.items()}))
+        for name, value in _validated(self).items():
+            object.__setattr__(self, name, value)
+        for setting in ("models", "seeds"):
+            values = getattr(self, setting)
+            if len(set(values)) < len(values):
+                repeated = sorted({v for v in values if values.count(v) > 1}, key=str)
+                log.warning("%s lists %s more than once; each runs once", setting, repeated)
+                object.__setattr__(self, setting, tuple(dict.fromkeys(values)))
         if not self.models:
             raise ConfigError("No models given; name at least one (see `mtpert models`).")
         if not self.seeds:
             raise ConfigError("No seeds given; e.g. seeds: [1, 2, 19193].")
         if not self.holdout:
             raise ConfigError("holdout is empty; give group names or 'all'.")
-        if self.split not in ("group", "condition"):
-            raise ConfigError(f"split must be 'group' or 'condition', not {self.split!r}.")
-        if self.save_predictions not in ("showcase", "all", "none"):
-            raise ConfigError(f"save_predictions must be 'showcase', 'all' or 'none', not {self.save_predictions!r}.")
-        if self.noise_ceiling_repeats < 0 or self.n_hvg < 0 or self.min_cells < 1:
-            raise ConfigError("noise_ceiling_repeats and n_hvg must be >= 0 and min_cells >= 1.")
         for name in (*self.models, *self.model_params):
             if name == NOISE_CEILING:
                 raise ConfigError(f"'{NOISE_CEILING}' is added by the harness; set noise_ceiling_repeats instead.")
@@ -118,6 +128,8 @@ class BenchmarkConfig:
             extra = set(getattr(self, setting) or ()) - set(self.models)
             if extra:
                 raise ConfigError(f"{setting} names models not in the benchmark: {sorted(extra)}.")
+        params = {name: MODELS[name].check_params(values, where=f"model_params.{name}") for name, values in self.model_params.items()}
+        object.__setattr__(self, "model_params", MappingProxyType({k: MappingProxyType(v) for k, v in params.items()}))
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> BenchmarkConfig:
@@ -130,22 +142,23 @@ class BenchmarkConfig:
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str], **overrides: Any) -> BenchmarkConfig:
-        """Read a ``.yaml``/``.yml`` or ``.json`` file; ``overrides`` (not None) replace its values."""
+        """Read a ``.yaml``/``.yml`` or ``.json`` file; ``overrides`` (not None) replace its values.
+
+        YAML is read with ``safe_load``: tags such as ``!!python/object`` are refused, never run.
+        """
+        import yaml
+
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"Config file {path} does not exist.")
-        text = path.read_text()
+        suffix = path.suffix.lower()
+        if suffix not in (".yaml", ".yml", ".json"):
+            raise ConfigError(f"Config file {path}: use .yaml, .yml or .json.")
         try:
-            if path.suffix.lower() in (".yaml", ".yml"):
-                import yaml
-
-                values = yaml.safe_load(text) or {}
-            elif path.suffix.lower() == ".json":
-                values = json.loads(text)
-            else:
-                raise ConfigError(f"Config file {path}: use .yaml, .yml or .json.")
-        except (ValueError, ImportError) as error:  # yaml.YAMLError and JSONDecodeError are ValueErrors
-            raise ConfigError(f"Cannot parse {path}: {error}") from error
+            text = path.read_text()
+            values = json.loads(text) if suffix == ".json" else yaml.safe_load(text) or {}
+        except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as error:  # JSONDecodeError is a ValueError
+            raise ConfigError(f"Cannot read {path} as {'JSON' if suffix == '.json' else 'YAML'}: {error}") from None
         if not isinstance(values, dict):
             raise ConfigError(f"{path} must hold a mapping of settings, not a {type(values).__name__}.")
         return cls.from_dict({**values, **{k: v for k, v in overrides.items() if v is not None}})
@@ -292,6 +305,35 @@ def expand(config: BenchmarkConfig, adata: AnnData) -> Grid:
             for seed in config.seeds
         ]
     return Grid(tuple(runs), table.loc[~table["eligible"]].drop(columns="eligible"), showcase)
+
+
+@cache
+def _adapters(cls: type) -> dict[str, TypeAdapter]:
+    hints = get_type_hints(cls, include_extras=True)
+    return {f.name: TypeAdapter(hints[f.name], config=_SCHEMA) for f in fields(cls)}
+
+
+def _validated(config: BenchmarkConfig) -> dict[str, Any]:
+    """Every setting of ``config`` checked against its type (converted where that is lossless);
+    one :class:`ConfigError` naming each bad key, its value and the type expected."""
+    values, problems = {}, {}
+    for name, adapter in _adapters(type(config)).items():
+        try:
+            values[name] = adapter.validate_python(getattr(config, name))
+        except ValidationError as error:
+            for e in error.errors():  # a union's alternatives each fail: one line, their messages joined
+                where = name + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e["loc"] if not _is_schema_tag(p))
+                problems.setdefault((where, repr(e["input"])), []).append(e["msg"])
+    if problems:
+        lines = [f"  - {where}: {value} is not valid: {' or '.join(msgs)}" for (where, value), msgs in problems.items()]
+        raise ConfigError("Invalid benchmark settings:\n" + "\n".join(lines))
+    return values
+
+
+def _is_schema_tag(part: str | int) -> bool:
+    """Whether a pydantic error location part names a branch of the schema (``"literal['all']"``,
+    ``"tuple[str, ...]"``) rather than a key of the user's settings."""
+    return isinstance(part, str) and any(c in part for c in "[(")
 
 
 def dataset_id(data: str) -> str:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from mtpert.benchmark.executors import Executor, LocalExecutor, RunFailure, Task, load
 from mtpert.benchmark.grid import BenchmarkConfig, Grid, expand
 from mtpert.benchmark.store import ResultStore, RunResult
+from mtpert.data.fingerprint import data_sha256
 from mtpert.io import write_table
 
 log = logging.getLogger("mtpert.benchmark")
@@ -42,16 +43,19 @@ def run_benchmark(
     """Run every unfinished run of ``config`` with ``executor`` (default: one at a time, here),
     saving each as it finishes to the benchmark directory ``out``.
 
-    Rerunning the same call resumes: finished runs are skipped. Held-out groups too small to
-    score are logged and skipped. A run that raises is logged, its traceback kept in
+    Rerunning the same call resumes: finished runs are skipped, and run files that do not read
+    back whole are moved aside and redone (:class:`~mtpert.benchmark.store.ResultStore`). ``out``
+    is refused if it holds results of other data. Held-out groups too small to score are logged
+    and skipped. A run that raises is logged, its traceback kept in
     ``out/failed/<run id>.txt`` and ``on_failure`` called; the grid goes on, and a rerun retries
     it. Returns the store, e.g. for :func:`mtpert.benchmark.write_report`.
     """
-    grid = expand(config, load(config.data))
+    adata = load(config.data)
+    grid = expand(config, adata)
     for group, reason in grid.skipped["reason"].items():
         log.warning("skipping held-out group '%s': %s", group, reason)
     store = ResultStore(out)
-    with store.open(dataclasses.replace(config, showcase=grid.showcase)) as merged:
+    with store.open(dataclasses.replace(config, showcase=grid.showcase), data_sha256(adata)) as merged:
         todo = tuple(
             Task(run, config.data, grid.keeps_prediction(run, config), config.save_models)
             for run in grid.runs

@@ -4,8 +4,9 @@ On data with doses it adds a table per dose for each metric, the rank of each pr
 the doses, and the dose-response figure of the showcase group.
 
 :func:`write_report` reads a benchmark directory and writes ``report/report.html`` (self-contained:
-figures embedded), ``report/summary.md``, and every figure as PNG and PDF under ``report/figures``.
-The tables are public functions too, for notebooks.
+figures embedded), ``report/summary.md``, and every figure as PNG and PDF under ``report/figures``;
+a report on some of the models goes to its own folder. Names from the data are written as text in
+both the HTML and the Markdown, never as markup. The tables are public functions too, for notebooks.
 """
 
 from __future__ import annotations
@@ -24,10 +25,10 @@ import numpy as np
 import pandas as pd
 
 from mtpert.benchmark.grid import NOISE_CEILING
-from mtpert.benchmark.store import ResultStore
+from mtpert.benchmark.store import PROVENANCE, ResultStore
 from mtpert.data.split import condition_label
 from mtpert.errors import ConfigError
-from mtpert.io import atomic_write
+from mtpert.io import atomic_write, safe_name
 from mtpert.metrics import top_degs
 from mtpert.pl import (
     deg_dotplot,
@@ -117,6 +118,17 @@ def costs(results: pd.DataFrame) -> pd.DataFrame:
     return runs.groupby("model").agg(**{k: v for k, v in wanted.items() if v[0] in runs.columns})
 
 
+def provenance(results: pd.DataFrame) -> pd.DataFrame:
+    """Runs and invocations per mtpert version and git commit that made them, so a directory
+    resumed with other code says so; runs from before runs recorded it count as "not recorded"."""
+    runs = results.drop_duplicates("run_id").reindex(columns=["run_id", "model", *PROVENANCE])
+    code = runs["mtpert_version"].fillna("not recorded") + " (" + runs["git_commit"].fillna("").replace("", "no git commit") + ")"
+    table = runs.assign(code=code).groupby("code").agg(
+        runs=("run_id", "size"), models=("model", "nunique"), invocations=("invocation", "nunique"), last_finished=("finished", "max")
+    )
+    return table.rename_axis("mtpert (commit)")
+
+
 def verdicts(comparison: pd.DataFrame, baseline: str = BASELINE) -> list[str]:
     """One plain sentence per model: the metrics on which it beats ``baseline``, and those it does not."""
     lines = []
@@ -140,21 +152,32 @@ class Figure:
 
 
 def write_report(
-    out: str | os.PathLike[str],
+    directory: str | os.PathLike[str],
     *,
+    out: str | os.PathLike[str] | None = None,
     metrics: Sequence[str] = HEADLINE,
     models: Sequence[str] | None = None,
     formats: Sequence[str] = ("png", "pdf"),
 ) -> dict[str, Path]:
     """Write ``report.html``, ``summary.md`` and the figures (in ``formats``) of benchmark
-    directory ``out``, under ``out/report``.
+    ``directory`` to folder ``out``.
 
     ``models``: report only these (and the noise ceiling), e.g. the part of a grid that is
     complete while the rest still runs; default every model with results.
+    ``out``: default ``directory/report``, or ``directory/report-<models>`` with ``models``. A
+    report on some models never replaces the full one: ``out=directory/report`` is refused then.
 
     Returns the paths written, by name (``html``, ``markdown``, and ``<figure>.<format>``).
     """
-    store = ResultStore(out)
+    store = ResultStore(directory)
+    full = store.root / "report"
+    if out is None:
+        out = full if models is None else store.root / f"report-{safe_name('+'.join(sorted(set(models))))}"
+    folder = Path(out)
+    if models is not None and folder.resolve() == full.resolve():
+        raise ConfigError(
+            f"{full} holds the report on every model; write the report on {list(models)} elsewhere (--out)."
+        )
     results = store.results()
     if models is not None:
         unknown = sorted(set(models) - set(results["model"]))
@@ -174,7 +197,6 @@ def write_report(
     if len(comparison):  # sentences and table list the models in the report's order, not alphabetically
         comparison = comparison.sort_values("model", key=lambda m: m.map(order.index), kind="stable")
     lines = verdicts(comparison) if len(comparison) else [f"No '{BASELINE}' runs, so no comparison with it."]
-    folder = store.root / "report"
     written: dict[str, Path] = {}
     figures = _figures(results, store, config, order, metrics)
     pngs = {}  # each figure rendered once per format; the PNG is also embedded in the HTML
@@ -247,6 +269,7 @@ def _sections(results, mean, spread, marks, comparison, lines, cost, store) -> l
         table = pd.read_csv(skipped, index_col=0)
         if len(table):
             out.append(_Table("Groups not held out (too few cells)", "", table.astype(str)))
+    out.append(_Table("Provenance", "The code that made the runs (each run file records it, with the data's sha256).", provenance(results).fillna("").astype(str)))
     return out
 
 
@@ -384,20 +407,33 @@ def _html_table(t: _Table) -> str:
     return f"<div class='wide'><table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
 
 
-def _markdown_table(cells: pd.DataFrame) -> str:
-    """The table as Markdown, cells verbatim (tabulate would reparse '1420400' as 1.4204e+06)."""
+_MARKDOWN = str.maketrans({**{c: "\\" + c for c in "\\`*~[]|$"}, "\n": " ", "\r": " "})
+
+
+def _md(text: object) -> str:
+    """Text as literal Markdown: HTML escaped as in the HTML report; Markdown's emphasis, code, link,
+    table and math characters backslashed; line breaks (which would end a table row) made spaces."""
+    return html.escape(str(text), quote=False).translate(_MARKDOWN)
+
+
+def _markdown_table(t: _Table) -> str:
+    """The table as Markdown, escaped by :func:`_md`, best values bold; cells otherwise verbatim
+    (tabulate would reparse '1420400' as 1.4204e+06)."""
+    cells = t.cells.map(_md)
+    if t.bold is not None:
+        cells = cells.where(~t.bold, "**" + cells + "**")
+    cells.index = cells.index.map(_md).rename(_md(t.cells.index.name or ""))
+    cells.columns = cells.columns.map(_md)
     return cells.to_markdown(disable_numparse=True, colalign=("left",) + ("right",) * cells.shape[1])
 
 
 def _markdown(title: str, sections, figures: list[Figure]) -> str:
-    parts = [f"# {title}\n"]
+    parts = [f"# {_md(title)}\n"]
     for section in sections:
         if isinstance(section, list):
-            parts.append("## Against mean shift\n\n" + "\n".join(f"- {s}" for s in section) + "\n")
+            parts.append("## Against mean shift\n\n" + "\n".join(f"- {_md(s)}" for s in section) + "\n")
             continue
-        cells = section.cells.copy()
-        if section.bold is not None:
-            cells = cells.where(~section.bold, "**" + cells + "**")
-        parts.append(f"## {section.title}\n\n" + (f"{section.note}\n\n" if section.note else "") + _markdown_table(cells) + "\n")
-    parts.append("## Figures\n\n" + "\n".join(f"- `figures/{f.name}.png` (and .pdf): {f.caption}" for f in figures) + "\n")
+        note = f"{_md(section.note)}\n\n" if section.note else ""
+        parts.append(f"## {_md(section.title)}\n\n{note}{_markdown_table(section)}\n")
+    parts.append("## Figures\n\n" + "\n".join(f"- `figures/{f.name}.png` (and .pdf): {_md(f.caption)}" for f in figures) + "\n")
     return "\n".join(parts)

@@ -3,23 +3,34 @@
 Layout of ``DIR``::
 
     config.json          the benchmark's configuration (the union of resumed grids)
-    environment.json     per invocation: time, mtpert version and git commit, packages, machine
-    runs/<id>.parquet    one finished run: its scores (long table) and its costs (.csv without pyarrow)
+    environment.json     per invocation: id, time, mtpert version and git commit, the data's
+                         fingerprint, packages, machine
+    runs/<id>.parquet    one finished run: its scores (long table), its costs and its provenance
+                         (.csv without pyarrow)
     predictions/<group>/<condition>[@<dose>]/cells.h5ad, <model>_seed<seed>.h5ad   kept predictions
+                         (folder names: :func:`mtpert.io.safe_name` of the labels)
     models/<id>/         kept fitted models (see save_models)
+    quarantine/          run files that did not read back whole, moved aside (their runs are redone)
 
 A run's table is written last and atomically, so it exists only for a run that finished: a run
-killed midway leaves nothing that resume would mistake for a result.
+killed midway leaves nothing that resume would mistake for a result. Each table records how many
+rows it has; a file truncated or damaged later (a full disk, a bad copy) is found on resume,
+moved to ``quarantine/`` and its run redone. The directory is tied to the data's content
+(:func:`mtpert.data.fingerprint.data_sha256`): resuming it on other data is refused.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import importlib.metadata
 import json
+import logging
 import os
 import platform
+import shutil
 import subprocess
+import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -35,8 +46,10 @@ from mtpert.benchmark.grid import BenchmarkConfig, RunSpec, dataset_id
 from mtpert.benchmark.holdout import Prediction
 from mtpert.data.split import condition_label
 from mtpert.errors import ConfigError
-from mtpert.io import atomic_path, atomic_write, write_table
+from mtpert.io import atomic_path, atomic_write, safe_name, stale_temp_files, write_table
 from mtpert.models.base import PerturbationModel
+
+log = logging.getLogger("mtpert.benchmark")
 
 PACKAGES = ("numpy", "scipy", "pandas", "anndata", "scanpy", "scikit-learn", "torch", "pot", "matplotlib")
 """Packages whose versions decide results, recorded with every invocation."""
@@ -44,12 +57,38 @@ PACKAGES = ("numpy", "scipy", "pandas", "anndata", "scanpy", "scikit-learn", "to
 ROLE_KEY = "mtpert_role"
 """obs column of ``cells.h5ad`` saying whether a cell is a ``control`` or ``truth`` cell."""
 
+ROW_COUNT = "run_rows"
+"""Column of every run table holding its number of rows: a table that reads back with another
+count (or none) was truncated or damaged."""
+
+PROVENANCE = ("mtpert_version", "git_commit", "data_sha256", "invocation", "finished")
+"""Columns of every run table saying which code, data and invocation made it, and when."""
+
+_OWN_FOLDERS = ("runs", "failed", "predictions", "models", "report")
+"""Sub-folders the store writes; only in these (and the top level) are temporary files removed."""
+
 _COMPARABLE = ("spec", "split", "group_key", "n_hvg", "hvg_on_all_cells", "min_cells", "noise_ceiling_repeats", "one_dose_at_a_time")
 """Settings every run of one directory must share for its results to be comparable."""
 
 
 class BenchmarkLockedError(ConfigError):
     """Another process is writing to the same benchmark directory."""
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """One command's provenance, stamped on every run it writes."""
+
+    id: str
+    started: str
+    mtpert_version: str
+    git_commit: str | None
+    data_sha256: str
+
+    @classmethod
+    def now(cls, data_sha256: str) -> Invocation:
+        started = datetime.now(UTC).isoformat(timespec="seconds")
+        return cls(uuid.uuid4().hex[:12], started, mtpert.__version__, git_commit(), data_sha256)
 
 
 @dataclass(frozen=True)
@@ -69,29 +108,86 @@ class ResultStore:
         self.root = Path(root)
         self.runs = self.root / "runs"
         self.suffix = ".parquet" if find_spec("pyarrow") else ".csv"
+        self.invocation: Invocation | None = None
+        self.quarantined: list[tuple[Path, str]] = []
+        """Run files this invocation moved to ``quarantine/``, each with what was wrong with it."""
 
     # ------------------------------------------------------------------ writing
     @contextmanager
-    def open(self, config: BenchmarkConfig) -> Iterator[BenchmarkConfig]:
-        """Hold the directory for one invocation: lock it, reconcile ``config`` with the one it
-        holds, record the environment, and remove temporary files a killed run left behind.
+    def open(self, config: BenchmarkConfig, data_sha256: str) -> Iterator[BenchmarkConfig]:
+        """Hold the directory for one invocation on data with fingerprint ``data_sha256``: lock
+        it, refuse it if it holds results of other data or incomparable settings, reconcile
+        ``config`` with the one it holds, record the environment, remove the temporary files a
+        killed run left behind, and move run files that do not read back whole to ``quarantine/``.
 
         Yields the configuration to write back: models, seeds and groups of both invocations.
         """
-        self.runs.mkdir(parents=True, exist_ok=True)
+        self._make_writable_folder()
         with open(self.root / ".lock", "w") as lock:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 raise BenchmarkLockedError(f"Another mtpert benchmark is writing to {self.root}; wait for it or use another --out.") from None
-            for stale in self.root.rglob(".*"):  # atomic_write's temporary files, never results
-                if stale.is_file() and stale.name != ".lock":
-                    stale.unlink()
+            history = self._environments()
+            self._check_data(config, data_sha256, history)
             merged = self._merge(config)
+            for stale in stale_temp_files(self.root) + [f for d in _OWN_FOLDERS for f in stale_temp_files(self.root / d, recursive=True)]:
+                stale.unlink()
+            self.quarantined = self._quarantine_unreadable()
+            self.invocation = Invocation.now(data_sha256)
+            _warn_mixed_versions(self.root, history, self.invocation)
             atomic_write(self.root / "config.json", lambda f: f.write(json.dumps(merged.to_dict(), indent=2).encode()))
-            history = self._environments() + [environment()]
+            history.append(environment(self.invocation, config.data))
             atomic_write(self.root / "environment.json", lambda f: f.write(json.dumps(history, indent=2).encode()))
             yield merged
+
+    def _make_writable_folder(self) -> None:
+        """Create the directory, or refuse with the fix: an existing file, or no permission."""
+        if self.root.exists() and not self.root.is_dir():
+            raise ConfigError(f"--out {self.root} is an existing file, not a folder; give a folder for the benchmark.")
+        try:
+            self.runs.mkdir(parents=True, exist_ok=True)
+            probe = self.root / f".mtpert-tmp-probe-{os.getpid()}"
+            probe.touch()
+            probe.unlink()
+        except OSError as error:
+            why = "read-only" if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS) else error.strerror
+            raise ConfigError(f"Cannot write to --out {self.root} ({why}); give a folder you can write to.") from None
+
+    def _check_data(self, config: BenchmarkConfig, data_sha256: str, history: list[dict]) -> None:
+        """Refuse a directory whose runs were made from other data, naming both."""
+        old = self.config()
+        if old is None:
+            return
+        recorded = [(e.get("data", old.data), e["data_sha256"]) for e in history if e.get("data_sha256")]
+        if recorded and recorded[-1][1] != data_sha256:
+            name, digest = recorded[-1]
+            raise ConfigError(
+                f"{self.root} holds results on '{name}' (data sha256 {digest[:12]}…), but '{config.data}' has other "
+                f"content (sha256 {data_sha256[:12]}…); its results would not apply. Use another --out."
+            )
+        if dataset_id(old.data) != dataset_id(config.data):
+            raise ConfigError(f"{self.root} holds results on '{old.data}', not '{config.data}'; use another --out.")
+        if not recorded:
+            log.warning(
+                "%s predates data fingerprints: its runs cannot be checked against '%s'; from now on they are "
+                "(sha256 %s…).", self.root, config.data, data_sha256[:12],
+            )  # fmt: skip
+
+    def _quarantine_unreadable(self) -> list[tuple[Path, str]]:
+        """Move every run file that does not read back whole to ``quarantine/``; its run is redone."""
+        moved = []
+        for file in self._run_files():
+            problem = _unreadable(file)
+            if problem is None:
+                continue
+            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+            target = self.root / "quarantine" / f"{file.name}.{stamp}"
+            target.parent.mkdir(exist_ok=True)
+            shutil.move(file, target)
+            log.warning("run file %s %s; moved to %s, and its run is redone", file.name, problem, target)
+            moved.append((target, problem))
+        return moved
 
     def _merge(self, config: BenchmarkConfig) -> BenchmarkConfig:
         """``config`` extended by the models, seeds and groups already in the directory; refuses
@@ -128,9 +224,18 @@ class ResultStore:
             self._write_prediction(p)
         for dose, model in result.models.items():  # None: the run's one model; else one per dose
             model.save(self.root / "models" / run.id / ("" if dose is None else f"dose_{dose}"))
-        path = write_table(result.table, self.runs / f"{run.id}{self.suffix}")
+        path = write_table(self._stamped(result.table), self.runs / f"{run.id}{self.suffix}")
         (self.failed / f"{run.id}.txt").unlink(missing_ok=True)  # an earlier failure, now rerun
         return path
+
+    def _stamped(self, table: pd.DataFrame) -> pd.DataFrame:
+        """``table`` with the invocation's provenance and, last, its row count."""
+        if self.invocation is None:
+            raise RuntimeError("ResultStore.write outside ResultStore.open")
+        i = self.invocation
+        finished = datetime.now(UTC).isoformat(timespec="seconds")
+        stamps = dict(zip(PROVENANCE, (i.mtpert_version, i.git_commit or "", i.data_sha256, i.id, finished), strict=True))
+        return table.assign(**stamps, **{ROW_COUNT: len(table)})
 
     @property
     def failed(self) -> Path:
@@ -154,7 +259,7 @@ class ResultStore:
         _write_h5ad(p.pred, folder / f"{p.model}_seed{p.seed}.h5ad")
 
     def _prediction_folder(self, group: str, condition: str, dose: float | None) -> Path:
-        return self.root / "predictions" / _safe(group) / _safe(condition_label(condition, dose))
+        return self.root / "predictions" / safe_name(group) / safe_name(condition_label(condition, dose))
 
     # ------------------------------------------------------------------ reading
     def done(self, run: RunSpec) -> bool:
@@ -162,19 +267,30 @@ class ResultStore:
         return any((self.runs / f"{run.id}{s}").is_file() for s in (".parquet", ".csv"))
 
     def config(self) -> BenchmarkConfig | None:
+        """The directory's configuration; None for a new directory."""
         path = self.root / "config.json"
-        return BenchmarkConfig.from_dict(json.loads(path.read_text())) if path.is_file() else None
+        return BenchmarkConfig.from_dict(_read_json(path, "config")) if path.is_file() else None
 
     def _environments(self) -> list[dict]:
         path = self.root / "environment.json"
-        return json.loads(path.read_text()) if path.is_file() else []
+        return _read_json(path, "provenance") if path.is_file() else []
+
+    def _run_files(self) -> list[Path]:
+        return sorted(self.runs.glob("*.parquet")) + sorted(self.runs.glob("*.csv"))
 
     def results(self) -> pd.DataFrame:
-        """Every finished run's table, concatenated."""
-        files = sorted(self.runs.glob("*.parquet")) + sorted(self.runs.glob("*.csv"))
-        if not files:
+        """Every finished run's table, concatenated. A run file that does not read back whole is
+        left out with a warning (the next ``mtpert benchmark`` on the directory redoes its run)."""
+        tables = []
+        for file in self._run_files():
+            problem = _unreadable(file)
+            if problem is None:
+                tables.append(_read_table(file))
+            else:
+                log.warning("left out run file %s: it %s; rerun `mtpert benchmark --out %s` to redo it", file, problem, self.root)
+        if not tables:
             raise FileNotFoundError(f"No finished runs in {self.runs}; run `mtpert benchmark --out {self.root}` first.")
-        return pd.concat([_read_table(f) for f in files], ignore_index=True)
+        return pd.concat(tables, ignore_index=True)
 
     def predictions(
         self, group: str, condition: str, dose: float | None = None
@@ -192,8 +308,8 @@ class ResultStore:
         return cells[role == "control"].copy(), cells[role == "truth"].copy(), preds
 
 
-def environment() -> dict[str, object]:
-    """When and with what code and packages an invocation ran."""
+def environment(invocation: Invocation, data: str) -> dict[str, object]:
+    """When and with what code, data and packages an invocation ran."""
     versions = {}
     for package in PACKAGES:
         try:
@@ -201,9 +317,12 @@ def environment() -> dict[str, object]:
         except importlib.metadata.PackageNotFoundError:
             versions[package] = None
     return {
-        "started": datetime.now(UTC).isoformat(timespec="seconds"),
-        "mtpert": mtpert.__version__,
-        "git_commit": git_commit(),
+        "invocation": invocation.id,
+        "started": invocation.started,
+        "mtpert": invocation.mtpert_version,
+        "git_commit": invocation.git_commit,
+        "data": data,
+        "data_sha256": invocation.data_sha256,
         "python": platform.python_version(),
         "machine": f"{platform.system()} {platform.machine()}, {len(os.sched_getaffinity(0))} usable CPU cores",
         "packages": versions,
@@ -225,15 +344,48 @@ def _setting(config: BenchmarkConfig, name: str) -> object:
     return config.dataset_spec() if name == "spec" else getattr(config, name)
 
 
+def _warn_mixed_versions(root: Path, history: list[dict], invocation: Invocation) -> None:
+    """Say so when this invocation's code differs from what made the directory's earlier runs."""
+    earlier = {(e.get("mtpert"), e.get("git_commit")) for e in history}
+    ours = (invocation.mtpert_version, invocation.git_commit)
+    if earlier and earlier != {ours}:
+        versions = ", ".join(f"{v} ({c or 'no git commit'})" for v, c in sorted(earlier, key=str))
+        log.warning(
+            "%s holds runs made by mtpert %s; this invocation is %s (%s). Each run records the code that made it "
+            "(the report's provenance table counts them).", root, versions, ours[0], ours[1] or "no git commit",
+        )  # fmt: skip
+
+
+def _read_json(path: Path, what: str) -> object:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ConfigError(
+            f"The benchmark's {what} file {path} cannot be read ({error}); it was truncated or edited. Restore it "
+            "(e.g. from version control) or start a new --out; the run files in runs/ are intact."
+        ) from None
+
+
 def _read_table(path: Path) -> pd.DataFrame:
-    return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    if path.suffix == ".parquet":
+        return pd.read_parquet(path)
+    return pd.read_csv(path, dtype={c: str for c in ("run_id", *PROVENANCE)})  # ids such as '1e50...' stay text
+
+
+def _unreadable(path: Path) -> str | None:
+    """What is wrong with run file ``path``, or None if it reads back whole: every row, its own
+    run id, and (for files written since tables record it) the row count it was written with."""
+    try:
+        table = _read_table(path)
+    except Exception as error:  # noqa: BLE001 (any reader error means a damaged file)
+        return f"cannot be read ({type(error).__name__})"
+    if "run_id" not in table.columns or not (table["run_id"].astype(str) == path.stem).all():
+        return "does not hold its run's rows"
+    if ROW_COUNT in table.columns and not (pd.to_numeric(table[ROW_COUNT], errors="coerce") == len(table)).all():
+        return "was truncated"
+    return None
 
 
 def _write_h5ad(adata: ad.AnnData, target: Path) -> None:
     with atomic_path(target) as tmp:
         adata.write_h5ad(tmp, compression="gzip")
-
-
-def _safe(name: str) -> str:
-    """``name`` usable as a file name (cell types contain spaces, slashes and plus signs)."""
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(name))

@@ -124,22 +124,33 @@ def benchmark(
 
 
 def report(
-    out: Annotated[Path, typer.Argument(help="A benchmark directory written by `mtpert benchmark`.", exists=True, file_okay=False)],
+    directory: Annotated[Path, typer.Argument(help="A benchmark directory written by `mtpert benchmark`.", exists=True, file_okay=False)],
     pdf: Annotated[bool, typer.Option("--pdf/--no-pdf", help="Also save every figure as PDF.")] = True,
     models: Annotated[
         str | None, typer.Option(help="Comma-separated models to report (default: all with results).")
     ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Folder to write the report to.", show_default="DIRECTORY/report; with --models DIRECTORY/report-<models>", file_okay=False),
+    ] = None,
 ) -> None:
-    """Write OUT/report: report.html (self-contained), summary.md, and figures as PNG and PDF."""
+    """Write DIRECTORY/report: report.html (self-contained), summary.md, and figures as PNG and PDF.
+
+    With --models the report goes to DIRECTORY/report-<models> (or --out), never over the full one.
+    """
+    from rich.markup import escape
+
     from mtpert.benchmark import write_report
 
     with user_errors():
         paths = write_report(
-            out,
+            directory,
+            out=out,
             models=_names(models),
             formats=("png", "pdf") if pdf else ("png",),
         )
-    console.print(f"wrote [bold]{paths['html']}[/], {paths['markdown']} and {len(paths) - 2} figure files")
+    html, markdown = (escape(str(paths[k])) for k in ("html", "markdown"))
+    console.print(f"wrote [bold]{html}[/], {markdown} and {len(paths) - 2} figure files")
 
 
 class _LiveView:

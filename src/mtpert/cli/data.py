@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from mtpert.cli.options import (
@@ -39,7 +40,7 @@ def info(
     min_cells: MinCells = 20,
 ) -> None:
     """Cell type x condition counts, what X holds, and which groups are too small to hold out."""
-    from mtpert.data.pp import detect_kind
+    from mtpert.data.pp import DOUBLE_LOG_ADVICE, detect_kind
     from mtpert.data.registry import load_dataset
     from mtpert.data.split import eligible_groups
 
@@ -49,8 +50,16 @@ def info(
         spec.validate(adata)
         counts = spec.counts_table(adata)
         groups = eligible_groups(adata, spec, min_cells=min_cells)
-    kind = {"counts": "raw counts", "log": "log-normalized", "unknown": "neither counts nor log1p data"}
-    console.print(f"[bold]{data}[/]: {adata.n_obs:,} cells x {adata.n_vars:,} genes; X holds {kind[detect_kind(adata)]}")
+    kind = detect_kind(adata)
+    holds = {
+        "counts": "raw counts",
+        "log": "log-normalized",
+        "double_log": "values logged twice (mtpert refuses them)",
+        "unknown": "neither counts nor log1p data",
+    }
+    console.print(f"[bold]{data}[/]: {adata.n_obs:,} cells x {adata.n_vars:,} genes; X holds {holds[kind]}")
+    if kind == "double_log":
+        console.print(f"[yellow]warning:[/] {escape(DOUBLE_LOG_ADVICE)}", highlight=False)
     console.print(f"conditions: {', '.join(spec.conditions(adata))} (control: '{spec.control}')")
 
     table = Table(title=f"cells per {spec.cell_type_key} and {spec.condition_key}", title_justify="left")

@@ -19,7 +19,7 @@ def demo(
     """Simulate a perturbation experiment, hold out each cell type, fit and score the models."""
     from mtpert.benchmark.demo import DEMO_METRICS, run_demo
 
-    names = [m.strip() for m in models.split(",") if m.strip()]
+    names = list(dict.fromkeys(m.strip() for m in models.split(",") if m.strip()))
     with user_errors(), Progress(console=console, transient=True) as progress:
         task = progress.add_task("fitting models", total=None)
         results = run_demo(out, models=names, seed=seed, on_progress=lambda msg: progress.update(task, description=msg))

@@ -33,25 +33,32 @@ def evaluate(
     TRUTH may hold raw counts: they are log-normalized over all their genes, then restricted to
     the genes of PRED, which is how the prediction's training data was prepared.
     """
-    import anndata as ad
-
     from mtpert.data.pp import detect_kind, log_normalize
-    from mtpert.io import write_table
+    from mtpert.data.registry import read_h5ad
+    from mtpert.errors import DataError
+    from mtpert.io import check_table_target, write_table
     from mtpert.metrics import evaluate_prediction
 
-    spec = make_spec(cell_type_key, condition_key, control, dose_key)
     with user_errors():
-        truth_data = ad.read_h5ad(truth)
-        pred_data = ad.read_h5ad(pred)
+        spec = make_spec(cell_type_key, condition_key, control, dose_key)
+        check_table_target(out)  # before the scoring, not after it
+        truth_data, pred_data = read_h5ad(truth), read_h5ad(pred)
+        for adata, path in ((truth_data, truth), (pred_data, pred)):
+            for names, what, fix in ((adata.var_names, "gene", "var_names_make_unique"), (adata.obs_names, "cell", "obs_names_make_unique")):
+                if not names.is_unique:
+                    raise DataError(
+                        f"{path} has duplicate {what} names (e.g. {names[names.duplicated()].unique()[:5].tolist()}); "
+                        f"make them unique (adata.{fix}()) or remove the duplicates."
+                    )
         if detect_kind(truth_data) == "counts":
             log_normalize(truth_data)
         missing = pred_data.var_names.difference(truth_data.var_names)
         if len(missing):
-            raise KeyError(f"{len(missing)} predicted genes are not in {truth} (e.g. {missing[:5].tolist()}).")
+            raise DataError(f"{len(missing)} predicted genes of {pred} are not in {truth} (e.g. {missing[:5].tolist()}).")
         scores = evaluate_prediction(truth_data[:, pred_data.var_names], pred_data, spec)
         write_table(scores, out)
-    headline = ["r2_all", "r2_top100", "deg_overlap_top100", "e_distance_rel"]
-    shown = scores[scores["metric"].isin(headline)]
-    index = [c for c in ("cell_type", "condition", "dose") if c in shown.columns]  # evaluate_prediction's id columns
-    print_frame(shown.pivot_table(index=index, columns="metric", values="value"))
+        headline = ["r2_all", "r2_top100", "deg_overlap_top100", "e_distance_rel"]
+        shown = scores[scores["metric"].isin(headline)]
+        index = [c for c in ("cell_type", "condition", "dose") if c in shown.columns]  # evaluate_prediction's id columns
+        print_frame(shown.pivot_table(index=index, columns="metric", values="value"))
     console.print(f"wrote {len(scores)} rows to [bold]{out}[/]")

@@ -23,7 +23,9 @@ CellTypeKey = Annotated[
 ConditionKey = Annotated[str | None, typer.Option(help="obs column with the perturbation label [default: condition].")]
 Control = Annotated[str | None, typer.Option(help="Value of the condition column marking control cells [default: control].")]
 DoseKey = Annotated[str | None, typer.Option(help="Optional numeric obs column with the dose.")]
-MinCells = Annotated[int, typer.Option(help="Fewest control and perturbed cells a held-out group needs.")]
+MinCells = Annotated[
+    int, typer.Option(min=2, help="Fewest control and perturbed cells a held-out group needs (at least 2).")
+]  # 2 is mtpert.data.spec.MIN_CELLS_FLOOR, written out so that --help loads no data code
 
 
 def make_spec(
@@ -62,12 +64,27 @@ def print_frame(frame: pd.DataFrame, *, title: str | None = None, digits: int = 
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn mtpert's input errors into a one-line message and exit code 2, not a traceback."""
+    """Turn a user's error into a one-line message and exit code 2, not a traceback: mtpert's
+    input errors, a missing file, a file or folder that cannot be written. Anything else is a bug
+    in mtpert: its traceback is shown, with a request to report it, and the exit code is 1."""
+    import mtpert
     from mtpert.errors import MtpertError
 
     try:
         yield
-    except (MtpertError, FileNotFoundError, KeyError) as error:
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    except (MtpertError, FileNotFoundError) as error:
+        err_console.print(f"[bold red]error:[/] {error}", highlight=False)
         raise typer.Exit(code=2) from None
+    except (PermissionError, IsADirectoryError, NotADirectoryError) as error:
+        err_console.print(f"[bold red]error:[/] cannot write {error.filename}: {error.strerror}; choose a path you can write to.", highlight=False)
+        raise typer.Exit(code=2) from None
+    except (typer.Exit, typer.Abort, typer.BadParameter):  # the command line's own answers
+        raise
+    except Exception:  # noqa: BLE001 (anything else is a bug: shown in full, with where to report it)
+        err_console.print_exception(show_locals=False)
+        err_console.print(
+            f"[bold red]internal error[/] in mtpert {mtpert.__version__}: this is a bug, not a problem with your input. "
+            "Please report it with the command you ran and the traceback above.",
+            highlight=False,
+        )
+        raise typer.Exit(code=1) from None

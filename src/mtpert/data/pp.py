@@ -4,7 +4,8 @@ Models and metrics in mtpert work on log-normalized expression (``normalize_tota
 target sum, then ``log1p``). Users arrive with either raw counts or already-normalized data, and
 silently normalizing twice is one of the commonest mistakes in this field; so :func:`detect_kind`
 decides what ``X`` holds and every step refuses input of the wrong kind with a message that says
-which function to call instead.
+which function to call instead. Data logged twice (log1p of log-normalized data) is recognized too:
+it looks like small log data, and models would fit it without complaint.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from mtpert.data.backed import sample_rows
 from mtpert.data.spec import DatasetSpec, check_matrix
 from mtpert.errors import DataError
 
-DataKind = Literal["counts", "log", "unknown"]
+DataKind = Literal["counts", "log", "double_log", "unknown"]
 
 LOG_MAX = 20.0
 """Largest value expected in log1p-normalized data: log1p(1e4 * 1.0) is about 9.2, so anything
@@ -30,35 +31,61 @@ COUNTS_LAYER = "counts"
 """Layer where :func:`log_normalize` keeps the raw counts."""
 
 
+DOUBLE_LOG_MAX = 3.0
+"""Bound on data logged twice: log1p(log1p(x)) stays below 3 for any x up to 1e8
+(2.3 for a whole cell's counts normalized to 1e4, 2.7 to 1e6). Log-normalized data goes well above:
+its largest value is about log1p(1e4 * f) for the gene holding the largest fraction f of a cell's
+counts (above 0.2%, i.e. above 3, in every dataset measured; 8.2-9.1 in the shared real data)."""
+
+DOUBLE_LOG_MIN_CELLS = 200
+"""Fewest cells (rows read) for a maximum below :data:`DOUBLE_LOG_MAX` to mean "logged twice".
+A few cells over a few genes may lack a large value: in Kang 2018 log-normalized, then cut to its
+50 most variable genes, 73 CD16 monocytes have none above 2.3, and 200 random CD4 T cells none
+above 3 in 0.1% of draws (over 100 genes: never, and every cell type x condition reaches 4.4).
+Smaller inputs (a model's control cells) pass as log data; the larger data they come from is
+checked where it enters (:func:`prepare`, a model's fit)."""
+
+DOUBLE_LOG_ADVICE = (
+    f"adata.X looks log-transformed twice (no value above {DOUBLE_LOG_MAX:g}, whereas "
+    "log1p(normalize_total) expression reaches 4-9). Pass the raw counts (e.g. "
+    f"adata.layers['{COUNTS_LAYER}'] or adata.raw) and let mtpert normalize them, or apply "
+    "log1p(normalize_total(counts)) once."
+)
+"""What to do about data logged twice; :func:`require_kind` and ``mtpert data info`` say it."""
+
 KIND_SAMPLE_ROWS = 2000
 """Rows of an on-disk (backed) matrix that :func:`detect_kind` reads instead of all of it."""
 
-
-def _values(adata: AnnData, max_values: int = 200_000) -> np.ndarray:
-    """The stored values of ``adata.X`` (non-zeros of a sparse matrix), subsampled for speed;
-    of a sample of rows when ``X`` is on disk."""
-    X = sample_rows(adata, KIND_SAMPLE_ROWS)
-    values = X.data if sp.issparse(X) else np.asarray(X).ravel()
-    if values.size > max_values:
-        values = values[np.random.default_rng(0).choice(values.size, max_values, replace=False)]
-    return np.asarray(values, dtype=np.float64)
+KIND_SAMPLE_VALUES = 200_000
+"""Stored values that :func:`detect_kind` checks for being integers (a random subsample)."""
 
 
 def detect_kind(adata: AnnData) -> DataKind:
-    """Say whether ``adata.X`` holds raw counts, log-normalized values, or neither.
+    """Say whether ``adata.X`` holds raw counts, log-normalized values, data logged twice, or else.
 
-    ``"counts"``: every value is a non-negative integer. ``"log"``: non-integer values no larger
-    than :data:`LOG_MAX` (or scanpy's ``uns['log1p']`` marker is present). ``"unknown"``: anything
-    else, e.g. normalized but not logged, TPM, or scaled data.
+    ``"counts"``: every value is a non-negative integer. ``"double_log"``: non-integer values, none
+    above :data:`DOUBLE_LOG_MAX`, over at least :data:`DOUBLE_LOG_MIN_CELLS` cells. ``"log"``:
+    other non-integer values no larger than :data:`LOG_MAX` (or scanpy's ``uns['log1p']`` marker
+    is present). ``"unknown"``: anything else, e.g. normalized but not logged, TPM, or scaled data.
+
+    Every stored value of an in-memory matrix is read (the minimum and maximum are exact, so chance
+    cannot raise a false alarm); an on-disk one is read on :data:`KIND_SAMPLE_ROWS` sampled rows.
+    Only the integer test uses a subsample of :data:`KIND_SAMPLE_VALUES` values.
     """
-    values = _values(adata)
-    if values.size == 0:
+    X = sample_rows(adata, KIND_SAMPLE_ROWS)
+    values = X.data if sp.issparse(X) else np.asarray(X).ravel()
+    if values.size == 0 or values.min() < 0:
         return "unknown"
-    if values.min() < 0:
-        return "unknown"
-    if np.all(values == np.round(values)):
+    sample = values
+    if values.size > KIND_SAMPLE_VALUES:
+        picks = np.random.default_rng(0).choice(values.size, KIND_SAMPLE_VALUES, replace=False)
+        sample = values[picks]
+    if np.all(sample == np.round(sample)):
         return "counts"
-    if "log1p" in adata.uns or values.max() <= LOG_MAX:
+    peak = float(values.max())
+    if peak <= DOUBLE_LOG_MAX and X.shape[0] >= DOUBLE_LOG_MIN_CELLS:
+        return "double_log"
+    if "log1p" in adata.uns or peak <= LOG_MAX:
         return "log"
     return "unknown"
 
@@ -68,6 +95,8 @@ def require_kind(adata: AnnData, expected: DataKind, *, what: str = "This step")
     kind = detect_kind(adata)
     if kind == expected:
         return
+    if kind == "double_log":
+        raise DataError(f"{what} needs {expected} data. {DOUBLE_LOG_ADVICE}")
     advice = {
         ("log", "counts"): "adata.X holds raw counts; run mtpert.data.log_normalize(adata) "
         "(or mtpert.data.prepare) first.",
@@ -107,7 +136,8 @@ def prepare(
     """Validate, log-normalize if needed, and keep the ``n_hvg`` most variable genes.
 
     Args:
-        adata: raw counts or log-normalized data; not modified.
+        adata: raw counts or log-normalized data (not logged twice, see :func:`detect_kind`);
+            not modified.
         spec: names of the obs keys.
         n_hvg: number of highly variable genes to keep; ``None``-like values (0 or at least the
             number of genes) keep every gene.
@@ -125,7 +155,7 @@ def prepare(
     kind = detect_kind(adata)
     if kind == "counts":
         log_normalize(adata, target_sum=target_sum)
-    elif kind == "unknown":
+    elif kind != "log":
         require_kind(adata, "log", what="prepare")
     if sp.issparse(adata.X) and not sp.isspmatrix_csr(adata.X):
         adata.X = sp.csr_matrix(adata.X)

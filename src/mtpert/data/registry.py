@@ -228,7 +228,7 @@ def load_dataset(
     elif os.fspath(dataset) in DATASETS:
         entry = DATASETS[os.fspath(dataset)]
     elif Path(dataset).is_file():
-        return _read(Path(dataset))
+        return read_h5ad(Path(dataset))
     else:
         raise DataError(
             f"'{os.fspath(dataset)}' is neither a registered dataset nor an existing file. "
@@ -237,9 +237,9 @@ def load_dataset(
     if path is not None:
         if not Path(path).is_file():
             raise DataError(f"path={os.fspath(path)!r} is not an existing file.")
-        adata = _read(Path(path))
+        adata = read_h5ad(Path(path))
     else:
-        adata = _read(_fetch(entry, _cache_dir(cache_dir)))
+        adata = read_h5ad(_fetch(entry, _cache_dir(cache_dir)))
     _derive_condition(adata, entry)
     return _subset(adata, entry)
 
@@ -326,14 +326,18 @@ def _progressbar() -> bool:
     return importlib.util.find_spec("tqdm") is not None
 
 
-def _read(file: Path) -> AnnData:
+def read_h5ad(file: str | os.PathLike[str]) -> AnnData:
+    """``anndata.read_h5ad``, with a file that is not a readable h5ad (truncated, another HDF5
+    file, text) refused by a :class:`DataError` naming it, whatever the reader raised."""
     try:
         return ad.read_h5ad(file)
-    except OSError as exc:
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 (h5py and anndata raise OSError, KeyError, TypeError... on bad files)
         raise DataError(
-            f"Could not read {file} as an .h5ad file ({exc}). If it is a download in the mtpert "
-            "cache, delete it and load the dataset again."
-        ) from exc
+            f"Could not read {os.fspath(file)} as an .h5ad file ({type(exc).__name__}: {exc}); is it whole, and an "
+            "AnnData file? If it is a download in the mtpert cache, delete it and load the dataset again."
+        ) from None
 
 
 def _subset(adata: AnnData, entry: RemoteDataset) -> AnnData:

@@ -22,6 +22,10 @@ from mtpert.errors import DataError
 DEFAULT_MIN_CELLS = 20
 """Fewest cells on each side (control and perturbed) for a group to serve as a held-out target."""
 
+MIN_CELLS_FLOOR = 2
+"""Smallest ``min_cells`` accepted: a held-out group needs control cells to predict from and
+perturbed cells to score, and scoring needs a mean and a spread of each (two cells)."""
+
 
 @dataclass(frozen=True)
 class DatasetSpec:
@@ -95,13 +99,20 @@ class DatasetSpec:
     def validate(self, adata: AnnData, *, require_perturbed: bool = True) -> None:
         """Raise :class:`DataError` naming the problem and its fix if ``adata`` does not fit.
 
-        Checks: the named obs keys exist, the cell-type/condition columns have no missing
-        values, control cells exist (and, unless ``require_perturbed`` is False, perturbed cells),
-        a numeric dose column, unique gene names, and an expression matrix that is finite and
-        non-negative (read chunk by chunk when it is on disk, see :mod:`mtpert.data.backed`).
+        Checks: unique cell names, the named obs keys exist, the cell-type/condition columns have
+        no missing values, control cells exist (and, unless ``require_perturbed`` is False,
+        perturbed cells), a numeric dose column, unique gene names, and an expression matrix that
+        is finite and non-negative (read chunk by chunk when it is on disk, see
+        :mod:`mtpert.data.backed`).
         """
         if adata.n_obs == 0 or adata.n_vars == 0:
             raise DataError(f"The AnnData is empty ({adata.n_obs} cells x {adata.n_vars} genes).")
+        if not adata.obs_names.is_unique:  # splits and predictions select cells by name
+            dupes = adata.obs_names[adata.obs_names.duplicated()].unique()[:5].tolist()
+            raise DataError(
+                f"Cell names (obs_names) are not unique (e.g. {dupes}); cells are selected by name, "
+                "so call adata.obs_names_make_unique() first."
+            )
         missing = [k for k in self.obs_keys if k not in adata.obs.columns]
         if missing:
             raise DataError(
@@ -158,13 +169,31 @@ def check_matrix(X: np.ndarray | sp.spmatrix, *, what: str = "adata.X", allow_ne
         )
 
 
+def check_min_cells(min_cells: int) -> None:
+    """Raise :class:`DataError` if ``min_cells`` is below :data:`MIN_CELLS_FLOOR`: with 0, a group
+    without control cells (nothing to predict from) would count as one to hold out; with 1, a
+    single cell would, which has no spread to score."""
+    if min_cells < MIN_CELLS_FLOOR:
+        raise DataError(
+            f"min_cells must be at least {MIN_CELLS_FLOOR}, got {min_cells}: a held-out group needs "
+            "control cells to predict from and perturbed cells to score, at least "
+            f"{MIN_CELLS_FLOOR} of each (CLI: --min-cells)."
+        )
+
+
 def require_groups(
-    adata: AnnData, spec: DatasetSpec, cell_type: str, conditions: Iterable[str], *, min_cells: int = 1
+    adata: AnnData,
+    spec: DatasetSpec,
+    cell_type: str,
+    conditions: Iterable[str],
+    *,
+    min_cells: int = MIN_CELLS_FLOOR,
 ) -> None:
     """Raise :class:`DataError` if ``cell_type`` lacks ``min_cells`` control or perturbed cells.
 
     Used before holding a group out: a target with no (or too few) cells cannot be scored.
     """
+    check_min_cells(min_cells)
     table = spec.counts_table(adata)
     if cell_type not in table.index:
         raise DataError(

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from mtpert.data.spec import DEFAULT_MIN_CELLS, DatasetSpec, require_groups
+from mtpert.data.spec import DEFAULT_MIN_CELLS, DatasetSpec, check_min_cells, require_groups
 from mtpert.errors import DataError
 
 
@@ -133,7 +133,8 @@ def holdout_group(
             A target then pools the group's cells of every cell type; score per cell type with
             :func:`mtpert.metrics.evaluate_prediction`, which groups by the spec's cell-type key.
         min_cells: fewest control cells the group needs, and perturbed cells a (condition, dose)
-            needs to be scored; smaller ones are held out but not scored.
+            needs to be scored; smaller ones are held out but not scored. At least
+            :data:`mtpert.data.spec.MIN_CELLS_FLOOR`.
     """
     key = group_key or spec.cell_type_key
     spec.validate(adata)
@@ -180,7 +181,9 @@ def holdout_condition(
     control and held-out cells becomes a target, predicted from its own control cells; the
     others' held-out cells are still removed from training but not scored. Other doses of the
     condition stay in training, so this asks a model for a dose between (or beyond) those it saw.
+    ``min_cells`` must be at least :data:`mtpert.data.spec.MIN_CELLS_FLOOR`.
     """
+    check_min_cells(min_cells)
     key = group_key or spec.cell_type_key
     spec.validate(adata)
     group = _group_labels(adata, key)
@@ -238,8 +241,11 @@ def eligible_groups(
 
     Columns: ``n_control``, ``n_perturbed`` (most cells of any of its conditions, at any one dose
     where the spec has doses: a group is eligible, as :func:`holdout_group` accepts it, when one
-    of its targets can be scored), ``eligible``, ``reason`` (empty when eligible).
+    of its targets can be scored), ``eligible``, ``reason`` (empty when eligible). ``min_cells``
+    must be at least :data:`mtpert.data.spec.MIN_CELLS_FLOOR`, so a group without control cells is
+    never eligible.
     """
+    check_min_cells(min_cells)
     key = group_key or spec.cell_type_key
     obs = adata.obs
     control = spec.is_control(adata)
@@ -276,8 +282,10 @@ def eligible_conditions(
 
     Indexed by :func:`condition_label`; columns ``condition``, ``dose``, ``n_groups`` (groups of
     ``group_key`` with ``min_cells`` control and ``min_cells`` such cells: its scored targets),
-    ``eligible`` and ``reason`` (empty when eligible).
+    ``eligible`` and ``reason`` (empty when eligible). ``min_cells`` must be at least
+    :data:`mtpert.data.spec.MIN_CELLS_FLOOR`.
     """
+    check_min_cells(min_cells)
     key = group_key or spec.cell_type_key
     groups = _group_labels(adata, key)
     control = spec.is_control(adata)

@@ -7,14 +7,19 @@ cells would look under a condition. Inputs and outputs are AnnData with log-norm
 A saved model is a directory holding ``config.json`` (model name, mtpert version,
 hyperparameters, dataset spec, gene list, and what ``fit`` learned that is not a tensor) and
 ``weights.pt`` (a flat ``dict[str, torch.Tensor]`` read back with ``weights_only=True``, so
-loading never unpickles arbitrary objects).
+loading never unpickles arbitrary objects). Loading checks that the two files belong together:
+each model's ``_restore`` builds its networks from the config and passes their tensor shapes to
+:func:`check_weights` before reading the weights in.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
+import warnings
 from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Self
 
@@ -27,8 +32,9 @@ from anndata import AnnData
 import mtpert
 from mtpert.data.pp import require_kind
 from mtpert.data.spec import DatasetSpec
-from mtpert.errors import DataError, MtpertError
+from mtpert.errors import CheckpointError, DataError, MtpertError
 from mtpert.io import atomic_write
+from mtpert.train.loop import resolve_device
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.pt"
@@ -36,6 +42,15 @@ PREDICTION_KEY = "mtpert_prediction"
 """``uns`` key where :meth:`PerturbationModel.predict` records which model predicted what."""
 PREDICT_BATCH = 4096
 """Cells a network encodes and decodes at once when predicting."""
+CONFIG_KEYS: Mapping[str, type] = {
+    "model": str,
+    "mtpert_version": str,
+    "hparams": dict,
+    "spec": dict,
+    "genes": list,
+    "learned": dict,
+}
+"""What every saved ``config.json`` holds, and the JSON type of each value."""
 
 
 class NotFittedError(MtpertError, RuntimeError):
@@ -121,20 +136,43 @@ class PerturbationModel(ABC):
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> PerturbationModel:
-        """Read a model written by :meth:`save`; works on the base class or the right subclass."""
+    def load(cls, path: str | os.PathLike[str], device: str | None = None) -> PerturbationModel:
+        """Read a model written by :meth:`save`; works on the base class or the right subclass.
+
+        ``device`` is where a network runs, whatever device it was saved from: ``auto`` (the
+        default: CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``; models without a
+        network ignore it. A model saved by another mtpert version loads with a warning.
+
+        Raises :class:`~mtpert.errors.CheckpointError`, naming the file, when ``config.json`` or
+        ``weights.pt`` cannot be read or the weights do not fit the config.
+        """
         path = Path(path)
-        if not (path / CONFIG_FILE).is_file():
-            raise FileNotFoundError(f"No saved mtpert model at {path} (missing {CONFIG_FILE}).")
-        config = json.loads((path / CONFIG_FILE).read_text())
-        model_cls = _model_class(config)
-        if not issubclass(model_cls, cls):
-            raise MtpertError(f"{path} holds a '{config['model']}' model ({model_cls.__name__}), not a {cls.__name__}.")
-        model = model_cls(DatasetSpec.from_dict(config["spec"]), **config["hparams"])
-        model.genes = list(config["genes"])
-        tensors = torch.load(path / WEIGHTS_FILE, map_location="cpu", weights_only=True)
-        model._restore(config["learned"], tensors)
-        return model
+        device = device or "auto"
+        resolve_device(device)  # refuse a device this machine lacks before reading anything
+        config = _read_config(path / CONFIG_FILE)
+        saved = config["mtpert_version"]
+        if saved != mtpert.__version__:
+            warnings.warn(
+                f"{path} was saved by mtpert {saved}; this is mtpert {mtpert.__version__}.",
+                UserWarning,
+                stacklevel=2,
+            )
+        try:
+            model_cls = _model_class(config, path / CONFIG_FILE)
+            if not issubclass(model_cls, cls):
+                raise MtpertError(
+                    f"{path} holds a '{config['model']}' model ({model_cls.__name__}), "
+                    f"not a {cls.__name__}."
+                )
+            return _from_files(model_cls, path, config, device)
+        except CheckpointError as error:
+            if saved == mtpert.__version__:
+                raise
+            raise CheckpointError(
+                f"{error} (The model was saved by mtpert {saved}; this is mtpert "
+                f"{mtpert.__version__}: load it with mtpert {saved}, or fit and save it again with "
+                "this version.)"
+            ) from error
 
     def fit_summary(self) -> dict[str, float]:
         """Numbers a benchmark records about the fitted model: ``n_params`` (fitted values) here;
@@ -162,7 +200,9 @@ class PerturbationModel(ABC):
 
     @abstractmethod
     def _restore(self, learned: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
-        """Inverse of :meth:`_learned` and :meth:`_tensors`."""
+        """Inverse of :meth:`_learned` and :meth:`_tensors`: build the fitted state from
+        ``learned`` (and ``self.genes``), pass the shapes it needs to :func:`check_weights`, then
+        take the values from ``tensors``."""
 
     # ------------------------------------------------------------------ helpers
     def _check_input(self, adata: AnnData, what: str) -> None:
@@ -190,16 +230,134 @@ class PerturbationModel(ABC):
         return control[:, genes]
 
 
-def _model_class(config: dict[str, Any]) -> type[PerturbationModel]:
-    """The class of a saved model: by its registered name, else (for a combination of options
-    without a preset, e.g. ``mtvae_adv_ot``) by its class name among the registered classes."""
-    from mtpert.models.registry import MODELS, get_model
+def check_weights(saved: Mapping[str, torch.Tensor], expected: Mapping[str, Sequence[int]]) -> None:
+    """Refuse ``saved`` tensors unless their names and shapes are ``expected`` (those of the model
+    built from ``config.json``), saying what differs; :meth:`PerturbationModel.load` adds the
+    paths."""
+    missing = [repr(k) for k in expected if k not in saved]
+    unexpected = [repr(k) for k in saved if k not in expected]
+    wrong = [
+        f"{k!r} of shape {tuple(saved[k].shape)} where {CONFIG_FILE} needs {tuple(shape)}"
+        for k, shape in expected.items()
+        if k in saved and tuple(saved[k].shape) != tuple(shape)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"{WEIGHTS_FILE} lacks {_some(missing)}")
+    if unexpected:
+        problems.append(f"{WEIGHTS_FILE} has {_some(unexpected)}, which the model has no place for")
+    if wrong:
+        problems.append(f"{WEIGHTS_FILE} has {_some(wrong)}")
+    if problems:
+        raise CheckpointError("; ".join(problems))
 
-    if config["model"] not in MODELS:
-        classes = {preset.cls.__name__: preset.cls for preset in MODELS.values()}
-        if config.get("class") in classes:
-            return classes[config["class"]]
-    return get_model(config["model"]).cls
+
+def _some(items: list[str], shown: int = 3) -> str:
+    """The first ``shown`` of ``items`` and how many more there are."""
+    more = f" and {len(items) - shown} more" if len(items) > shown else ""
+    return ", ".join(items[:shown]) + more
+
+
+def _read_config(file: Path) -> dict[str, Any]:
+    """``config.json`` of a saved model, with every key of :data:`CONFIG_KEYS`."""
+    if not file.is_file():
+        raise FileNotFoundError(f"No saved mtpert model at {file.parent} (missing {CONFIG_FILE}).")
+    try:
+        config = json.loads(file.read_bytes())
+    except ValueError as error:  # invalid JSON or text
+        raise CheckpointError(
+            f"{file} is not valid JSON ({error}); the save was cut short or the file was edited. "
+            "Re-save the model."
+        ) from error
+    bad = [
+        k
+        for k, kind in CONFIG_KEYS.items()
+        if not isinstance(config, dict) or not isinstance(config.get(k), kind)
+    ]
+    if bad:
+        raise CheckpointError(
+            f"{file} lacks {bad} (or has values of the wrong type), which every saved mtpert model "
+            "has; it was not written by PerturbationModel.save, or was edited. Re-save the model."
+        )
+    return config
+
+
+def _read_weights(file: Path, device: torch.device) -> dict[str, torch.Tensor]:
+    """The tensors of ``weights.pt``, on ``device``, read without unpickling arbitrary objects."""
+    try:
+        tensors = torch.load(file, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(
+            f"{file} is missing; a saved model is {CONFIG_FILE} and {WEIGHTS_FILE} together. "
+            "Re-save the model."
+        ) from None
+    except PermissionError:
+        raise
+    except (OSError, RuntimeError, EOFError, KeyError, ValueError, pickle.UnpicklingError) as error:
+        # which of these torch.load raises on a damaged file depends on where the damage is
+        raise CheckpointError(
+            f"{file} is not a tensor file mtpert can read ({type(error).__name__}); the save was "
+            "cut short or the file was replaced. Re-save the model."
+        ) from error
+    if not isinstance(tensors, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in tensors.items()
+    ):
+        raise CheckpointError(
+            f"{file} does not hold a flat dict of named tensors, as PerturbationModel.save writes. "
+            "Re-save the model."
+        )
+    return tensors
+
+
+def _model_class(config: dict[str, Any], file: Path) -> type[PerturbationModel]:
+    """The class of the model ``config`` (read from ``file``) describes: by its registered name,
+    else (for a combination of options without a preset, e.g. ``mtvae_adv_ot``) by its class
+    name among the registered classes."""
+    from mtpert.models.registry import MODELS
+
+    if config["model"] in MODELS:
+        return MODELS[config["model"]].cls
+    classes = {preset.cls.__name__: preset.cls for preset in MODELS.values()}
+    if config.get("class") in classes:
+        return classes[config["class"]]
+    raise CheckpointError(
+        f"{file} describes a '{config['model']}' model ({config.get('class')}), which this mtpert "
+        f"does not have; registered models: {', '.join(MODELS)}."
+    )
+
+
+def _from_files(
+    model_cls: type[PerturbationModel], path: Path, config: dict[str, Any], device: str
+) -> PerturbationModel:
+    """The ``model_cls`` that ``config`` describes, built on ``device``, with the weights of
+    ``path`` restored into it."""
+    config_file, weights_file = path / CONFIG_FILE, path / WEIGHTS_FILE
+    has_network = "device" in config["hparams"]
+    hparams = {**config["hparams"], "device": device} if has_network else config["hparams"]
+    try:
+        model = model_cls(DatasetSpec.from_dict(config["spec"]), **hparams)
+    except (TypeError, ValueError) as error:  # hyperparameters or spec this mtpert does not take
+        raise CheckpointError(
+            f"{config_file} does not describe a '{config['model']}' model this mtpert can build "
+            f"({error}). Re-save the model."
+        ) from error
+    model.genes = [str(g) for g in config["genes"]]
+    target = resolve_device(device) if has_network else torch.device("cpu")
+    tensors = _read_weights(weights_file, target)
+    try:
+        model._restore(config["learned"], tensors)
+    except CheckpointError as error:
+        raise CheckpointError(
+            f"{weights_file} does not fit the '{config['model']}' model of {config_file} "
+            f"({len(model.genes)} genes): {error}. Put back the {WEIGHTS_FILE} saved with this "
+            f"{CONFIG_FILE}, or re-save the model."
+        ) from None
+    except (KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(
+            f"{config_file} has 'learned' values a '{config['model']}' model cannot restore "
+            f"({type(error).__name__}: {error}). Re-save the model."
+        ) from error
+    return model
 
 
 def history_summary(histories: list[pd.DataFrame]) -> dict[str, float]:

@@ -41,6 +41,7 @@ from mtpert.models.base import (
     NotFittedError,
     PerturbationModel,
     check_choice,
+    check_weights,
     history_summary,
 )
 from mtpert.train.data import Batch, CellData, cell_matrix
@@ -411,9 +412,18 @@ class LatentShiftModel(PerturbationModel):
     def _restore(self, learned: dict[str, Any], tensors: dict[str, Tensor]) -> None:
         self.conditions = [(c, d) for c, d in learned["conditions"]]
         self._history = {k: list(v) for k, v in learned["history"].items()}
-        self.coef = tensors["coef"].numpy()
-        self.intercept = tensors["intercept"].numpy()
         self.net = self._build(len(self.genes))  # type: ignore[arg-type]
+        n, d = len(self.conditions), self.hparams["latent_dim"]
+        check_weights(
+            tensors,
+            {
+                **{f"net.{k}": v.shape for k, v in self.net.state_dict().items()},
+                "coef": (n, d, d),
+                "intercept": (n, d),
+            },
+        )
+        self.coef = tensors["coef"].cpu().numpy()
+        self.intercept = tensors["intercept"].cpu().numpy()
         self.net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
         self.net.to(self.device).eval()
 

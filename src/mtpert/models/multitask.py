@@ -41,6 +41,7 @@ from mtpert.models.base import (
     NotFittedError,
     PerturbationModel,
     check_choice,
+    check_weights,
     history_summary,
 )
 from mtpert.models.film import CONDITIONINGS, ConditionedMLP, ConditionEncoder, Conditioning
@@ -527,7 +528,8 @@ class MultiTaskModel(PerturbationModel):
         self.conditions = list(learned["conditions"])
         self.dose_scale = learned["dose_scale"]
         self._history = {k: list(v) for k, v in learned["history"].items()}
-        self.net = self._build(tensors["class_weight"])
+        self.net = self._build(torch.ones(len(self.conditions)))  # saved class weights load below
+        check_weights(tensors, {k: v.shape for k, v in self.net.state_dict().items()})
         self.net.load_state_dict(tensors)
         self.net.to(self.device).eval()
 

@@ -23,7 +23,13 @@ from torch import Tensor, nn
 from mtpert.data.spec import DatasetSpec
 from mtpert.data.split import condition_mask, condition_values
 from mtpert.errors import DataError
-from mtpert.models.base import PREDICT_BATCH, NotFittedError, PerturbationModel, history_summary
+from mtpert.models.base import (
+    PREDICT_BATCH,
+    NotFittedError,
+    PerturbationModel,
+    check_weights,
+    history_summary,
+)
 from mtpert.train.data import CellData, cell_matrix
 from mtpert.train.loop import TrainConfig, cpu_threads, resolve_device
 
@@ -151,14 +157,14 @@ class PerConditionModel(PerturbationModel):
         self.keys = [(c, d) for c, d in learned["keys"]]
         self._histories = [{k: list(v) for k, v in h.items()} for h in learned["history"]]
         self._restore_extra(learned)
-        self.nets = []
-        for i in range(len(self.keys)):
+        self.nets = [self._build() for _ in self.keys]
+        check_weights(tensors, {k: v.shape for k, v in self._tensors().items()})
+        for i, net in enumerate(self.nets):
             prefix = f"{i}."
-            net = self._build()
             net.load_state_dict(
                 {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
             )
-            self.nets.append(net.to(self.device).eval())
+            net.to(self.device).eval()
 
     # ------------------------------------------------------------------ helpers
     def _cells_of(self, adata: AnnData, key: ConditionKey) -> AnnData:

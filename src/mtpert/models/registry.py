@@ -6,14 +6,17 @@ multi-task class with a variational latent and the OT objective, not a class of 
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, get_type_hints
 
 import pandas as pd
+from pydantic import TypeAdapter, ValidationError
 
 from mtpert.data.spec import DatasetSpec
+from mtpert.errors import ConfigError, UnknownNameError
 from mtpert.models.base import PerturbationModel
 from mtpert.models.latent_shift import LatentShiftModel
 from mtpert.models.multitask import MultiTaskModel
@@ -39,6 +42,30 @@ class ModelPreset:
 
     def __call__(self, spec: DatasetSpec, **overrides: Any) -> PerturbationModel:
         return self.cls(spec, **{**self.params, **overrides})
+
+    def check_params(self, params: Mapping[str, Any], *, where: str = "model_params") -> dict[str, Any]:
+        """``params`` checked against the constructor's parameters and type hints, so a wrong name
+        or type fails before any fit; :class:`ConfigError` names ``where``, the key, the value and
+        the type expected. Values are converted only where they would not work as given (``"10"``
+        for an int becomes 10); a value that already fits is kept as it is."""
+        signature = inspect.signature(self.cls.__init__)
+        accepted = [n for n, p in signature.parameters.items() if p.kind is p.KEYWORD_ONLY]
+        hints = get_type_hints(self.cls.__init__)
+        checked, problems = {}, []
+        for name, value in params.items():
+            if name not in accepted:
+                problems.append(f"{where}.{name}: not a parameter of '{self.name}'; its parameters: {', '.join(accepted)}")
+                continue
+            try:
+                converted = TypeAdapter(hints[name]).validate_python(value) if name in hints else value
+            except ValidationError as error:
+                expected = "; ".join(e["msg"] for e in error.errors())
+                problems.append(f"{where}.{name}: {value!r} is not valid ({expected})")
+                continue
+            checked[name] = value if value == converted else converted
+        if problems:
+            raise ConfigError("Invalid model parameters:\n" + "\n".join(f"  - {p}" for p in problems))
+        return checked
 
     @property
     def description(self) -> str:
@@ -76,7 +103,7 @@ def get_model(name: str) -> ModelPreset:
     try:
         return MODELS[name]
     except KeyError:
-        raise KeyError(f"Unknown model '{name}'; registered models: {', '.join(MODELS)}.") from None
+        raise UnknownNameError(f"Unknown model '{name}'; registered models: {', '.join(MODELS)}.") from None
 
 
 def list_models() -> pd.DataFrame:

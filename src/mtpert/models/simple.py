@@ -14,7 +14,7 @@ from anndata import AnnData
 
 from mtpert.data.spec import DatasetSpec
 from mtpert.errors import DataError
-from mtpert.models.base import PerturbationModel, dense
+from mtpert.models.base import PerturbationModel, check_weights, dense
 
 ConditionKey = tuple[str, float | None]
 
@@ -41,7 +41,7 @@ class ControlPredictor(PerturbationModel):
         return {}
 
     def _restore(self, learned: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
-        pass
+        check_weights(tensors, {})
 
 
 class MeanShift(PerturbationModel):
@@ -119,7 +119,9 @@ class MeanShift(PerturbationModel):
 
     def _restore(self, learned: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
         self.conditions = [(c, d) for c, d in learned["conditions"]]
-        self.shifts = tensors["shifts"].numpy()
+        n_genes = len(self.genes)  # type: ignore[arg-type]
+        check_weights(tensors, {"shifts": (len(self.conditions), n_genes)})
+        self.shifts = tensors["shifts"].cpu().numpy()
 
 
 def _key_string(condition: str, dose: float | None) -> str:

@@ -1,4 +1,8 @@
-"""Plotting functions: each takes an optional matplotlib Axes and returns the Axes it drew on."""
+"""Plotting functions: each takes an optional matplotlib Axes and returns the Axes it drew on.
+
+Names from the data (models, groups, genes, metrics) and titles are drawn as plain text, never
+parsed as mathtext: a ``$`` in a cell type shows as ``$``.
+"""
 
 from mtpert.pl.dose import dose_response
 from mtpert.pl.plots import (

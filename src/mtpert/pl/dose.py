@@ -15,6 +15,7 @@ from mtpert.data.spec import DatasetSpec
 from mtpert.errors import DataError
 from mtpert.metrics.de import top_degs
 from mtpert.models.base import dense
+from mtpert.pl._text import literal
 
 TRUTH = "truth"
 """``source`` of the real cells in :func:`dose_response_means`."""
@@ -130,11 +131,11 @@ def dose_response(
                 if source == TRUTH
                 else {"c": colors[source], "lw": 1.2, "marker": "s", "ms": 4}
             )
-            ax.plot(part["dose"], part["mean"], label=source, **style)
+            ax.plot(part["dose"], part["mean"], label=literal(source), **style)
         if len(positive):
             ax.set_xscale("symlog", linthresh=float(positive.min()))
-        ax.set_title(gene, fontsize=9)
-        ax.set_xlabel(spec.dose_key)
+        ax.set_title(literal(gene), fontsize=9)
+        ax.set_xlabel(literal(spec.dose_key))
         ax.set_ylabel("mean expression")
     fig = axes[0].figure
     handles, labels = axes[0].get_legend_handles_labels()

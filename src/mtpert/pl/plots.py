@@ -12,6 +12,7 @@ from matplotlib.axes import Axes
 from sklearn.decomposition import PCA
 
 from mtpert.models.base import dense
+from mtpert.pl._text import literal
 
 
 def _axes(ax: Axes | None, size: tuple[float, float]) -> Axes:
@@ -46,7 +47,7 @@ def mean_expression_scatter(
         if len(marked) > 1:
             text.append(f"R² DEGs = {np.corrcoef(x[marked], y[marked])[0, 1] ** 2:.3f}")
         for i in marked[:n_labels]:
-            ax.annotate(genes[i], (x[i], y[i]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            ax.annotate(literal(genes[i]), (x[i], y[i]), fontsize=7, xytext=(3, 3), textcoords="offset points")
     top = float(max(x.max(), y.max())) * 1.05
     ax.plot([0, top], [0, top], ls="--", lw=0.8, c="k")
     ax.set_xlim(0, top)
@@ -56,7 +57,7 @@ def mean_expression_scatter(
     ax.text(0.03, 0.97, "\n".join(text), transform=ax.transAxes, va="top", fontsize=9)
     ax.legend(loc="lower right", fontsize=7, frameon=False)
     if title:
-        ax.set_title(title)
+        ax.set_title(literal(title))
     return ax
 
 
@@ -79,11 +80,11 @@ def metric_by_model(
     ax = _axes(ax, (1.2 + 0.9 * len(models), 3.5))
     values = [data.loc[data["model"] == m, "value"].dropna().to_numpy() for m in models]
     ax.boxplot(values, showfliers=False, widths=0.6)
-    ax.set_xticks(range(1, len(models) + 1), models, rotation=30, ha="right")
+    ax.set_xticks(range(1, len(models) + 1), [literal(m) for m in models], rotation=30, ha="right")
     jitter = np.random.default_rng(0)
     for i, v in enumerate(values, start=1):
         ax.scatter(i + jitter.uniform(-0.15, 0.15, len(v)), v, s=8, alpha=0.7, zorder=3)
-    ax.set_ylabel(metric)
+    ax.set_ylabel(literal(metric))
     return ax
 
 
@@ -109,14 +110,14 @@ def metric_heatmap(
     higher = bool(data["higher_is_better"].iloc[0]) if "higher_is_better" in data.columns else True
     ax = _axes(ax, (1.5 + 0.8 * table.shape[1], 1.0 + 0.4 * table.shape[0]))
     image = ax.imshow(table.to_numpy(dtype=float), cmap="RdYlGn" if higher else "RdYlGn_r", aspect="auto")
-    ax.set_xticks(range(table.shape[1]), table.columns, rotation=40, ha="right")
-    ax.set_yticks(range(table.shape[0]), table.index)
+    ax.set_xticks(range(table.shape[1]), [literal(g) for g in table.columns], rotation=40, ha="right")
+    ax.set_yticks(range(table.shape[0]), [literal(m) for m in table.index])
     if annotate:
         for (i, j), value in np.ndenumerate(table.to_numpy(dtype=float)):
             if np.isfinite(value):
                 ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7)
-    ax.figure.colorbar(image, ax=ax, shrink=0.8, label=metric)
-    ax.set_title(f"{metric} ({'higher' if higher else 'lower'} is better)")
+    ax.figure.colorbar(image, ax=ax, shrink=0.8, label=literal(metric))
+    ax.set_title(f"{literal(metric)} ({'higher' if higher else 'lower'} is better)")
     return ax
 
 
@@ -142,7 +143,7 @@ def pca_overlay(
     ax.set_ylabel(f"PC2 ({ratio[1]:.0%})")
     ax.legend(fontsize=7, frameon=False, markerscale=2)
     if title:
-        ax.set_title(title)
+        ax.set_title(literal(title))
     return ax
 
 
@@ -165,8 +166,8 @@ def deg_dotplot(
     ax = _axes(ax, (1.5 + 0.32 * len(genes), 0.8 + 0.35 * len(rows)))
     x, y = np.meshgrid(np.arange(len(genes)), np.arange(len(rows)))
     dots = ax.scatter(x.ravel(), y.ravel(), s=5 + 120 * frac.ravel(), c=mean.ravel(), cmap="viridis", edgecolors="none")
-    ax.set_xticks(range(len(genes)), genes, rotation=90, fontsize=7)
-    ax.set_yticks(range(len(rows)), list(rows))
+    ax.set_xticks(range(len(genes)), [literal(g) for g in genes], rotation=90, fontsize=7)
+    ax.set_yticks(range(len(rows)), [literal(r) for r in rows])
     ax.set_ylim(len(rows) - 0.5, -0.5)
     ax.set_xlim(-0.6, len(genes) - 0.4)
     ax.figure.colorbar(dots, ax=ax, shrink=0.8, label="mean expression")
@@ -174,5 +175,5 @@ def deg_dotplot(
         ax.scatter([], [], s=5 + 120 * share, c="0.5", label=f"{share:.0%} expressing")
     ax.legend(fontsize=7, frameon=False, loc="lower right", bbox_to_anchor=(1.0, 1.0), ncols=2)
     if title:
-        ax.set_title(title)
+        ax.set_title(literal(title))
     return ax

@@ -6,6 +6,8 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.axes import Axes
 
+from mtpert.pl._text import literal
+
 
 def loss_curves(history: pd.DataFrame, *, ax: Axes | None = None, title: str | None = None) -> Axes:
     """Each loss term per epoch: training solid, validation dashed, one colour per term.
@@ -32,7 +34,7 @@ def loss_curves(history: pd.DataFrame, *, ax: Axes | None = None, title: str | N
                     history[column],
                     ls=style,
                     c=colors[i % len(colors)],
-                    label=f"{split} {term}",
+                    label=literal(f"{split} {term}"),
                 )
     if (history[columns].dropna() > 0).all().all():
         ax.set_yscale("log")
@@ -40,5 +42,5 @@ def loss_curves(history: pd.DataFrame, *, ax: Axes | None = None, title: str | N
     ax.set_ylabel("loss")
     ax.legend(fontsize=7, frameon=False)
     if title:
-        ax.set_title(title)
+        ax.set_title(literal(title))
     return ax
