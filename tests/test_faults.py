@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 import anndata as ad
+import numpy as np
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
@@ -104,6 +105,16 @@ def test_labels_are_safe_and_distinct_folder_names_inside_out(tmp_path) -> None:
     assert len(folders) == len(hostile) and not any(f.startswith(".") for f in folders)
 
 
+def test_labels_that_look_like_console_markup_are_printed_as_written(tmp_path) -> None:
+    hostile = ["[/]", "[bold]x", "T[x]", "$y$"]
+    data = tmp_path / "markup.h5ad"
+    simulated(cell_types=hostile).write_h5ad(data)
+    info = cli("data", "info", str(data))
+    assert info.exit_code == 0 and all(label in info.output for label in hostile)
+    result = cli("benchmark", "--data", str(data), "--models", "control", "--seeds", "1", "--n-hvg", "100", "--out", str(tmp_path / "out"), "--no-report")
+    assert result.exit_code == 0 and all(label in result.output for label in hostile[:2])  # the live table's last rows
+
+
 @pytest.mark.parametrize(
     ("suffix", "damage"),
     [(".parquet", "truncated"), (".parquet", "garbage"), (".csv", "truncated"), (".csv", "garbage"), (".csv", "cut at a line")],
@@ -142,13 +153,17 @@ def test_results_are_not_reused_for_other_data_with_the_same_file_name(tmp_path)
     assert str(first) in str(error.value) and str(second) in str(error.value)
     result = cli("benchmark", "--data", str(second), "--models", "control", "--seeds", "1", "--holdout", "type_0", "--out", str(out))
     assert result.exit_code == 2 and "other content" in result.output
+    for file in ("config.json", "environment.json"):  # the runs themselves record their data
+        (out / file).unlink()
+    with pytest.raises(ConfigError, match=r"holds runs made from other data"):
+        run_benchmark(config(second, holdout=("type_0",)), out)
     # the same content under another name and path is the same data
     copy = tmp_path / "c" / "sim.h5ad"
     copy.parent.mkdir()
     shutil.copy(first, copy)
     plans = []
     run_benchmark(config(copy, holdout=("type_0",)), out, on_plan=plans.append)
-    assert not plans[0].todo
+    assert not plans[0].todo and plans[0].n_done == 2
 
 
 def test_every_run_records_its_provenance_and_mixed_versions_are_said(sim_path, tmp_path, monkeypatch, caplog) -> None:
@@ -245,12 +260,13 @@ def test_a_truncated_directory_file_is_a_clear_error(sim_path, tmp_path, file) -
         ("models: [control, mean_shift", "Cannot read"),
         ("models: !!python/object/apply:os.system ['touch PWNED']", "Cannot read"),
         ("- a list", "must hold a mapping of settings"),
+        ("{}", "Missing benchmark setting(s) ['data', 'models']"),
     ],
 )
 def test_bad_config_files_are_clear_errors_before_any_run(sim_path, tmp_path, yaml, expected) -> None:
     file = tmp_path / "bench.yaml"
     valid = f"data: {sim_path}\nmodels: [control]\nseeds: [1]\n"  # the case's keys come later and win
-    file.write_text(yaml if yaml.startswith("- ") else valid + yaml)
+    file.write_text(yaml if yaml.startswith(("- ", "{")) else valid + yaml)
     out = tmp_path / "out"
     result = cli("benchmark", "--config", str(file), "--out", str(out), "--no-report")
     assert result.exit_code == 2, result.output
@@ -268,6 +284,19 @@ def test_config_lists_given_as_one_name_and_numeric_group_names_work(tmp_path) -
     assert result.exit_code == 0, result.output
     runs = ResultStore(tmp_path / "out").results().drop_duplicates("run_id")
     assert runs[["group", "model", "seed"]].astype(str).values.tolist() == [["0", "mean_shift", "3"]]
+
+
+def test_data_logged_twice_is_refused_before_any_run(tmp_path) -> None:
+    from mtpert.data import log_normalize
+
+    adata = simulated()
+    log_normalize(adata)
+    adata.X.data = np.log1p(adata.X.data)
+    data = tmp_path / "twice.h5ad"
+    adata.write_h5ad(data)
+    result = cli("benchmark", "--data", str(data), "--models", "control", "--seeds", "1", "--out", str(tmp_path / "out"))
+    assert result.exit_code == 2 and "log-transformed twice" in result.output
+    assert not (tmp_path / "out").exists()
 
 
 def test_duplicate_models_and_seeds_run_once_and_are_said(sim_path, caplog) -> None:

@@ -59,7 +59,7 @@ def double_logged(how: str) -> AnnData:
 def test_double_logged_data_is_refused_with_advice(how: str) -> None:
     adata = double_logged(how)
     assert detect_kind(adata) == "double_log"
-    with pytest.raises(DataError, match=r"prepare needs log data\. adata\.X looks log-transformed twice.*raw counts"):
+    with pytest.raises(DataError, match=r"prepare needs raw counts or log-normalized data\. adata\.X looks log-transformed twice.*raw counts"):
         prepare(adata, SPEC, n_hvg=50)
     with pytest.raises(DataError, match=r"log-transformed twice.*log1p\(normalize_total\(counts\)\) once"):
         require_kind(adata, "log")

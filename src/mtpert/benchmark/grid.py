@@ -27,6 +27,7 @@ from anndata import AnnData
 from pydantic import BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError
 
 from mtpert.benchmark.holdout import SplitKind
+from mtpert.data.pp import require_counts_or_log
 from mtpert.data.spec import DEFAULT_MIN_CELLS, MIN_CELLS_FLOOR, DatasetSpec
 from mtpert.data.split import condition_label, eligible_conditions, eligible_groups
 from mtpert.errors import ConfigError
@@ -133,11 +134,17 @@ class BenchmarkConfig:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> BenchmarkConfig:
-        """Build from plain values (a parsed file); unknown keys are an error naming the known ones."""
+        """Build from plain values (a parsed file); unknown or missing keys are an error naming them."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ConfigError(f"Unknown benchmark settings {unknown}; known: {sorted(known)}.")
+        missing = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING and f.name not in values]
+        if missing:
+            raise ConfigError(
+                f"Missing benchmark setting(s) {missing}: give the data file (or a registered dataset) and the "
+                "models, e.g. data: cells.h5ad and models: [control, mean_shift] (CLI: --data, --models)."
+            )
         return cls(**values)
 
     @classmethod
@@ -258,6 +265,7 @@ def expand(config: BenchmarkConfig, adata: AnnData) -> Grid:
     """
     spec = config.dataset_spec()
     spec.validate(adata)
+    require_counts_or_log(adata, what="mtpert benchmark")  # before any run, not in each
     group_key = None if config.group_key in (None, spec.cell_type_key) else config.group_key
     groups = eligible_groups(adata, spec, group_key=group_key, min_cells=config.min_cells)
     if config.split == "group":

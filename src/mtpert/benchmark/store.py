@@ -119,6 +119,7 @@ class ResultStore:
         it, refuse it if it holds results of other data or incomparable settings, reconcile
         ``config`` with the one it holds, record the environment, remove the temporary files a
         killed run left behind, and move run files that do not read back whole to ``quarantine/``.
+        Run files stamped with other data's fingerprint are refused even without ``config.json``.
 
         Yields the configuration to write back: models, seeds and groups of both invocations.
         """
@@ -133,7 +134,7 @@ class ResultStore:
             merged = self._merge(config)
             for stale in stale_temp_files(self.root) + [f for d in _OWN_FOLDERS for f in stale_temp_files(self.root / d, recursive=True)]:
                 stale.unlink()
-            self.quarantined = self._quarantine_unreadable()
+            self.quarantined = self._check_runs(data_sha256)
             self.invocation = Invocation.now(data_sha256)
             _warn_mixed_versions(self.root, history, self.invocation)
             atomic_write(self.root / "config.json", lambda f: f.write(json.dumps(merged.to_dict(), indent=2).encode()))
@@ -174,12 +175,14 @@ class ResultStore:
                 "(sha256 %s…).", self.root, config.data, data_sha256[:12],
             )  # fmt: skip
 
-    def _quarantine_unreadable(self) -> list[tuple[Path, str]]:
-        """Move every run file that does not read back whole to ``quarantine/``; its run is redone."""
-        moved = []
+    def _check_runs(self, data_sha256: str) -> list[tuple[Path, str]]:
+        """Move every run file that does not read back whole to ``quarantine/`` (its run is
+        redone), and refuse run files made from other data than ``data_sha256``'s."""
+        moved, foreign = [], set()
         for file in self._run_files():
-            problem = _unreadable(file)
-            if problem is None:
+            table, problem = _read_run(file)
+            if table is not None:
+                foreign |= set(table.get("data_sha256", pd.Series(dtype=str)).dropna()) - {data_sha256}
                 continue
             stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
             target = self.root / "quarantine" / f"{file.name}.{stamp}"
@@ -187,6 +190,11 @@ class ResultStore:
             shutil.move(file, target)
             log.warning("run file %s %s; moved to %s, and its run is redone", file.name, problem, target)
             moved.append((target, problem))
+        if foreign:
+            raise ConfigError(
+                f"{self.runs} holds runs made from other data (sha256 {', '.join(d[:12] + '…' for d in sorted(foreign))}) than "
+                f"this data (sha256 {data_sha256[:12]}…); their results would not apply. Use another --out."
+            )
         return moved
 
     def _merge(self, config: BenchmarkConfig) -> BenchmarkConfig:
@@ -195,8 +203,6 @@ class ResultStore:
         old = self.config()
         if old is None:
             return config
-        if dataset_id(old.data) != dataset_id(config.data):
-            raise ConfigError(f"{self.root} holds results on '{old.data}', not '{config.data}'; use another --out.")
         changed = [k for k in _COMPARABLE if _setting(old, k) != _setting(config, k)]
         changed += [
             f"model_params of {m}"
@@ -283,9 +289,9 @@ class ResultStore:
         left out with a warning (the next ``mtpert benchmark`` on the directory redoes its run)."""
         tables = []
         for file in self._run_files():
-            problem = _unreadable(file)
-            if problem is None:
-                tables.append(_read_table(file))
+            table, problem = _read_run(file)
+            if table is not None:
+                tables.append(table)
             else:
                 log.warning("left out run file %s: it %s; rerun `mtpert benchmark --out %s` to redo it", file, problem, self.root)
         if not tables:
@@ -372,18 +378,19 @@ def _read_table(path: Path) -> pd.DataFrame:
     return pd.read_csv(path, dtype={c: str for c in ("run_id", *PROVENANCE)})  # ids such as '1e50...' stay text
 
 
-def _unreadable(path: Path) -> str | None:
-    """What is wrong with run file ``path``, or None if it reads back whole: every row, its own
-    run id, and (for files written since tables record it) the row count it was written with."""
+def _read_run(path: Path) -> tuple[pd.DataFrame | None, str | None]:
+    """Run file ``path`` and None if it reads back whole (every row, its own run id, and, for
+    files written since tables record it, the row count it was written with); else None and
+    what is wrong with it."""
     try:
         table = _read_table(path)
     except Exception as error:  # noqa: BLE001 (any reader error means a damaged file)
-        return f"cannot be read ({type(error).__name__})"
+        return None, f"cannot be read ({type(error).__name__})"
     if "run_id" not in table.columns or not (table["run_id"].astype(str) == path.stem).all():
-        return "does not hold its run's rows"
+        return None, "does not hold its run's rows"
     if ROW_COUNT in table.columns and not (pd.to_numeric(table[ROW_COUNT], errors="coerce") == len(table)).all():
-        return "was truncated"
-    return None
+        return None, "was truncated"
+    return table, None
 
 
 def _write_h5ad(adata: ad.AnnData, target: Path) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.markup import escape
 
 from mtpert.cli.options import (
     CellTypeKey,
@@ -111,10 +112,10 @@ def benchmark(
             err_console.print(f"[yellow]interrupted[/] after {live.finished} runs; rerun the same command to resume.")
             raise typer.Exit(code=130) from None
         live.stop()
-        console.print(f"{live.finished} runs in {time.perf_counter() - start:.0f} s; results in [bold]{out}/runs[/]")
+        console.print(f"{live.finished} runs in {time.perf_counter() - start:.0f} s; results in [bold]{escape(str(out))}/runs[/]")
         if report:
             paths = write_report(out)
-            console.print(f"report: [bold]{paths['html']}[/] and {paths['markdown'].name}")
+            console.print(f"report: [bold]{escape(str(paths['html']))}[/] and {escape(paths['markdown'].name)}")
         if live.failed:
             err_console.print(
                 f"[red]{live.failed} runs failed[/]; tracebacks in {out}/failed/. Fix the cause and rerun the "
@@ -138,8 +139,6 @@ def report(
 
     With --models the report goes to DIRECTORY/report-<models> (or --out), never over the full one.
     """
-    from rich.markup import escape
-
     from mtpert.benchmark import write_report
 
     with user_errors():
@@ -180,7 +179,7 @@ class _LiveView:
 
         grid = plan.grid  # skipped groups were already logged by run_benchmark
         console.print(
-            f"{len(grid.runs)} runs ({grid.runs[0].dataset}): {len({r.heldout for r in grid.runs})} held-out targets x "
+            f"{len(grid.runs)} runs ({escape(grid.runs[0].dataset)}): {len({r.heldout for r in grid.runs})} held-out targets x "
             f"{len({r.model for r in grid.runs})} models (noise ceiling included) x {len(plan.config.seeds)} seeds; "
             f"{plan.n_done} already done, {len(plan.todo)} to run"
         )
@@ -203,7 +202,7 @@ class _LiveView:
         """A run raised: say so above the live view, and count it as handled."""
         self.failed += 1
         self.progress.advance(self.task)
-        self.progress.console.print(f"[red]failed[/] {failure.run.label()}: {failure.message}")
+        self.progress.console.print(f"[red]failed[/] {escape(failure.run.label())}: {escape(failure.message)}")
 
     def stop(self) -> None:
         if self.live is not None:
@@ -216,5 +215,5 @@ class _LiveView:
 
         table = Table("held out", "model", "seed", *LIVE_METRICS.values(), "s", title="last finished runs", title_justify="left")
         for row in self.rows:
-            table.add_row(*row)
+            table.add_row(*map(escape, row))
         return Group(self.progress, table)

@@ -57,20 +57,21 @@ def info(
         "double_log": "values logged twice (mtpert refuses them)",
         "unknown": "neither counts nor log1p data",
     }
-    console.print(f"[bold]{data}[/]: {adata.n_obs:,} cells x {adata.n_vars:,} genes; X holds {holds[kind]}")
+    console.print(f"[bold]{escape(data)}[/]: {adata.n_obs:,} cells x {adata.n_vars:,} genes; X holds {holds[kind]}")
     if kind == "double_log":
         console.print(f"[yellow]warning:[/] {escape(DOUBLE_LOG_ADVICE)}", highlight=False)
-    console.print(f"conditions: {', '.join(spec.conditions(adata))} (control: '{spec.control}')")
+    console.print(escape(f"conditions: {', '.join(spec.conditions(adata))} (control: '{spec.control}')"))
 
-    table = Table(title=f"cells per {spec.cell_type_key} and {spec.condition_key}", title_justify="left")
-    table.add_column(spec.cell_type_key)
+    title = escape(f"cells per {spec.cell_type_key} and {spec.condition_key}")
+    table = Table(title=title, title_justify="left")
+    table.add_column(escape(spec.cell_type_key))
     for column in counts.columns:
-        table.add_column(str(column), justify="right")
+        table.add_column(escape(str(column)), justify="right")
     table.add_column(f"hold out? (>= {min_cells} per side)")
     for group, row in counts.iterrows():
         status = groups.loc[group]
-        verdict = "[green]yes[/]" if status["eligible"] else f"[yellow]no[/]: {status['reason']}"
-        table.add_row(str(group), *(str(v) for v in row), verdict)
+        verdict = "[green]yes[/]" if status["eligible"] else f"[yellow]no[/]: {escape(status['reason'])}"
+        table.add_row(escape(str(group)), *(str(v) for v in row), verdict)
     console.print(table)
     n_ok = int(groups["eligible"].sum())
     console.print(f"{n_ok} of {len(groups)} groups can be held out and scored.")
@@ -116,6 +117,6 @@ def simulate(
         out.parent.mkdir(parents=True, exist_ok=True)
         adata.write_h5ad(out, compression="gzip")
     keys = ", ".join(f"{k}='{v}'" for k, v in adata.uns["simulation"]["spec"].items())
-    console.print(f"wrote [bold]{out}[/]: {adata.n_obs:,} cells x {adata.n_vars:,} genes (raw counts); obs keys: {keys}"
+    console.print(f"wrote [bold]{escape(str(out))}[/]: {adata.n_obs:,} cells x {adata.n_vars:,} genes (raw counts); obs keys: {keys}"
                   + (", species_key='species'" if species > 1 else ""))  # fmt: skip
-    console.print(f"e.g. mtpert benchmark --data {out} --dose-key dose --models control,mean_shift,mtae,scvidr_multi --out DIR")
+    console.print(f"e.g. mtpert benchmark --data {escape(str(out))} --dose-key dose --models control,mean_shift,mtae,scvidr_multi --out DIR")

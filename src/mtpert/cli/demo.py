@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.progress import Progress
 
 from mtpert.cli.options import console, print_frame, user_errors
@@ -26,4 +27,4 @@ def demo(
     table = results[results["metric"].isin(DEMO_METRICS)].pivot_table(index="model", columns="metric", values="value")
     console.print("Mean over held-out cell types (*_rel: below 1 beats predicting no change):")
     print_frame(table[list(DEMO_METRICS)].reindex(names).T)
-    console.print(f"Results and figures in [bold]{out}/[/] (results.csv, metrics.png, scatter.png)")
+    console.print(f"Results and figures in [bold]{escape(str(out))}/[/] (results.csv, metrics.png, scatter.png)")

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from mtpert.cli.options import (
     CellTypeKey,
@@ -61,4 +62,4 @@ def evaluate(
         shown = scores[scores["metric"].isin(headline)]
         index = [c for c in ("cell_type", "condition", "dose") if c in shown.columns]  # evaluate_prediction's id columns
         print_frame(shown.pivot_table(index=index, columns="metric", values="value"))
-    console.print(f"wrote {len(scores)} rows to [bold]{out}[/]")
+    console.print(f"wrote {len(scores)} rows to [bold]{escape(str(out))}[/]")

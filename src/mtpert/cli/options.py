@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -46,19 +47,19 @@ def make_spec(
 
 
 def print_frame(frame: pd.DataFrame, *, title: str | None = None, digits: int = 3) -> None:
-    """Print a DataFrame (index included) as a rich table, numbers rounded."""
+    """Print a DataFrame (index included) as a rich table, numbers rounded, text as written (no markup)."""
     from rich.table import Table
 
-    table = Table(title=title, title_justify="left")
+    table = Table(title=None if title is None else escape(title), title_justify="left")
     names = [str(n) for n in frame.index.names] if frame.index.nlevels > 1 else [str(frame.index.name or "")]
     for name in names:
-        table.add_column(name)
+        table.add_column(escape(name))
     for column in frame.columns:
-        table.add_column(str(column), justify="right")
+        table.add_column(escape(str(column)), justify="right")
     for index, row in frame.iterrows():
         labels = index if isinstance(index, tuple) else (index,)
         cells = [f"{v:.{digits}f}" if isinstance(v, float) else str(v) for v in row]
-        table.add_row(*(str(x) for x in labels), *cells)
+        table.add_row(*(escape(str(x)) for x in (*labels, *cells)))
     console.print(table)
 
 
@@ -73,10 +74,10 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except (MtpertError, FileNotFoundError) as error:
-        err_console.print(f"[bold red]error:[/] {error}", highlight=False)
+        err_console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False)
         raise typer.Exit(code=2) from None
     except (PermissionError, IsADirectoryError, NotADirectoryError) as error:
-        err_console.print(f"[bold red]error:[/] cannot write {error.filename}: {error.strerror}; choose a path you can write to.", highlight=False)
+        err_console.print(f"[bold red]error:[/] cannot write {escape(str(error.filename))}: {error.strerror}; choose a path you can write to.", highlight=False)
         raise typer.Exit(code=2) from None
     except (typer.Exit, typer.Abort, typer.BadParameter):  # the command line's own answers
         raise

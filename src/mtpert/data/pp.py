@@ -93,22 +93,31 @@ def detect_kind(adata: AnnData) -> DataKind:
 def require_kind(adata: AnnData, expected: DataKind, *, what: str = "This step") -> None:
     """Raise :class:`DataError` unless ``adata.X`` holds ``expected`` data."""
     kind = detect_kind(adata)
-    if kind == expected:
-        return
+    if kind != expected:
+        raise DataError(f"{what} needs {expected} data. {_advice(kind, expected)}")
+
+
+def require_counts_or_log(adata: AnnData, *, what: str = "This step") -> DataKind:
+    """What ``adata.X`` holds, which must be raw counts or log-normalized data (the two inputs
+    :func:`prepare` takes); anything else raises :class:`DataError` with advice."""
+    kind = detect_kind(adata)
+    if kind not in ("counts", "log"):
+        raise DataError(f"{what} needs raw counts or log-normalized data. {_advice(kind)}")
+    return kind
+
+
+def _advice(kind: DataKind, expected: DataKind | None = None) -> str:
+    """What to do about ``adata.X`` holding ``kind`` data where ``expected`` was needed."""
     if kind == "double_log":
-        raise DataError(f"{what} needs {expected} data. {DOUBLE_LOG_ADVICE}")
-    advice = {
-        ("log", "counts"): "adata.X holds raw counts; run mtpert.data.log_normalize(adata) "
-        "(or mtpert.data.prepare) first.",
-        ("counts", "log"): "adata.X is already log-normalized; pass the raw counts "
-        f"(e.g. adata.layers['{COUNTS_LAYER}'] or adata.raw) instead.",
-    }
-    hint = advice.get(
-        (expected, kind),
-        "adata.X is neither raw counts nor log1p-normalized (non-integer values above "
-        f"{LOG_MAX:g}, or negative values); start from the raw counts.",
+        return DOUBLE_LOG_ADVICE
+    if (expected, kind) == ("log", "counts"):
+        return "adata.X holds raw counts; run mtpert.data.log_normalize(adata) (or mtpert.data.prepare) first."
+    if (expected, kind) == ("counts", "log"):
+        return f"adata.X is already log-normalized; pass the raw counts (e.g. adata.layers['{COUNTS_LAYER}'] or adata.raw) instead."
+    return (
+        f"adata.X is neither raw counts nor log1p-normalized (non-integer values above {LOG_MAX:g}, or negative "
+        "values); start from the raw counts."
     )
-    raise DataError(f"{what} needs {expected} data. {hint}")
 
 
 def log_normalize(adata: AnnData, *, target_sum: float = 1e4) -> None:
@@ -152,11 +161,8 @@ def prepare(
     """
     spec.validate(adata, require_perturbed=False)
     adata = adata.copy()
-    kind = detect_kind(adata)
-    if kind == "counts":
+    if require_counts_or_log(adata, what="prepare") == "counts":
         log_normalize(adata, target_sum=target_sum)
-    elif kind != "log":
-        require_kind(adata, "log", what="prepare")
     if sp.issparse(adata.X) and not sp.isspmatrix_csr(adata.X):
         adata.X = sp.csr_matrix(adata.X)
     if not n_hvg or n_hvg >= adata.n_vars:
