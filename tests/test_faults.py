@@ -1,5 +1,33 @@
 """Every bad input and fault a user can cause, answered well: nothing lost, nothing stale, no
-traceback. The sections mirror the reliability issue's list; each test failed before its fix.
+traceback. The reliability issue's list, case by case (each test failed before its fix):
+
+Data loss and unsafe writes
+    dotfiles under --out                 test_benchmark_into_an_existing_folder_leaves_the_users_...
+    labels as folder names (.., T+x)     test_labels_are_safe_and_distinct_folder_names_inside_out
+    truncated or corrupt run file        test_a_damaged_run_file_is_moved_aside_and_its_run_redone
+    results reused for other data        test_results_are_not_reused_for_other_data_with_the_same_...
+    report --models over the full one    test_faults_report: test_a_report_on_some_models_*
+    provenance of every run              test_every_run_records_its_provenance_and_mixed_versions_...
+Tracebacks that became clear errors (exit code 2)
+    --out read-only, a file; truncated config.json
+                                         test_a_read_only_out_is_refused, test_out_that_is_an_...,
+                                         test_a_truncated_directory_file_is_a_clear_error
+    config values of the wrong type, invalid YAML, python tags, holdout: [0]
+                                         test_bad_config_files_are_clear_errors_before_any_run,
+                                         test_config_lists_given_as_one_name_and_numeric_group_...
+    evaluate on a bad file; its --out    test_evaluate_*
+    checkpoints                          test_faults_checkpoint
+    duplicate obs names                  test_duplicate_cell_names_..., test_faults_data
+    `$` in a label                       test_faults_report: test_cell_types_conditions_and_genes_...
+    demo --models ' , '                  test_demo_with_no_models_is_a_clear_error
+Accepted silently before
+    data logged twice                    test_data_logged_twice_is_refused_before_any_run, test_faults_data
+    --min-cells 0                        test_min_cells_below_two_is_refused (here and in test_faults_data)
+    duplicate models or seeds            test_duplicate_models_and_seeds_run_once_and_are_said
+    duplicate genes in the prediction    test_evaluate_names_the_prediction_when_its_genes_are_duplicated
+    hostile labels in summary.md         test_faults_report: test_summary_md_escapes_markup_and_pipes_...
+Beyond the list: labels that look like console markup (`[/]` crashed `mtpert data info`), and
+an internal error's traceback with a request for a bug report.
 
 Benchmarks here run the two baselines on small simulated data with one seed: seconds each.
 """

@@ -46,7 +46,14 @@ from mtpert.benchmark.grid import BenchmarkConfig, RunSpec, dataset_id
 from mtpert.benchmark.holdout import Prediction
 from mtpert.data.split import condition_label
 from mtpert.errors import ConfigError
-from mtpert.io import atomic_path, atomic_write, safe_name, stale_temp_files, write_table
+from mtpert.io import (
+    TEMP_PREFIX,
+    atomic_path,
+    atomic_write,
+    safe_name,
+    stale_temp_files,
+    write_table,
+)
 from mtpert.models.base import PerturbationModel
 
 log = logging.getLogger("mtpert.benchmark")
@@ -148,7 +155,7 @@ class ResultStore:
             raise ConfigError(f"--out {self.root} is an existing file, not a folder; give a folder for the benchmark.")
         try:
             self.runs.mkdir(parents=True, exist_ok=True)
-            probe = self.root / f".mtpert-tmp-probe-{os.getpid()}"
+            probe = self.root / f"{TEMP_PREFIX}probe-{os.getpid()}"
             probe.touch()
             probe.unlink()
         except OSError as error:
