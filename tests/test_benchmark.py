@@ -89,6 +89,24 @@ def test_groups_too_small_to_score_are_skipped_with_the_reason(sim_path) -> None
         expand(config(sim_path, holdout=("type_9",)), adata)
 
 
+def test_named_variants_of_one_model_run_and_are_reported_under_their_names(sim_path, tmp_path) -> None:
+    models = {"mtae": TINY_MTAE, "mtae_residual": {"model": "mtae", "prediction": "residual", **TINY_MTAE}}
+    settings = BenchmarkConfig.from_dict({"data": str(sim_path), "models": models, "holdout": ["type_0"], "seeds": [1],
+                                          "n_hvg": 100, "noise_ceiling_repeats": 0, "save_predictions": "all"})  # fmt: skip
+    assert settings.models == ("mtae", "mtae_residual") and dict(settings.variants) == {"mtae_residual": "mtae"}
+    store = run_benchmark(settings, tmp_path)
+    results = store.results()
+    assert set(results["model"]) == {"mtae", "mtae_residual"} and results["run_id"].nunique() == 2
+    _, _, preds = store.predictions("type_0", "stimulated")
+    decoded, residual = preds["mtae", 1].X, preds["mtae_residual", 1].X
+    assert not np.allclose(decoded, residual)  # the setting took effect
+    assert ResultStore(tmp_path).config().variants == {"mtae_residual": "mtae"}  # kept for resuming
+    summary = write_report(tmp_path, formats=("png",))["markdown"].read_text()
+    assert "| mtae_residual " in summary
+    with pytest.raises(ConfigError, match="registered model of mtae_residual"):  # one name, one setting per directory
+        run_benchmark(BenchmarkConfig.from_dict({**settings.to_dict(), "variants": {"mtae_residual": "mtvae"}}), tmp_path)
+
+
 # ---------------------------------------------------------------------------- store
 def test_resume_skips_finished_runs_and_extends_the_grid(sim_path, tmp_path) -> None:
     first = run_benchmark(config(sim_path, holdout=("type_0", "type_1")), tmp_path)

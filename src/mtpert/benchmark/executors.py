@@ -96,8 +96,10 @@ def execute(task: Task) -> RunResult:
     if run.model == NOISE_CEILING:
         scores = noise_ceiling(data, split, run.seed, **run.model_params)
     else:
-        params = {**run.model_params, **_quiet(run.model)}
-        result = fit_and_score(data, split, run.spec, run.model, run.seed, params, one_dose_at_a_time=run.one_dose_at_a_time)
+        params = {**run.model_params, **_quiet(run.registered_model)}
+        result = fit_and_score(
+            data, split, run.spec, run.model, run.seed, params, one_dose_at_a_time=run.one_dose_at_a_time, registered=run.registered_model
+        )
         ranks = rank_scores(data, run.spec, result.predictions, group_key=run.group_key, min_cells=min_cells)
         scores = pd.concat([result.scores, ranks], ignore_index=True) if len(ranks) else result.scores
         models = result.models

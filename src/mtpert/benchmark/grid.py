@@ -60,7 +60,11 @@ class BenchmarkConfig:
 
     Attributes:
         data: an .h5ad file or the name of a registered dataset.
-        models: registered model names.
+        models: registered model names, or named variants: a mapping from the name a setting is
+            reported under to its registered ``model`` and hyperparameters, e.g.
+            ``{mtae: {}, mtae_residual: {model: mtae, prediction: residual}}``, so one directory
+            compares settings of one model. Read into ``models`` (the names), ``variants`` and
+            ``model_params``.
         holdout: what to hold out, or ``"all"`` (everything with ``min_cells`` cells to score;
             the others are skipped with the reason): with ``split="group"`` groups of
             ``group_key``; with ``split="condition"`` (condition, dose) labels such as
@@ -86,10 +90,11 @@ class BenchmarkConfig:
             to hold out a species.
         one_dose_at_a_time: models fitted once per dose on data with doses (see
             :class:`mtpert.models.registry.ModelPreset`); default the registered presets' choice.
+        variants: the registered model of each name in ``models`` that is not one itself.
     """
 
     data: str
-    models: Names
+    models: Names | Mapping[str, Mapping[str, Any] | None]
     holdout: Names | Literal["all"] = "all"
     seeds: Seeds = (1, 2, 19193)
     spec: DatasetSpec | None = None
@@ -104,10 +109,13 @@ class BenchmarkConfig:
     split: SplitKind = "group"
     group_key: str | None = None
     one_dose_at_a_time: Names | None = None
+    variants: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name, value in _validated(self).items():
             object.__setattr__(self, name, value)
+        if isinstance(self.models, Mapping):
+            self._read_variants()
         for setting in ("models", "seeds"):
             values = getattr(self, setting)
             if len(set(values)) < len(values):
@@ -120,17 +128,46 @@ class BenchmarkConfig:
             raise ConfigError("No seeds given; e.g. seeds: [1, 2, 19193].")
         if not self.holdout:
             raise ConfigError("holdout is empty; give group names or 'all'.")
-        for name in (*self.models, *self.model_params):
+        for name in (*self.models, *self.model_params, *self.variants.values()):
             if name == NOISE_CEILING:
                 raise ConfigError(f"'{NOISE_CEILING}' is added by the harness; set noise_ceiling_repeats instead.")
-            if name not in MODELS:
-                raise ConfigError(f"Unknown model '{name}'; registered models: {', '.join(MODELS)}.")
-        for setting in ("model_params", "one_dose_at_a_time"):
+        for name, model in self.variants.items():
+            if name in MODELS and model != name:
+                raise ConfigError(f"variant '{name}' has the name of a registered model but is a '{model}'; name it otherwise.")
+        for name in self.models:
+            if self.registered(name) not in MODELS:
+                raise ConfigError(f"Unknown model '{self.registered(name)}'; registered models: {', '.join(MODELS)}.")
+        for setting in ("model_params", "one_dose_at_a_time", "variants"):
             extra = set(getattr(self, setting) or ()) - set(self.models)
             if extra:
                 raise ConfigError(f"{setting} names models not in the benchmark: {sorted(extra)}.")
-        params = {name: MODELS[name].check_params(values, where=f"model_params.{name}") for name, values in self.model_params.items()}
+        params = {
+            name: MODELS[self.registered(name)].check_params(values, where=f"model_params.{name}")
+            for name, values in self.model_params.items()
+        }
         object.__setattr__(self, "model_params", MappingProxyType({k: MappingProxyType(v) for k, v in params.items()}))
+        object.__setattr__(self, "variants", MappingProxyType({k: v for k, v in self.variants.items() if k != v}))
+
+    def _read_variants(self) -> None:
+        """``models`` given as a mapping: names, the registered model of each, and its parameters
+        (merged into ``model_params``; a key in both is ambiguous and refused)."""
+        names, variants, params = [], dict(self.variants), {k: dict(v) for k, v in self.model_params.items()}
+        for name, settings in self.models.items():
+            settings = dict(settings or {})
+            variants[name] = str(settings.pop("model", name))
+            both = sorted(set(settings) & set(params.get(name, {})))
+            if both:
+                raise ConfigError(f"models.{name} and model_params.{name} both set {both}; set each once.")
+            if settings or name in params:
+                params[name] = {**settings, **params.get(name, {})}
+            names.append(name)
+        object.__setattr__(self, "models", tuple(names))
+        object.__setattr__(self, "variants", variants)
+        object.__setattr__(self, "model_params", params)
+
+    def registered(self, name: str) -> str:
+        """The registered model that the benchmark's model ``name`` (maybe a variant) is."""
+        return self.variants.get(name, name)
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> BenchmarkConfig:
@@ -175,6 +212,7 @@ class BenchmarkConfig:
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         values["spec"] = None if self.spec is None else self.spec.to_dict()
         values["model_params"] = {k: dict(v) for k, v in self.model_params.items()}
+        values["variants"] = dict(self.variants)
         return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
 
     def dataset_spec(self) -> DatasetSpec:
@@ -188,7 +226,7 @@ class BenchmarkConfig:
     def fits_per_dose(self, model: str) -> bool:
         """Whether ``model`` is fitted once per dose (on data with doses)."""
         if self.one_dose_at_a_time is None:
-            return get_model(model).one_dose_at_a_time
+            return get_model(self.registered(model)).one_dose_at_a_time
         return model in self.one_dose_at_a_time
 
 
@@ -198,8 +236,9 @@ class RunSpec:
 
     ``target`` is a group of ``group_key`` (default the spec's cell-type key) for the ``group``
     split, a condition (at ``dose``) for the ``condition`` split. ``one_dose_at_a_time``: one model
-    per dose. ``params`` and ``preparation`` are canonical JSON, so a RunSpec is hashable and its
-    id stable.
+    per dose. ``model`` is the name results are reported under; ``registered_as`` the registered
+    model it is, where that differs (a named variant). ``params`` and ``preparation`` are canonical
+    JSON, so a RunSpec is hashable and its id stable.
     """
 
     dataset: str
@@ -213,6 +252,12 @@ class RunSpec:
     group_key: str | None = None
     dose: float | None = None
     one_dose_at_a_time: bool = False
+    registered_as: str | None = None
+
+    @property
+    def registered_model(self) -> str:
+        """The registered model to build: ``registered_as``, else ``model``."""
+        return self.registered_as or self.model
 
     @property
     def id(self) -> str:
@@ -292,7 +337,7 @@ def expand(config: BenchmarkConfig, adata: AnnData) -> Grid:
         raise ConfigError(f"showcase '{showcase}' is not among the scored groups {shown}.")
     for name in config.models:  # fail on a bad hyperparameter now, not after hours of runs
         try:
-            model = get_model(name)(spec, **config.model_params.get(name, {}))
+            model = get_model(config.registered(name))(spec, **config.model_params.get(name, {}))
         except (TypeError, ValueError) as error:
             raise ConfigError(f"model_params for '{name}': {error}") from error
         if config.split == "condition" and (config.fits_per_dose(name) or not model.predicts_unseen_doses):
@@ -301,15 +346,15 @@ def expand(config: BenchmarkConfig, adata: AnnData) -> Grid:
                 "leave it out (e.g. scvidr_multi, mtae and control can), or use split 'group'."
             )
     preparation = _canonical({"n_hvg": config.n_hvg, "hvg_on_all_cells": config.hvg_on_all_cells, "min_cells": config.min_cells})
-    models = [(m, dict(config.model_params.get(m, {})), spec.dose_key is not None and config.fits_per_dose(m)) for m in config.models]
+    models = [(m, dict(config.model_params.get(m, {})), spec.dose_key is not None and config.fits_per_dose(m), config.variants.get(m)) for m in config.models]
     if config.noise_ceiling_repeats:
-        models.append((NOISE_CEILING, {"repeats": config.noise_ceiling_repeats}, False))
+        models.append((NOISE_CEILING, {"repeats": config.noise_ceiling_repeats}, False, None))
     runs = []
     for label in targets:
         target, dose = (label, None) if config.split == "group" else (table.loc[label, "condition"], float(table.loc[label, "dose"]))
         runs += [
-            RunSpec(dataset_id(config.data), spec, preparation, config.split, target, model, seed, _canonical(params), group_key, dose, per_dose)
-            for model, params, per_dose in models
+            RunSpec(dataset_id(config.data), spec, preparation, config.split, target, model, seed, _canonical(params), group_key, dose, per_dose, registered)
+            for model, params, per_dose, registered in models
             for seed in config.seeds
         ]
     return Grid(tuple(runs), table.loc[~table["eligible"]].drop(columns="eligible"), showcase)

@@ -11,6 +11,7 @@ import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any, Literal
 
 import anndata as ad
@@ -80,8 +81,12 @@ def fit_and_score(
     params: Mapping[str, Any] | None = None,
     *,
     one_dose_at_a_time: bool = False,
+    registered: str | None = None,
 ) -> FitResult:
     """Fit model ``name`` on ``split``'s training cells under ``seed`` and score every target.
+
+    ``registered``: the registered model to build when ``name`` is a named variant of it
+    (predictions are labelled ``name``).
 
     ``data`` is prepared (log-normalized, HVGs chosen without the held-out cells). The scores are
     the evaluation suite's long table, one block per target, with the target's ids and cell counts.
@@ -91,15 +96,16 @@ def fit_and_score(
     (:func:`mtpert.data.single_dose`) and asked for the condition without a dose; scores and
     predictions are labelled with the dose again, and the times add up over the doses.
     """
+    build = partial(get_model(registered or name), **(params or {}))  # spec -> model
     if not one_dose_at_a_time:
-        return _fit_and_score(data, split, spec, name, seed, params)
+        return _fit_and_score(data, split, spec, name, seed, build)
     parts = {}
     for dose in sorted({t.dose for t in split.targets}):
         subset, dose_spec = single_dose(data, spec, dose)
         train, val = (names[names.isin(subset.obs_names)] for names in (split.train, split.val))
         targets = tuple(replace(t, dose=None) for t in split.targets if t.dose == dose)
         dose_split = replace(split, train=train, val=val, targets=targets)
-        parts[dose] = _fit_and_score(subset, dose_split, dose_spec, name, seed, params)
+        parts[dose] = _fit_and_score(subset, dose_split, dose_spec, name, seed, build)
     originals = {(t.group, t.condition, t.dose): t for t in split.targets}
     predictions = []
     for dose, part in parts.items():
@@ -117,10 +123,10 @@ def fit_and_score(
 
 
 def _fit_and_score(
-    data: AnnData, split: Split, spec: DatasetSpec, name: str, seed: int, params: Mapping[str, Any] | None
+    data: AnnData, split: Split, spec: DatasetSpec, name: str, seed: int, build: Callable[[DatasetSpec], PerturbationModel]
 ) -> FitResult:
     seed_everything(seed)
-    model = get_model(name)(spec, **(params or {}))
+    model = build(spec)
     start = time.perf_counter()
     model.fit(split.subset(data, "train"), split.subset(data, "val"))
     fit_seconds = time.perf_counter() - start

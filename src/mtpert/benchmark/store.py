@@ -212,9 +212,13 @@ class ResultStore:
             return config
         changed = [k for k in _COMPARABLE if _setting(old, k) != _setting(config, k)]
         changed += [
-            f"model_params of {m}"
-            for m in set(old.models) & set(config.models)
-            if dict(old.model_params.get(m, {})) != dict(config.model_params.get(m, {}))
+            f"{what} of {m}"
+            for m in sorted(set(old.models) & set(config.models))
+            for what, before, now in (
+                ("model_params", dict(old.model_params.get(m, {})), dict(config.model_params.get(m, {}))),
+                ("registered model", old.registered(m), config.registered(m)),
+            )
+            if before != now
         ]
         if changed:
             raise ConfigError(
@@ -227,6 +231,7 @@ class ResultStore:
             "seeds": list(dict.fromkeys(old.seeds + config.seeds)),
             "holdout": holdout,
             "model_params": {**old.to_dict()["model_params"], **config.to_dict()["model_params"]},
+            "variants": {**old.variants, **config.variants},
         }
         return BenchmarkConfig.from_dict(values)
 
