@@ -14,7 +14,8 @@ import time
 import numpy as np
 from _common import RESULTS, load_kang, provenance
 
-from mtpert.data import DatasetSpec, heldout_mask, holdout_group, prepare
+from mtpert.benchmark import make_fold
+from mtpert.data import DatasetSpec
 from mtpert.io import atomic_write
 from mtpert.metrics import METRICS, evaluate
 from mtpert.models import get_model
@@ -26,8 +27,8 @@ def main() -> None:
     start_all = time.perf_counter()
     spec = DatasetSpec()
     raw = load_kang()
-    data = prepare(raw, spec, n_hvg=2000, exclude=heldout_mask(raw, spec, "CD14 Mono"))
-    split = holdout_group(data, spec, "CD14 Mono", seed=1)
+    fold = make_fold(raw, spec, "CD14 Mono", seed=1)
+    data, split = fold.data, fold.split
     target = split.targets[0]
     rng = np.random.default_rng(0)
     control = data[rng.choice(target.control, 300, replace=False)]

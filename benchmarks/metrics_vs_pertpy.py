@@ -12,12 +12,12 @@ from __future__ import annotations
 import time
 import warnings
 
-import numpy as np
 import pandas as pd
 import pertpy as pt
 from _common import RESULTS, load_kang, provenance
 
-from mtpert.data import DatasetSpec, eligible_groups, heldout_mask, holdout_group, prepare
+from mtpert.benchmark import make_fold
+from mtpert.data import DatasetSpec, eligible_groups
 from mtpert.io import atomic_write, write_table
 from mtpert.metrics import EvalPair, e_distance, euclidean, mean_pairwise, mmd, wasserstein
 from mtpert.models import get_model
@@ -52,8 +52,7 @@ def main() -> None:
     rows = []
     pertpy_distances = {name: pt.tl.Distance(metric=metric) for name, (_, metric) in DISTANCES.items()}
     for group in table.index[table["eligible"]]:
-        data = prepare(raw, spec, n_hvg=2000, exclude=heldout_mask(raw, spec, group))
-        split = holdout_group(data, spec, group, seed=1)
+        data, split = (fold := make_fold(raw, spec, group, seed=1)).data, fold.split
         target = split.targets[0]
         control, truth = data[target.control], data[target.truth]
         pred = get_model("mean_shift")(spec).fit(split.subset(data, "train")).predict(control, target.condition)

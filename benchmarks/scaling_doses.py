@@ -49,7 +49,8 @@ import torch
 from _common import RESULTS, commit, provenance
 
 from mtpert.benchmark.holdout import seed_everything
-from mtpert.data import DatasetSpec, holdout_group, prepare, simulate, single_dose
+from mtpert.benchmark import make_fold
+from mtpert.data import DatasetSpec, simulate, single_dose
 from mtpert.io import atomic_write, write_table
 from mtpert.metrics import condition_rank, evaluate
 from mtpert.models import MODELS, PerturbationModel, get_model
@@ -106,8 +107,8 @@ def run(config: tuple[int, str, int]) -> list[dict]:
     """Fit one approach at one number of doses and score it per dose; runs in its own process."""
     n_doses, approach, seed = config
     sim = simulate(n_cell_types=4, n_genes=500, n_cells=50, doses=doses_for(n_doses), seed=seed)
-    data = prepare(sim, SPEC, n_hvg=0)
-    split = holdout_group(data, SPEC, HELD_OUT, seed=seed)
+    fold = make_fold(sim, SPEC, HELD_OUT, seed=seed, n_hvg=0)
+    data, split = fold.data, fold.split
     train, val = split.subset(data, "train"), split.subset(data, "val")
     loaded_mb = peak_rss_mb()
     how = APPROACHES[approach]

@@ -20,6 +20,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
@@ -37,6 +38,7 @@ from mtpert.errors import ConfigError
 
 TINY_MTAE = {"hidden": [16], "latent_dim": 4, "max_epochs": 2, "num_threads": 1}
 runner = CliRunner(env={"COLUMNS": "200"})
+SPEC = DatasetSpec()
 
 
 @pytest.fixture(scope="module")
@@ -182,6 +184,32 @@ def test_a_benchmark_killed_with_sigkill_resumes_where_it_stopped(sim_path, tmp_
 
 
 # ---------------------------------------------------------------------------- executors
+def test_run_holdout_is_the_benchmark_engine_in_memory(sim_path, tmp_path, monkeypatch) -> None:
+    from mtpert.benchmark import make_fold, run_holdout
+    from mtpert.benchmark.executors import _prepared
+
+    monkeypatch.chdir(tmp_path)
+    adata = ad.read_h5ad(sim_path)
+    seen = []
+    in_memory = run_holdout(adata, SPEC, ["control", "mean_shift"], groups=["type_0", "type_2"], seeds=(1,), n_hvg=100, on_prediction=seen.append)
+    assert not list(tmp_path.iterdir())  # nothing written
+    assert {(p.target.group, p.model) for p in seen} == {(g, m) for g in ("type_0", "type_2") for m in ("control", "mean_shift")}
+    on_disk = run_benchmark(config(sim_path, holdout=("type_0", "type_2"), noise_ceiling_repeats=0), tmp_path / "out").results()
+    by_target = lambda r: r.set_index(["group", "condition", "model", "seed", "metric"])["value"].sort_index()  # noqa: E731
+    pd.testing.assert_series_equal(by_target(in_memory), by_target(on_disk))
+    # the one fold helper gives the fold every run uses
+    fold = make_fold(adata, SPEC, "type_0", seed=1, n_hvg=100)
+    prepared = _prepared(str(sim_path), SPEC, "group", "type_0", None, None, 100, False, 20)
+    assert fold.data.var_names.equals(prepared.var_names) and np.array_equal(fold.data.X.toarray(), prepared.X.toarray())
+    with pytest.raises(ConfigError, match="only be run in this process"):
+        run_benchmark(config(sim_path), tmp_path / "x", adata=adata, executor=LocalExecutor(jobs=2))
+    from mtpert.models.simple import ControlPredictor
+
+    monkeypatch.setattr(ControlPredictor, "_fit", lambda self, train, val: 1 / 0)
+    with pytest.raises(ZeroDivisionError):  # a run's error reaches the caller as itself
+        run_holdout(adata, SPEC, ["control"], groups=["type_0"], seeds=(1,), n_hvg=100)
+
+
 def test_two_local_jobs_give_the_same_results_as_one(sim_path, tmp_path) -> None:
     settings = config(sim_path, holdout=("type_0",), models=("mean_shift", "mtae"), model_params={"mtae": TINY_MTAE}, noise_ceiling_repeats=0)
     serial = run_benchmark(settings, tmp_path / "serial").results()
@@ -202,6 +230,18 @@ def test_ray_executor_matches_local(sim_path, tmp_path) -> None:
         ray.shutdown()
     local = run_benchmark(settings, tmp_path / "local").results()
     pd.testing.assert_series_equal(values(on_ray), values(local))
+
+
+def test_time_left_comes_from_the_durations_of_each_models_finished_runs() -> None:
+    from mtpert.benchmark.progress import Eta
+
+    eta = Eta(["mean_shift"] * 4 + ["mtae"] * 2, jobs=2, earlier={"mean_shift": [1.0, 3.0]})
+    assert eta.unknown() == ["mtae"] and eta.text() == ">= 0:00:04 (no mtae run timed yet)"  # 4 x 2 s on 2 jobs
+    eta.finished("mtae", 300.0)
+    assert eta.unknown() == [] and eta.seconds() == (4 * 2.0 + 1 * 300.0) / 2 and eta.text() == "0:02:34"
+    eta.failed("mean_shift")
+    eta.finished("mtae", 100.0)  # the last mtae run: only mean shift is left, timed by 2 s a run
+    assert eta.seconds() == 3 * 2.0 / 2
 
 
 # ---------------------------------------------------------------------------- report

@@ -37,7 +37,8 @@ from anndata import AnnData
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _common import REPO, RESULTS, load_kang, provenance
 
-from mtpert.data import DatasetSpec, eligible_groups, heldout_mask, holdout_group, prepare
+from mtpert.benchmark import Fold, make_fold
+from mtpert.data import DatasetSpec, eligible_groups
 from mtpert.io import atomic_write, write_table
 from mtpert.metrics import evaluate_prediction
 from mtpert.models import get_model
@@ -104,10 +105,9 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for group in args.groups:
-            data = prepare(raw, spec, n_hvg=2000, exclude=heldout_mask(raw, spec, group))
             for seed in args.seeds:
                 reuse = None if known is None else known.loc[(group, seed)].to_dict()
-                rows += compare(data, spec, group, seed, Path(tmp), reuse)
+                rows += compare(make_fold(raw, spec, group, seed=seed), spec, group, seed, Path(tmp), reuse)
     results = pd.DataFrame(rows)
     write_table(results, RESULTS / f"{args.name}.csv")
     seconds = time.perf_counter() - start_all
@@ -117,11 +117,11 @@ def main() -> None:
 
 
 def compare(
-    data: AnnData, spec: DatasetSpec, group: str, seed: int, tmp: Path, original: dict | None = None
+    fold: Fold, spec: DatasetSpec, group: str, seed: int, tmp: Path, original: dict | None = None
 ) -> list[dict]:
-    """Both implementations on one held-out ``group`` and ``seed``: one row each. ``original``:
-    the original's scores and train seconds from an earlier run, instead of running it."""
-    split = holdout_group(data, spec, group, seed=seed)
+    """Both implementations on the fold of held-out ``group`` under ``seed``: one row each.
+    ``original``: the original's scores and train seconds from an earlier run, instead of running it."""
+    data, split = fold.data, fold.split
     target = split.targets[0]
 
     if original is None:

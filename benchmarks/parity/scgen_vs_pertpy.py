@@ -3,7 +3,7 @@
 Run: bash benchmarks/parity/scgen_vs_pertpy.sh [--groups "CD4 Naive T,CD14 Mono,B"] [--seeds 1]
 [--epochs 100] (the .sh builds pertpy's venv, then calls this script with --peer-python).
 
-For each held-out cell type and seed, the data are prepared as :func:`mtpert.benchmark.run_holdout`
+For each held-out cell type and seed, the data are prepared as :func:`mtpert.benchmark.make_fold`
 prepares them (2,000 HVGs chosen without the held-out stimulated cells; the seeded train/val
 split); the fit cells, their train/val division and the target's control cells go to a temporary
 h5ad that pertpy's process reads with its own interpreter. Both models get the published
@@ -29,11 +29,12 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _common import RESULTS, load_kang, provenance  # noqa: E402
 
-from mtpert.data import DatasetSpec, heldout_mask, holdout_group, prepare  # noqa: E402
+from mtpert._array import dense  # noqa: E402
+from mtpert.benchmark import make_fold  # noqa: E402
+from mtpert.data import DatasetSpec  # noqa: E402
 from mtpert.io import atomic_write, write_table  # noqa: E402
 from mtpert.metrics import evaluate_prediction  # noqa: E402
 from mtpert.models import get_model  # noqa: E402
-from mtpert.models.base import dense  # noqa: E402
 
 PEER = Path(__file__).with_name("pertpy_scgen_peer.py")
 METRICS = ["r2_all", "r2_top100"]
@@ -77,9 +78,9 @@ def run(args: argparse.Namespace) -> pd.DataFrame:
     raw = load_kang()
     rows = []
     for group in args.groups:
-        data = prepare(raw, spec, n_hvg=2000, exclude=heldout_mask(raw, spec, group))
         for seed in args.seeds:
-            split = holdout_group(data, spec, group, seed=seed)
+            fold = make_fold(raw, spec, group, seed=seed)
+            data, split = fold.data, fold.split
             (target,) = split.targets
             train, val = split.subset(data, "train"), split.subset(data, "val")
             control, truth = data[target.control], data[target.truth]

@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "parity"))
 from _common import RESULTS, load_kang, peak_rss_mb, provenance
 from scgen_vs_pertpy import peer_prediction
 
-from mtpert.benchmark.holdout import fit_and_score, prepare_holdout
+from mtpert.benchmark import fit_and_score, fold_data
 from mtpert.data import DatasetSpec, holdout_group
 from mtpert.io import atomic_write, write_table
 from mtpert.metrics import evaluate
@@ -161,7 +161,7 @@ def run_scbutterfly(
 def run(args: argparse.Namespace) -> pd.DataFrame:
     spec = DatasetSpec()
     raw = load_kang()
-    data = prepare_holdout(raw, spec, holdout_group(raw, spec, GROUP, seed=SEED))
+    data = fold_data(raw, spec, GROUP)  # the fold's prepared data; each worker splits it under SEED
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         fold = Path(tmp) / "fold.h5ad"

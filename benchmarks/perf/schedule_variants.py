@@ -19,8 +19,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _common import RESULTS, load_kang, provenance
 
-from mtpert.benchmark.holdout import fit_and_score, prepare_holdout
-from mtpert.data import DatasetSpec, holdout_group
+from mtpert.benchmark import fit_and_score, make_fold
+from mtpert.data import DatasetSpec
 from mtpert.io import atomic_write, write_table
 
 GROUP, SEED = "CD4 Naive T", 1
@@ -39,8 +39,8 @@ def main() -> None:
     start = time.perf_counter()
     spec = DatasetSpec()
     raw = load_kang()
-    data = prepare_holdout(raw, spec, holdout_group(raw, spec, GROUP, seed=SEED))
-    split = holdout_group(data, spec, GROUP, seed=SEED)
+    fold = make_fold(raw, spec, GROUP, seed=SEED)
+    data, split = fold.data, fold.split
     rows = []
     for name, params in VARIANTS.items():
         params = {"num_threads": 1, "progress": False, **params}

@@ -11,7 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from mtpert.benchmark.holdout import Prediction, ProgressCallback, run_holdout
+from mtpert.benchmark.harness import run_holdout
+from mtpert.benchmark.holdout import Prediction, ProgressCallback
 from mtpert.data.simulate import simulate
 from mtpert.data.spec import DatasetSpec
 from mtpert.errors import ConfigError

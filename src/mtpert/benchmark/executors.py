@@ -14,6 +14,7 @@ import time
 import traceback
 from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Protocol
@@ -26,9 +27,9 @@ from mtpert.benchmark.grid import NOISE_CEILING, RunSpec
 from mtpert.benchmark.holdout import (
     SplitKind,
     fit_and_score,
+    fold_data,
     make_split,
     noise_ceiling,
-    prepare_holdout,
     rank_scores,
 )
 from mtpert.benchmark.store import RunResult
@@ -67,6 +68,11 @@ class RunFailure:
 
 
 class Executor(Protocol):
+    in_process: bool
+    """Whether runs execute in this process (and can read data given as an AnnData)."""
+    jobs: int
+    """Runs executed at once."""
+
     def map(self, tasks: Iterable[Task]) -> Iterator[RunResult | RunFailure]:
         """Execute ``tasks`` and yield each result (or failure) as soon as it is ready (in any order)."""
         ...
@@ -127,10 +133,27 @@ def execute_or_fail(task: Task) -> RunResult | RunFailure:
         return RunFailure(task.run, traceback.format_exc())
 
 
+_IN_MEMORY: dict[str, AnnData] = {}
+"""Data given to the benchmark as an AnnData (:func:`in_memory`), by key: only runs executed in
+this process can read it."""
+
+
+@contextmanager
+def in_memory(adata: AnnData, key: str) -> Iterator[str]:
+    """Make ``adata`` the data of tasks whose ``data`` is ``key`` while the block runs."""
+    _IN_MEMORY[key] = adata
+    try:
+        yield key
+    finally:
+        del _IN_MEMORY[key]
+        load.cache_clear()
+        _prepared.cache_clear()
+
+
 @lru_cache(maxsize=1)
 def load(data: str) -> AnnData:
-    """The raw dataset, read once per process."""
-    return load_dataset(data)
+    """The raw dataset, read once per process (or the AnnData given with :func:`in_memory`)."""
+    return _IN_MEMORY[data] if data in _IN_MEMORY else load_dataset(data)
 
 
 @lru_cache(maxsize=2)
@@ -139,9 +162,8 @@ def _prepared(
     min_cells: int,
 ) -> AnnData:
     """Data prepared for one held-out target, kept for the next run of the same target."""
-    raw = load(data)
-    split = make_split(raw, spec, kind, target, dose=dose, group_key=group_key, min_cells=min_cells)  # held-out cells: not seed-dependent
-    return prepare_holdout(raw, spec, split, n_hvg=n_hvg, hvg_on_all_cells=hvg_on_all_cells)
+    options = {"kind": kind, "dose": dose, "group_key": group_key, "n_hvg": n_hvg, "hvg_on_all_cells": hvg_on_all_cells, "min_cells": min_cells}
+    return fold_data(load(data), spec, target, **options)
 
 
 def _fit_summary(models: Iterable[PerturbationModel]) -> dict[str, float]:
@@ -182,14 +204,22 @@ class LocalExecutor:
     """``jobs`` runs at a time on this machine, each with ``cores // jobs`` torch threads.
 
     ``jobs=1`` runs in this process; more use a pool of fresh (spawned) worker processes, each
-    reading the data once and preparing it once per held-out group.
+    reading the data once and preparing it once per held-out group. ``raise_errors`` (only with
+    ``jobs=1``): a run's exception propagates instead of becoming a :class:`RunFailure`.
     """
 
-    def __init__(self, jobs: int = 1) -> None:
+    def __init__(self, jobs: int = 1, *, raise_errors: bool = False) -> None:
         if jobs < 1:
             raise ConfigError(f"jobs must be >= 1, got {jobs}.")
+        if raise_errors and jobs > 1:
+            raise ConfigError("raise_errors needs jobs=1: errors in worker processes are reported as failed runs.")
         self.jobs = jobs
         self.threads = max(1, usable_cores() // jobs)
+        self.raise_errors = raise_errors
+
+    @property
+    def in_process(self) -> bool:
+        return self.jobs == 1
 
     def map(self, tasks: Iterable[Task]) -> Iterator[RunResult | RunFailure]:
         tasks = list(tasks)
@@ -197,7 +227,7 @@ class LocalExecutor:
             before = torch.get_num_threads()
             torch.set_num_threads(self.threads)
             try:
-                yield from map(execute_or_fail, tasks)
+                yield from map(execute if self.raise_errors else execute_or_fail, tasks)
             finally:
                 torch.set_num_threads(before)
             return
@@ -219,6 +249,8 @@ class RayExecutor:
     give a registered dataset name or a path every node can read.
     """
 
+    in_process = False
+
     def __init__(self, address: str | None = None, cpus_per_run: int = 1) -> None:
         try:
             import ray
@@ -228,6 +260,11 @@ class RayExecutor:
             ray.init(address=address)
         self.ray = ray
         self.cpus_per_run = cpus_per_run
+
+    @property
+    def jobs(self) -> int:
+        """Runs the cluster can hold at once."""
+        return max(1, int(self.ray.cluster_resources().get("CPU", 1) // self.cpus_per_run))
 
     def map(self, tasks: Iterable[Task]) -> Iterator[RunResult | RunFailure]:
         ray = self.ray

@@ -328,8 +328,11 @@ def expand(config: BenchmarkConfig, adata: AnnData) -> Grid:
     targets = table.index[table["eligible"]].tolist()
     if not targets:
         raise ConfigError(
-            f"No held-out target has {config.min_cells} control and perturbed cells; lower min_cells. "
-            + "; ".join(f"{g}: {r}" for g, r in table["reason"].items())
+            "Too small to hold out and score: "
+            + "; ".join(f"{g} ({r})" for g, r in table["reason"].items())
+            + f". A target needs {config.min_cells} control and {config.min_cells} perturbed cells: hold out "
+            "a larger one (`mtpert data info` lists them), or lower --min-cells (min_cells: in a --config "
+            "file; at least 2) if you accept noisier scores."
         )
     shown = targets if config.split == "group" else groups.index[groups["eligible"]].tolist()
     showcase = config.showcase or str(groups.loc[shown, "n_perturbed"].idxmax())

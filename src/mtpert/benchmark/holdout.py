@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any, Literal
@@ -25,12 +25,11 @@ from mtpert.data.spec import DEFAULT_MIN_CELLS, DatasetSpec
 from mtpert.data.split import (
     Split,
     Target,
-    eligible_groups,
     holdout_condition,
     holdout_group,
     single_dose,
 )
-from mtpert.metrics import evaluate, rank_prediction
+from mtpert.metrics import evaluate, evaluate_across
 from mtpert.metrics.evaluate import RESULT_COLUMNS
 from mtpert.models.base import PerturbationModel
 from mtpert.models.registry import get_model
@@ -149,10 +148,11 @@ def rank_scores(
     group_key: str | None = None,
     min_cells: int = DEFAULT_MIN_CELLS,
 ) -> pd.DataFrame:
-    """Rows of metric ``rank`` (:func:`mtpert.metrics.rank_prediction`; 0 best, lower is better):
-    each prediction ranked among the true (condition, dose)s of its group of ``group_key`` that
-    have ``min_cells`` cells, in ``data``. A model that predicts the same response at every dose
-    scores 0.5 on average. No rows for a group with fewer than two such conditions.
+    """Rows of every across-target metric (:func:`mtpert.metrics.evaluate_across`), e.g. ``rank``
+    (0 best): each prediction ranked among the true (condition, dose)s of its group of
+    ``group_key`` that have ``min_cells`` cells, in ``data``. A model that predicts the same
+    response at every dose scores 0.5 on average. No rows for a group with fewer than two such
+    conditions.
     """
     by_group = replace(spec, cell_type_key=group_key or spec.cell_type_key)
     ids = [by_group.cell_type_key, spec.condition_key, *([spec.dose_key] if spec.dose_key else [])]
@@ -167,7 +167,7 @@ def rank_scores(
             continue
         mine = [p for p in predictions if p.target.group == group]
         pred = ad.concat([p.pred for p in mine], index_unique="-", keys=[str(i) for i in range(len(mine))])
-        ranks = rank_prediction(truth, pred, by_group)
+        ranks = evaluate_across(truth, pred, by_group)
         for p in mine:
             row = ranks["condition"] == p.target.condition
             if p.target.dose is not None:
@@ -239,67 +239,51 @@ def prepare_holdout(
     return prepare(adata, spec, n_hvg=n_hvg, exclude=exclude)
 
 
-def run_holdout(
-    adata: AnnData,
+@dataclass(frozen=True, eq=False)
+class Fold:
+    """One held-out target's prepared data and seeded split: what a model fits and is scored on."""
+
+    data: AnnData
+    split: Split
+
+
+def fold_data(
+    raw: AnnData,
     spec: DatasetSpec,
-    models: Sequence[str],
+    target: str,
     *,
-    groups: Iterable[str] | None = None,
-    seeds: Sequence[int] = (1, 2, 19193),
+    kind: SplitKind = "group",
+    dose: float | None = None,
+    group_key: str | None = None,
     n_hvg: int = 2000,
     hvg_on_all_cells: bool = False,
     min_cells: int = DEFAULT_MIN_CELLS,
-    model_params: dict[str, dict] | None = None,
-    on_progress: ProgressCallback | None = None,
-    on_prediction: Callable[[Prediction], None] | None = None,
-) -> pd.DataFrame:
-    """Hold out each group in turn, fit every model under every seed, and score its prediction.
+) -> AnnData:
+    """``raw`` prepared for holding ``target`` out (:func:`make_split`): log-normalized over HVGs
+    chosen without its held-out cells. The same for every seed, so it can be reused across seeds."""
+    heldout = make_split(raw, spec, kind, target, dose=dose, group_key=group_key, min_cells=min_cells)
+    return prepare_holdout(raw, spec, heldout, n_hvg=n_hvg, hvg_on_all_cells=hvg_on_all_cells)
 
-    In memory and sequential; :func:`mtpert.benchmark.run_benchmark` runs the same grid resumably,
-    in parallel, with a report.
 
-    Args:
-        adata: raw counts or log-normalized data over all genes.
-        models: registered model names (see :func:`mtpert.models.list_models`).
-        groups: groups of ``spec.cell_type_key`` to hold out; default every group with at least
-            ``min_cells`` control and perturbed cells.
-        seeds: each seed fixes the train/validation split and the model's initialization.
-        model_params: optional hyperparameters per model name.
-        on_progress: called with a short message after each fitted model.
-        on_prediction: called with every :class:`Prediction`, e.g. to plot or save it.
-
-    Returns:
-        Long table: one row per (group, condition, dose, model, seed, metric) with columns
-        ``value``, ``spread``, ``fit_seconds`` and ``predict_seconds``.
-    """
-    model_params = model_params or {}
-    if groups is None:
-        table = eligible_groups(adata, spec, min_cells=min_cells)
-        groups = table.index[table["eligible"]].tolist()
-    blocks = []
-    for group in groups:
-        heldout = holdout_group(adata, spec, group, min_cells=min_cells)  # the held-out cells do not depend on the seed
-        data = prepare_holdout(adata, spec, heldout, n_hvg=n_hvg, hvg_on_all_cells=hvg_on_all_cells)
-        for seed in seeds:
-            split = holdout_group(data, spec, group, seed=seed, min_cells=min_cells)
-            for name in models:
-                result = fit_and_score(data, split, spec, name, seed, model_params.get(name))
-                if on_prediction is not None:
-                    for prediction in result.predictions:
-                        on_prediction(prediction)
-                blocks.append(
-                    result.scores.assign(
-                        model=name,
-                        seed=seed,
-                        fit_seconds=result.fit_seconds,
-                        predict_seconds=result.predict_seconds,
-                    )
-                )
-                if on_progress is not None:
-                    on_progress(f"{group} | {name} | seed {seed}")
-    id_columns = ["group", "condition", "dose", "model", "seed", "n_control", "n_truth"]
-    result = pd.concat(blocks, ignore_index=True)
-    return result[id_columns + [c for c in result.columns if c not in id_columns]]
+def make_fold(
+    raw: AnnData,
+    spec: DatasetSpec,
+    target: str,
+    *,
+    seed: int,
+    kind: SplitKind = "group",
+    dose: float | None = None,
+    group_key: str | None = None,
+    n_hvg: int = 2000,
+    hvg_on_all_cells: bool = False,
+    min_cells: int = DEFAULT_MIN_CELLS,
+) -> Fold:
+    """The fold of every benchmark run and script: :func:`fold_data`, split under ``seed``. Fit on
+    ``fold.split.subset(fold.data, "train")`` (and ``"val"``), score on ``fold.split.targets``."""
+    data = fold_data(
+        raw, spec, target, kind=kind, dose=dose, group_key=group_key, n_hvg=n_hvg, hvg_on_all_cells=hvg_on_all_cells, min_cells=min_cells
+    )
+    return Fold(data, make_split(data, spec, kind, target, dose=dose, group_key=group_key, seed=seed, min_cells=min_cells))
 
 
 def summarize(results: pd.DataFrame, *, by: Sequence[str] = ("model",)) -> pd.DataFrame:

@@ -255,6 +255,10 @@ class ResultStore:
         stamps = dict(zip(PROVENANCE, (i.mtpert_version, i.git_commit or "", i.data_sha256, i.id, finished), strict=True))
         return table.assign(**stamps, **{ROW_COUNT: len(table)})
 
+    def write_skipped(self, skipped: pd.DataFrame) -> None:
+        """Record the held-out targets too small to score, with the reason (``skipped.csv``)."""
+        write_table(skipped.reset_index(), self.root / "skipped.csv")
+
     @property
     def failed(self) -> Path:
         """Folder of the tracebacks of runs that raised (``<run id>.txt``); rerunning retries them."""
@@ -408,3 +412,35 @@ def _read_run(path: Path) -> tuple[pd.DataFrame | None, str | None]:
 def _write_h5ad(adata: ad.AnnData, target: Path) -> None:
     with atomic_path(target) as tmp:
         adata.write_h5ad(tmp, compression="gzip")
+
+
+class MemoryStore:
+    """The store interface of :func:`~mtpert.benchmark.run_benchmark` kept in memory, for a grid
+    whose results are only returned (:func:`~mtpert.benchmark.run_holdout`): nothing is done
+    before it starts, nothing is written to disk."""
+
+    def __init__(self) -> None:
+        self.quarantined: list[tuple[Path, str]] = []
+        self._tables: list[pd.DataFrame] = []
+
+    @contextmanager
+    def open(self, config: BenchmarkConfig, data_sha256: str) -> Iterator[BenchmarkConfig]:
+        yield config
+
+    def done(self, run: RunSpec) -> bool:
+        return False
+
+    def write(self, result: RunResult) -> None:
+        self._tables.append(result.table)
+
+    def write_skipped(self, skipped: pd.DataFrame) -> None:
+        """Nothing to keep: :func:`~mtpert.benchmark.run_benchmark` logs the skipped targets."""
+
+    def write_failure(self, run: RunSpec, error: str) -> None:
+        """Nothing to keep: the failure reaches the caller through ``on_failure``."""
+
+    def results(self) -> pd.DataFrame:
+        """Every run's table, in the order the runs finished."""
+        if not self._tables:
+            raise FileNotFoundError("No finished runs.")
+        return pd.concat(self._tables, ignore_index=True)

@@ -24,6 +24,7 @@ from mtpert.cli.options import (
 if TYPE_CHECKING:
     from mtpert.benchmark.executors import RunFailure
     from mtpert.benchmark.harness import Plan
+    from mtpert.benchmark.progress import Eta
     from mtpert.benchmark.store import RunResult
 
 LIVE_ROWS = 8
@@ -103,7 +104,7 @@ def benchmark(
                 raise typer.BadParameter(f"give {' and '.join(missing)}, or a --config file that sets them.")
             settings = BenchmarkConfig.from_dict({k: v for k, v in given.items() if v is not None})
         runner = make_executor(executor.value, jobs)
-        live = _LiveView()
+        live = _LiveView(runner.jobs)
         start = time.perf_counter()
         try:
             run_benchmark(settings, out, executor=runner, on_plan=live.start, on_result=live.add, on_failure=live.fail)
@@ -153,29 +154,33 @@ def report(
 
 
 class _LiveView:
-    """An overall progress bar and a table of the last finished runs, redrawn as runs finish."""
+    """An overall progress bar with the time left (from the durations of finished runs of each
+    model) and a table of the last finished runs, redrawn as runs finish."""
 
-    def __init__(self) -> None:
+    def __init__(self, jobs: int) -> None:
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
             Progress,
             TextColumn,
             TimeElapsedColumn,
-            TimeRemainingColumn,
         )
 
         self.progress = Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            TextColumn("eta"), TimeRemainingColumn(), console=console,
+            TextColumn("left {task.fields[eta]}"), console=console,
         )  # fmt: skip
+        self.jobs = jobs
         self.rows: list[tuple[str, ...]] = []
         self.finished = 0
         self.failed = 0
         self.live = None
+        self.eta: Eta | None = None
 
     def start(self, plan: Plan) -> None:
         from rich.live import Live
+
+        from mtpert.benchmark.progress import Eta
 
         grid = plan.grid  # skipped groups were already logged by run_benchmark
         console.print(
@@ -183,7 +188,8 @@ class _LiveView:
             f"{len({r.model for r in grid.runs})} models (noise ceiling included) x {len(plan.config.seeds)} seeds; "
             f"{plan.n_done} already done, {len(plan.todo)} to run"
         )
-        self.task = self.progress.add_task("runs", total=len(grid.runs), completed=plan.n_done)
+        self.eta = Eta((t.run.model for t in plan.todo), self.jobs, _earlier_durations(plan))
+        self.task = self.progress.add_task("runs", total=len(grid.runs), completed=plan.n_done, eta=self.eta.text())
         self.live = Live(self._view(), console=console, refresh_per_second=4, transient=False)
         self.live.start()
 
@@ -194,14 +200,16 @@ class _LiveView:
         run = result.run
         self.rows = [*self.rows, (run.heldout, run.model, str(run.seed), *(f"{values.get(m, float('nan')):.3f}" for m in LIVE_METRICS), f"{seconds:.1f}")][-LIVE_ROWS:]
         self.finished += 1
-        self.progress.advance(self.task)
+        self.eta.finished(run.model, float(seconds))  # type: ignore[union-attr]
+        self.progress.update(self.task, advance=1, eta=self.eta.text())  # type: ignore[union-attr]
         if self.live is not None:
             self.live.update(self._view())
 
     def fail(self, failure: RunFailure) -> None:
         """A run raised: say so above the live view, and count it as handled."""
         self.failed += 1
-        self.progress.advance(self.task)
+        self.eta.failed(failure.run.model)  # type: ignore[union-attr]
+        self.progress.update(self.task, advance=1, eta=self.eta.text())  # type: ignore[union-attr]
         self.progress.console.print(f"[red]failed[/] {escape(failure.run.label())}: {escape(failure.message)}")
 
     def stop(self) -> None:
@@ -217,3 +225,11 @@ class _LiveView:
         for row in self.rows:
             table.add_row(*map(escape, row))
         return Group(self.progress, table)
+
+
+def _earlier_durations(plan: Plan) -> dict[str, list[float]]:
+    """Seconds each finished run of the directory took, by model (none in a new directory)."""
+    if not plan.n_done:
+        return {}
+    runs = plan.store.results().drop_duplicates("run_id")
+    return {m: list(r["run_seconds"].astype(float)) for m, r in runs.groupby("model")}
