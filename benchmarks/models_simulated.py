@@ -21,13 +21,13 @@ import numpy as np
 import pandas as pd
 from _common import RESULTS, provenance
 
+from mtpert._array import dense
 from mtpert.benchmark import run_holdout
 from mtpert.benchmark.holdout import Prediction
 from mtpert.data import DatasetSpec, simulate
 from mtpert.data.simulate import true_log_means
 from mtpert.io import atomic_write, write_table
 from mtpert.models import MODELS
-from mtpert.models.base import dense
 
 
 def r2_of_change(prediction: Prediction, sim) -> dict[str, float]:

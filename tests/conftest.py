@@ -1,4 +1,7 @@
-"""Shared fixtures: the real Kang 2018 subset, read from the shared data folder when present."""
+"""Shared fixtures: the real Kang 2018 subset, read from the shared data folder when present.
+
+A test that uses one of them is marked ``realdata``, so ``-m "not realdata"`` leaves it out.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +12,15 @@ import anndata as ad
 import pytest
 
 KANG_FILE = "kang2018_pbmc_ifnb_2k.h5ad"
+REAL_DATA_FIXTURES = {"kang_path", "kang_adata"}
+"""Fixtures that read the shared real data: a test using one is marked ``realdata``."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that reads the shared real data ``realdata`` (``-m "not realdata"``)."""
+    for item in items:
+        if REAL_DATA_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.realdata)
 
 
 def data_dir() -> Path:

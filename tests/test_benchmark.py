@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -132,7 +133,9 @@ def test_a_run_killed_while_writing_leaves_nothing_and_the_rerun_completes(sim_p
     settings = config(sim_path, holdout=("type_0",))
     written = []
 
-    def dies_midway(table, target):  # writes part of the file, then the process "is killed"
+    def dies_midway(table, target):  # writes part of the second run's file, then the process "is killed"
+        if Path(target).parent.name != "runs":
+            return original(table, target)
         if len(written) == 1:
             store_module.atomic_write(target, lambda f: (f.write(b"run_id,metric\n"), _raise(KeyboardInterrupt())))
         written.append(target)
@@ -155,6 +158,8 @@ def _raise(error: BaseException) -> None:
     raise error
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_a_benchmark_killed_with_sigkill_resumes_where_it_stopped(sim_path, tmp_path) -> None:
     """The real thing: ``kill -9`` of the command and its workers mid-grid, as when a job is
     preempted, then the same command. Nothing finished is lost or redone, nothing partial is read."""
@@ -195,7 +200,7 @@ def test_run_holdout_is_the_benchmark_engine_in_memory(sim_path, tmp_path, monke
     assert not list(tmp_path.iterdir())  # nothing written
     assert {(p.target.group, p.model) for p in seen} == {(g, m) for g in ("type_0", "type_2") for m in ("control", "mean_shift")}
     on_disk = run_benchmark(config(sim_path, holdout=("type_0", "type_2"), noise_ceiling_repeats=0), tmp_path / "out").results()
-    by_target = lambda r: r.set_index(["group", "condition", "model", "seed", "metric"])["value"].sort_index()  # noqa: E731
+    by_target = lambda r: r.set_index(["group", "condition", "model", "seed", "metric"])["value"].sort_index()
     pd.testing.assert_series_equal(by_target(in_memory), by_target(on_disk))
     # the one fold helper gives the fold every run uses
     fold = make_fold(adata, SPEC, "type_0", seed=1, n_hvg=100)
@@ -210,6 +215,7 @@ def test_run_holdout_is_the_benchmark_engine_in_memory(sim_path, tmp_path, monke
         run_holdout(adata, SPEC, ["control"], groups=["type_0"], seeds=(1,), n_hvg=100)
 
 
+@pytest.mark.slow
 def test_two_local_jobs_give_the_same_results_as_one(sim_path, tmp_path) -> None:
     settings = config(sim_path, holdout=("type_0",), models=("mean_shift", "mtae"), model_params={"mtae": TINY_MTAE}, noise_ceiling_repeats=0)
     serial = run_benchmark(settings, tmp_path / "serial").results()
@@ -218,6 +224,48 @@ def test_two_local_jobs_give_the_same_results_as_one(sim_path, tmp_path) -> None
     assert (parallel.drop_duplicates("run_id")["torch_threads"] >= 1).all()
 
 
+class _Recording(dict):
+    """A board that remembers every status posted on it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.posted: list[str] = []
+
+    def __setitem__(self, key: str, value: str) -> None:
+        self.posted.append(value)
+        super().__setitem__(key, value)
+
+
+def test_running_runs_post_their_epochs_on_the_executors_board(sim_path, tmp_path) -> None:
+    settings = config(sim_path, holdout=("type_0",), models=("mean_shift", "mtae"), model_params={"mtae": TINY_MTAE}, noise_ceiling_repeats=0)
+    executor = LocalExecutor(jobs=1)
+    executor.board = board = _Recording()
+    run_benchmark(settings, tmp_path / "serial", executor=executor)
+    assert board.posted.count("running") == 2 and "epoch 1/2" in board.posted and "epoch 2/2" in board.posted
+    assert not board  # finished runs leave the board
+    # in worker processes, the board is shared: a watcher sees the fits' epochs while they run
+    slow = {**TINY_MTAE, "hidden": [128], "max_epochs": 40, "patience": 40}
+    executor, seen, stop = LocalExecutor(jobs=2), set(), threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            seen.update(executor.board.copy().values())
+            time.sleep(0.01)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        run_benchmark(config(sim_path, holdout=("type_0",), models=("mtae",), model_params={"mtae": slow}, seeds=(1, 2), noise_ceiling_repeats=0),
+                      tmp_path / "parallel", executor=executor)  # fmt: skip
+    finally:
+        stop.set()
+        watcher.join()
+    assert any(status.startswith("epoch ") and status.endswith("/40") for status in seen), seen
+    assert executor.board == {}
+
+
+@pytest.mark.slow
+@pytest.mark.ray
 def test_ray_executor_matches_local(sim_path, tmp_path) -> None:
     ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'mtpert[ray]'")
     from mtpert.benchmark.executors import RayExecutor
@@ -283,8 +331,9 @@ def test_report_tables_say_what_the_results_say(finished) -> None:
     assert row_names("Mean over held-out targets and seeds") == ["mtae", "mean_shift", "control", NOISE_CEILING]
     assert row_names("Held-out targets on which each model beats mean_shift") == ["mtae", "control"]
     assert re.findall(r"^- (\w+) ", section("Against mean shift"), re.MULTILINE) == ["mtae", "control"]
-    for name in ("metrics_by_model", "heatmap", "pca", "scatter", "dotplot"):
-        assert (finished / "report" / "figures" / f"{name}.png").stat().st_size > 10_000
+    for name in ("metrics_by_model", "heatmap", "pca_*_seed1", "scatter_*_seed1", "dotplot_*_seed1"):  # per target: named after it
+        (png,) = (finished / "report" / "figures").glob(f"{name}.png")
+        assert png.stat().st_size > 10_000
     assert len(list((finished / "predictions").rglob("*_seed1.h5ad"))) == 3  # showcase group, first seed
 
 
@@ -292,6 +341,7 @@ def _browser() -> str | None:
     return next((b for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
 
 
+@pytest.mark.subprocess
 @pytest.mark.skipif(_browser() is None, reason="no headless browser (chromium) installed: apt-get install chromium")
 def test_report_renders_in_a_headless_browser(finished, tmp_path) -> None:
     html = (finished / "report" / "report.html").read_text()

@@ -122,8 +122,8 @@ def test_the_report_has_per_dose_tables_the_rank_and_the_dose_response(study) ->
     assert "rank" in headline.splitlines()[4] and "0.5 is what a dose-blind prediction scores" in headline
     per_dose = summary.split("## r2_top100 per dose (mean over held-out groups and seeds)")[1].split("##")[0]
     assert all(f"{d:g}" in per_dose.splitlines()[2] for d in DOSES)
-    figure = study / "report" / "figures" / "dose_response.png"
-    assert figure.stat().st_size > 10_000 and "dose_response.png" in summary
+    figure = study / "report" / "figures" / "dose_response_type_0_stimulated_seed1.png"
+    assert figure.stat().st_size > 10_000 and figure.name in summary
 
 
 # ---------------------------------------------------------------------------- one dose in every cell type

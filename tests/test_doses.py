@@ -18,6 +18,7 @@ import pytest
 from anndata import AnnData
 from matplotlib.figure import Figure
 
+from mtpert._array import dense
 from mtpert.benchmark.holdout import seed_everything
 from mtpert.data import (
     DatasetSpec,
@@ -32,7 +33,6 @@ from mtpert.data.simulate import true_log_means, true_response
 from mtpert.errors import DataError
 from mtpert.metrics import condition_rank, rank_prediction
 from mtpert.models import MultiTaskModel
-from mtpert.models.base import dense
 from mtpert.pl.dose import dose_response, dose_response_means
 
 SPEC = DatasetSpec(dose_key="dose")

@@ -232,6 +232,7 @@ def public_tmp() -> Path:
     shutil.rmtree(folder)
 
 
+@pytest.mark.subprocess
 def test_a_read_only_out_is_refused(public_tmp) -> None:
     """Run as an unprivileged user: root may write anywhere."""
     command = [sys.executable, "-c", "from mtpert.cli import app; app()"]

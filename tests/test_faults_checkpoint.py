@@ -6,7 +6,6 @@ A few tiny models are fitted once and saved; each test damages a copy of a saved
 
 from __future__ import annotations
 
-import inspect
 import json
 import shutil
 import warnings
@@ -30,8 +29,7 @@ MODELS = ("control", "mean_shift", "mtae", "scgen", "scpregan")
 def fit(name: str, data: AnnData) -> PerturbationModel:
     """Registered model ``name`` with the ``TINY`` options it accepts, fitted on ``data``."""
     preset = get_model(name)
-    accepted = inspect.signature(preset.cls.__init__).parameters
-    options = {k: v for k, v in TINY.items() if k in accepted}
+    options = {k: v for k, v in TINY.items() if k in preset.cls.parameters()}
     return preset(SPEC, **options, **({"min_cells": 2} if name == "mean_shift" else {})).fit(data)
 
 

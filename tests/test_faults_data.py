@@ -96,6 +96,7 @@ def test_simulated_log_data_is_not_taken_for_double_log(kwargs: dict[str, float]
     assert adata.X.max() > pp.DOUBLE_LOG_MAX + 1, "a clear margin above the double-log bound"
 
 
+@pytest.mark.realdata
 @pytest.mark.parametrize("name", REAL_FILES)
 def test_real_log_normalized_data_is_not_refused(name: str) -> None:
     """Real log-normalized data, also cut to 200 HVGs, stays well above the double-log bound."""

@@ -9,12 +9,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from mtpert._array import dense
 from mtpert.benchmark.holdout import seed_everything
 from mtpert.data import simulate
 from mtpert.data.simulate import true_log_means
 from mtpert.errors import DataError
 from mtpert.models import LatentShiftModel
-from mtpert.models.base import dense
 from tests.test_models import DOSE_SPEC, SPEC, build, fold, r2
 
 NET = {"hidden": (128,), "latent_dim": 16, "lr": 3e-3, "batch_size": 64, "max_epochs": 60}

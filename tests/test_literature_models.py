@@ -9,11 +9,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from mtpert._array import dense
 from mtpert.benchmark.holdout import seed_everything
 from mtpert.data import DatasetSpec, holdout_group, prepare, simulate
 from mtpert.data.simulate import true_log_means
 from mtpert.errors import DataError
-from mtpert.models.base import dense
 from tests.test_models import build, r2
 
 SPEC = DatasetSpec()

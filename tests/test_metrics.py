@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -13,7 +17,7 @@ from anndata import AnnData
 
 from mtpert.data.pp import prepare
 from mtpert.data.spec import DatasetSpec
-from mtpert.errors import DataError
+from mtpert.errors import ConfigError, DataError
 from mtpert.metrics import (
     METRICS,
     EvalPair,
@@ -24,10 +28,12 @@ from mtpert.metrics import (
     list_metrics,
     mean_pairwise,
     mmd,
+    register_metric,
     top_degs,
     wasserstein,
 )
 from mtpert.metrics.de import welch_t
+from mtpert.metrics.evaluate import RESULT_COLUMNS
 
 SPEC = DatasetSpec()
 DISTANCES = [e_distance, wasserstein, euclidean, mean_pairwise, mmd]
@@ -148,9 +154,132 @@ def test_registry_is_read_only_and_listed() -> None:
         "deg_overlap_top100",
         "mmd_rel",
     } <= set(METRICS)
-    assert set(table["kind"]) == {"expression", "de", "distance"}
+    assert set(table["kind"]) >= {"expression", "de", "distance", "rank"}
+    scopes = table.set_index("name")["scope"]
+    assert scopes["rank"] == "across_targets" and scopes["r2_all"] == "per_target"
+    assert (METRICS["rank"].best, METRICS["rank"].higher_is_better) == (0.0, False)
     with pytest.raises(TypeError):
         METRICS["new"] = METRICS["r2_all"]  # type: ignore[index]
+
+
+# ---------------------------------------------------------------------- user and plugin metrics
+@pytest.fixture
+def own_registry(monkeypatch):
+    """The metric registry as it is, given back unchanged after the test (registration is global)."""
+    monkeypatch.setattr(METRICS, "_entries", dict(METRICS._entries))
+
+
+def mean_abs_error(pair: EvalPair) -> float:
+    """Mean absolute difference of per-gene means, pred vs truth."""
+    return float(np.abs(pair.means["pred"] - pair.means["truth"]).mean())
+
+
+def test_a_registered_metric_is_evaluated_with_its_best_value_and_direction(data, own_registry) -> None:
+    control, truth, _ = data
+    metric = register_metric(
+        "mean_abs_error", mean_abs_error, best=0.0, higher_is_better=False, description="MAE of means"
+    )
+    assert METRICS["mean_abs_error"] is metric and list(METRICS)[-1] == "mean_abs_error"
+    pred = truth + 0.25
+    row = evaluate(control, truth, pred).set_index("metric").loc["mean_abs_error"]
+    assert row["value"] == pytest.approx(0.25) and math.isnan(row["spread"])
+    assert row["best"] == 0.0 and not row["higher_is_better"]
+    only = evaluate(control, truth, pred, metrics="mean_abs_error")
+    assert only["metric"].tolist() == ["mean_abs_error"]
+    listed = list_metrics().set_index("name").loc["mean_abs_error"]
+    assert (listed["scope"], listed["kind"], listed["description"]) == ("per_target", "other", "MAE of means")
+
+
+def test_a_metric_name_is_registered_once(own_registry) -> None:
+    with pytest.raises(ConfigError, match="The metric name 'r2_all' is already registered"):
+        register_metric("r2_all", mean_abs_error, best=0.0, higher_is_better=False, description="x")
+    mine = register_metric("mine", mean_abs_error, best=0.0, higher_is_better=False, description="x")
+    # the same definition again (a notebook cell run twice) is no conflict
+    assert register_metric("mine", mean_abs_error, best=0.0, higher_is_better=False, description="x") == mine
+    with pytest.raises(ConfigError, match=r"'mine' is already registered as .*test_metrics:mean_abs_error, best 0"):
+        register_metric("mine", mean_abs_error, best=1.0, higher_is_better=True, description="x")
+    assert METRICS["mine"] == mine
+    with pytest.raises(ValueError, match="scope 'global' is not one of"):
+        register_metric("bad", mean_abs_error, best=0.0, higher_is_better=False, description="x", scope="global")  # type: ignore[arg-type]
+
+
+def nearest_is_own(truths, preds, *, control) -> dict:
+    """1 where a prediction's mean is closest to its own condition's true mean, else 0."""
+    means = {k: np.asarray(v.X.mean(0)).ravel() for k, v in truths.items()}
+    keys = list(means)
+    out = {}
+    for key, pred in preds.items():
+        distances = [np.linalg.norm(means[k] - np.asarray(pred.X.mean(0)).ravel()) for k in keys]
+        out[key] = float(keys[int(np.argmin(distances))] == key)
+    return out
+
+
+def test_an_across_target_metric_is_scored_per_group_not_per_target(own_registry) -> None:
+    from mtpert.data import simulate
+    from mtpert.metrics import evaluate_across
+
+    spec = DatasetSpec(dose_key="dose")
+    adata = prepare(simulate(n_cell_types=2, n_genes=60, n_cells=30, doses=(0.5, 4.0), effect_size=2.0, seed=0), spec, n_hvg=0)
+    register_metric(
+        "nearest_is_own", nearest_is_own, best=1.0, higher_is_better=True,
+        description="own truth nearest", scope="across_targets",
+    )  # fmt: skip
+    pred = adata[~spec.is_control(adata)]  # the truth as its own prediction: nearest to itself
+    table = evaluate_across(adata, pred, spec)
+    assert list(table.columns) == ["cell_type", "condition", "dose", *RESULT_COLUMNS]
+    mine = table[table["metric"] == "nearest_is_own"]
+    assert len(mine) == 4 and (mine["value"] == 1.0).all() and mine["higher_is_better"].all()
+    assert (table.loc[table["metric"] == "rank", "value"] == 0.0).all()
+    swapped = pred.copy()
+    swapped.obs["dose"] = swapped.obs["dose"].map({0.5: 4.0, 4.0: 0.5}).astype(float)
+    assert (evaluate_across(adata, swapped, spec, metrics="nearest_is_own")["value"] == 0.0).all()
+    control, truth = adata[spec.is_control(adata)], pred
+    with pytest.raises(DataError, match=r"\['nearest_is_own'\] are computed across the targets of a group.*evaluate_across"):
+        evaluate(control, truth, truth, metrics=["r2_all", "nearest_is_own"])
+    with pytest.raises(DataError, match=r"\['r2_all'\] are computed per target.*evaluate / evaluate_prediction"):
+        evaluate_across(adata, pred, spec, metrics="r2_all")
+
+
+PLUGINS = {
+    "good_plugin.py": "from mtpert.metrics import Metric, register_metric\n"
+    "plugin_metric = Metric('plugin_metric', lambda pair: 1.0, 1.0, True, 'a plugin metric')\n"
+    "def add_more():\n"
+    "    register_metric('from_function', len, best=0.0, higher_is_better=False, description='d')\n",
+    "mtpert_fake_plugins-0.1.dist-info/METADATA": "Metadata-Version: 2.1\nName: mtpert-fake-plugins\nVersion: 0.1\n",
+    "mtpert_fake_plugins-0.1.dist-info/entry_points.txt": "[mtpert.metrics]\n"
+    "plugin_metric = good_plugin:plugin_metric\n"
+    "more = good_plugin:add_more\n"
+    "broken = no_such_module_anywhere:metric\n"
+    "wrong_type = good_plugin:__name__\n",
+}
+PROBE = """
+import json, sys, warnings
+warnings.simplefilter("always")
+from mtpert.metrics import METRICS
+lazy = "good_plugin" not in sys.modules
+with warnings.catch_warnings(record=True) as caught:
+    names = list(METRICS)
+print(json.dumps({"lazy": lazy, "names": names, "best": METRICS["plugin_metric"].best,
+                  "warnings": [(w.category.__name__, str(w.message)) for w in caught]}))
+"""
+
+
+def test_plugins_load_lazily_and_a_broken_one_only_warns(tmp_path) -> None:
+    for name, text in PLUGINS.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    found = json.loads(done.stdout)
+    assert found["lazy"], "importing mtpert.metrics must not load plugins"
+    assert set(found["names"][-2:]) == {"plugin_metric", "from_function"} and found["best"] == 1.0
+    assert "broken" not in found["names"] and "wrong_type" not in found["names"]
+    messages = {m.split("'")[1]: (c, m) for c, m in found["warnings"]}
+    assert set(messages) == {"broken", "wrong_type"}
+    category, broken = messages["broken"]
+    assert category == "PluginWarning" and "mtpert-fake-plugins" in broken and "ModuleNotFoundError" in broken
+    assert "must name a mtpert.metrics.Metric or a function" in messages["wrong_type"][1]
 
 
 # ---------------------------------------------------------------------- expression metrics

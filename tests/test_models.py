@@ -7,8 +7,6 @@ thread so that parallel test runs do not slow each other down.
 
 from __future__ import annotations
 
-import inspect
-
 import matplotlib
 
 matplotlib.use("Agg")
@@ -21,6 +19,7 @@ from matplotlib.axes import Axes
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import cross_val_score
 
+from mtpert._array import dense
 from mtpert.benchmark.holdout import seed_everything
 from mtpert.data import (
     DatasetSpec,
@@ -34,7 +33,6 @@ from mtpert.data.simulate import true_log_means
 from mtpert.data.split import Split
 from mtpert.errors import DataError
 from mtpert.models import MODELS, MultiTaskModel, PerturbationModel, get_model
-from mtpert.models.base import dense
 from mtpert.models.film import CONDITIONINGS
 from mtpert.pl.training import loss_curves
 from mtpert.train import ot_pairs, pair_within_groups
@@ -56,7 +54,7 @@ SMALL = {"hidden": (64,), "latent_dim": 16, "progress": False, "num_threads": 1}
 def build(name: str, spec: DatasetSpec, **overrides) -> PerturbationModel:
     """Registered model ``name`` with those of ``TINY`` and ``overrides`` its constructor accepts."""
     preset = get_model(name)
-    accepted = inspect.signature(preset.cls.__init__).parameters
+    accepted = preset.cls.parameters()
     return preset(spec, **{k: v for k, v in {**TINY, **overrides}.items() if k in accepted})
 
 
@@ -315,6 +313,7 @@ def test_dose_encoding_interpolates_an_unseen_dose() -> None:
         )  # beats either neighbour
 
 
+@pytest.mark.slow
 def test_adversarial_regularizer_hides_condition_from_a_linear_probe() -> None:
     """A linear probe reads the condition from the latent less well with the regularizer.
 
@@ -358,6 +357,7 @@ def test_gaussian_regularizer_moves_latent_towards_standard_normal(single_dose) 
 
 
 # ---------------------------------------------------------------------- real data
+@pytest.mark.slow
 def test_mtae_beats_control_on_kang(kang_adata) -> None:
     group = "CD14 Mono"
     data = prepare(kang_adata, SPEC, n_hvg=2000, exclude=heldout_mask(kang_adata, SPEC, group))

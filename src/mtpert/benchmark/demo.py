@@ -17,7 +17,7 @@ from mtpert.data.simulate import simulate
 from mtpert.data.spec import DatasetSpec
 from mtpert.errors import ConfigError
 from mtpert.io import atomic_write, write_table
-from mtpert.metrics import top_degs
+from mtpert.metrics import list_metrics, top_degs
 from mtpert.models.registry import get_model
 from mtpert.pl import mean_expression_scatter, metric_by_model
 
@@ -65,6 +65,28 @@ def run_demo(
         mean_expression_scatter(p.truth, p.pred, highlight=degs, ax=ax, title=f"{p.model}: {p.target.label()}")
     _save(fig, out / "scatter.png")
     return results
+
+
+def demo_summary(results: pd.DataFrame, models: Sequence[str]) -> pd.DataFrame:
+    """The demo's table: per metric of :data:`DEMO_METRICS`, each model's mean over the held-out
+    targets, the ``best`` model(s) on it (NaN scores left out) and what it ``measures`` (its
+    description, prefixed by the direction: ``↑`` higher is better, ``↓`` lower)."""
+    shown = results[results["metric"].isin(DEMO_METRICS)]
+    table = shown.pivot_table(index="metric", columns="model", values="value")
+    table = table.reindex(index=list(DEMO_METRICS), columns=list(models))
+    metrics = list_metrics().set_index("name")
+    higher, described = metrics["higher_is_better"], metrics["description"]
+
+    def best(metric: str) -> str:
+        scores = table.loc[metric].dropna()
+        top = scores.max() if higher[metric] else scores.min()
+        return ", ".join(scores.index[scores == top]) if len(scores) else "-"
+
+    table.columns = table.columns.astype(str)  # the model names, beside the text columns below
+    return table.assign(
+        best=[best(m) for m in table.index],
+        measures=[("↑ " if higher[m] else "↓ ") + described[m] for m in table.index],
+    )
 
 
 def _save(fig: plt.Figure, path: Path) -> None:

@@ -12,11 +12,12 @@ import os
 import resource
 import time
 import traceback
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
+from types import MappingProxyType
 from typing import Protocol
 
 import pandas as pd
@@ -38,6 +39,7 @@ from mtpert.data.spec import DatasetSpec
 from mtpert.errors import ConfigError, MissingDependencyError
 from mtpert.models.base import PerturbationModel
 from mtpert.models.registry import get_model
+from mtpert.train.loop import on_epoch
 
 QUIET = {"progress": False}
 """Constructor options that change how a model reports, not what it learns; set in workers."""
@@ -72,6 +74,8 @@ class Executor(Protocol):
     """Whether runs execute in this process (and can read data given as an AnnData)."""
     jobs: int
     """Runs executed at once."""
+    board: Mapping[str, str]
+    """What each running run is doing (run id -> status), where the executor can tell."""
 
     def map(self, tasks: Iterable[Task]) -> Iterator[RunResult | RunFailure]:
         """Execute ``tasks`` and yield each result (or failure) as soon as it is ready (in any order)."""
@@ -86,11 +90,17 @@ def usable_cores() -> int:
 # ---------------------------------------------------------------------------- one run
 def execute(task: Task) -> RunResult:
     """Prepare the data for ``task.run``'s held-out cells, fit and score (or compute the noise
-    ceiling), and return its table with the run's costs; nothing is written here.
+    ceiling), and return its table with the run's costs; nothing is written here, but what the
+    run is doing is posted on this process's board (see :class:`LocalExecutor`).
 
     Where a group has several conditions or doses, the table also holds the ``rank`` of each
     prediction among them (:func:`mtpert.benchmark.holdout.rank_scores`).
     """
+    with _posted(task.run.id):
+        return _execute(task)
+
+
+def _execute(task: Task) -> RunResult:
     run = task.run
     min_cells = run.prep["min_cells"]
     data = _prepared(task.data, run.spec, run.split, run.target, run.dose, run.group_key, run.prep["n_hvg"], run.prep["hvg_on_all_cells"], min_cells)
@@ -122,6 +132,26 @@ def execute(task: Task) -> RunResult:
     table = scores.assign(**ids, **costs)
     table = table[[*ids, *(c for c in table.columns if c not in ids)]]
     return RunResult(run, table, predictions, models if task.keep_model else {})
+
+
+_BOARD: MutableMapping[str, str] | None = None
+"""Where runs in this process post what they are doing (set by the executor), or None."""
+
+
+@contextmanager
+def _posted(run_id: str) -> Iterator[None]:
+    """Post the run as running, then each finished epoch of its fits, on this process's board;
+    take it off when it ends."""
+    board = _BOARD
+    if board is None:
+        yield
+        return
+    board[run_id] = "running"
+    try:
+        with on_epoch(lambda epoch, max_epochs: board.__setitem__(run_id, f"epoch {epoch}/{max_epochs}")):
+            yield
+    finally:
+        board.pop(run_id, None)
 
 
 def execute_or_fail(task: Task) -> RunResult | RunFailure:
@@ -206,6 +236,9 @@ class LocalExecutor:
     ``jobs=1`` runs in this process; more use a pool of fresh (spawned) worker processes, each
     reading the data once and preparing it once per held-out group. ``raise_errors`` (only with
     ``jobs=1``): a run's exception propagates instead of becoming a :class:`RunFailure`.
+
+    While :meth:`map` runs, :attr:`board` says what each running run is doing (run id ->
+    ``"running"`` or ``"epoch 12/100"``), for a live view; it is shared with the workers.
     """
 
     def __init__(self, jobs: int = 1, *, raise_errors: bool = False) -> None:
@@ -216,6 +249,7 @@ class LocalExecutor:
         self.jobs = jobs
         self.threads = max(1, usable_cores() // jobs)
         self.raise_errors = raise_errors
+        self.board: MutableMapping[str, str] = {}
 
     @property
     def in_process(self) -> bool:
@@ -225,22 +259,32 @@ class LocalExecutor:
         tasks = list(tasks)
         if self.jobs == 1:
             before = torch.get_num_threads()
-            torch.set_num_threads(self.threads)
+            _start_worker(self.threads, self.board)
             try:
                 yield from map(execute if self.raise_errors else execute_or_fail, tasks)
             finally:
-                torch.set_num_threads(before)
+                _start_worker(before, None)
             return
         context = multiprocessing.get_context("spawn")
-        pool = ProcessPoolExecutor(self.jobs, mp_context=context, initializer=torch.set_num_threads, initargs=(self.threads,))
-        try:
-            pending = {pool.submit(execute_or_fail, t) for t in tasks}
-            while pending:
-                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    yield future.result()
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+        with context.Manager() as manager:
+            self.board = manager.dict()
+            pool = ProcessPoolExecutor(self.jobs, mp_context=context, initializer=_start_worker, initargs=(self.threads, self.board))
+            try:
+                pending = {pool.submit(execute_or_fail, t) for t in tasks}
+                while pending:
+                    finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for future in finished:
+                        yield future.result()
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)
+                self.board = {}
+
+
+def _start_worker(threads: int, board: MutableMapping[str, str] | None) -> None:
+    """Set up a process that executes runs: its torch threads, and the board its runs post on."""
+    global _BOARD
+    torch.set_num_threads(threads)
+    _BOARD = board
 
 
 class RayExecutor:
@@ -250,6 +294,7 @@ class RayExecutor:
     """
 
     in_process = False
+    board: Mapping[str, str] = MappingProxyType({})  # Ray workers post nothing back while they run
 
     def __init__(self, address: str | None = None, cpus_per_run: int = 1) -> None:
         try:

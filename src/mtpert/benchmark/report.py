@@ -1,7 +1,12 @@
-"""The benchmark report: headline table, comparison with mean shift, noise ceiling, figures.
+"""The benchmark report: a verdict in plain words, the figures, then the tables behind them.
 
-On data with doses it adds a table per dose for each metric, the rank of each prediction among
-the doses, and the dose-response figure of the showcase group.
+The report opens with one paragraph computed from the tables (which model is best on which
+metrics, and whether it beats mean shift, on how many held-out targets), then its figures (each
+names its held-out target and seed), then the headline table, the comparison with mean shift,
+costs, and each metric per held-out target. On data with doses it adds a table per dose for each
+metric, the rank of each prediction among the doses, and the dose-response figure of the
+showcase group. Metrics are described from the registry (:data:`mtpert.metrics.METRICS`), so a
+metric added by a user or a plugin is reported like mtpert's own.
 
 :func:`write_report` reads a benchmark directory and writes ``report/report.html`` (self-contained:
 figures embedded), ``report/summary.md``, and every figure as PNG and PDF under ``report/figures``;
@@ -15,6 +20,7 @@ import base64
 import html
 import io
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -29,7 +35,8 @@ from mtpert.benchmark.store import PROVENANCE, ResultStore
 from mtpert.data.split import condition_label
 from mtpert.errors import ConfigError
 from mtpert.io import atomic_write, safe_name
-from mtpert.metrics import top_degs
+from mtpert.metrics import METRICS, top_degs
+from mtpert.metrics.registry import BUILTIN
 from mtpert.pl import (
     deg_dotplot,
     mean_expression_scatter,
@@ -37,6 +44,7 @@ from mtpert.pl import (
     metric_heatmap,
     pca_overlay,
 )
+from mtpert.pl._text import literal
 from mtpert.pl.dose import dose_response
 
 HEADLINE = (
@@ -46,7 +54,7 @@ HEADLINE = (
 """The thesis' headline metrics: DEGs, R² over all HVGs / top-20 / top-100 DEGs, Pearson delta,
 the five distances relative to predicting no change (< 1 beats it), and, where a group has
 several conditions or doses, the rank of each prediction among them (0 best, 0.5 ignores them).
-Those absent from the results are left out."""
+Those absent from the results are left out; metrics added by users or plugins follow them."""
 
 BASELINE = "mean_shift"
 HEATMAP_METRICS = ("r2_top100", "e_distance_rel")
@@ -143,9 +151,68 @@ def verdicts(comparison: pd.DataFrame, baseline: str = BASELINE) -> list[str]:
     return lines
 
 
+def overall_verdict(
+    mean: pd.DataFrame,
+    marks: pd.DataFrame,
+    comparison: pd.DataFrame,
+    *,
+    n_targets: int,
+    seeds: Sequence[int],
+    baseline: str = BASELINE,
+) -> str:
+    """One paragraph from the tables: which model is best on how many (and which) metrics, and
+    whether it beats ``baseline`` (:func:`against_baseline`), on how many held-out targets.
+
+    ``mean`` and ``marks``: :func:`headline` means and :func:`best_models` marks, models in
+    report order (the first of tied models leads); ``comparison``: empty without baseline runs.
+    """
+    models = [m for m in mean.index if m != NOISE_CEILING]
+    if not models or mean.empty:
+        return "No model has results to compare."
+    best_on = {m: [c for c in mean.columns if marks.loc[m, c]] for m in models}
+    leader = max(models, key=lambda m: len(best_on[m]))  # max keeps the first of tied models
+    runs = f"{n_targets} held-out target{'s' * (n_targets != 1)} x {len(seeds)} seed{'s' * (len(seeds) != 1)}"
+    n_best, n_metrics = len(best_on[leader]), mean.shape[1]
+    where = (
+        f"all {n_best} metrics" if n_best == n_metrics
+        else f"{n_best} of {n_metrics} metrics ({', '.join(best_on[leader]) or 'none'})"
+    )  # fmt: skip
+    others = [f"{m} on {len(best_on[m])} ({', '.join(best_on[m])})" for m in models if m != leader and best_on[m]]
+    text = [f"Over {runs}, {leader} is best on {where}" + (f"; {'; '.join(others)}." if others else ".")]
+    if comparison.empty:
+        return " ".join([*text, f"There are no {baseline} runs to compare with."])
+    beats = "better on average and on more than half of the targets"
+
+    def scored(rows: pd.DataFrame) -> str:
+        return ", ".join(f"{r.metric} ({r.targets_better}/{r.targets} targets)" for r in rows.itertuples())
+
+    if leader != baseline:
+        mine = comparison[comparison["model"] == leader]
+        won, lost = mine[mine["beats"]], mine[~mine["beats"]]
+        if won.empty:
+            text.append(f"It does not beat {baseline} on any metric ({beats}); targets on which it is better: {scored(lost)}.")
+        else:
+            but = f", but not on {scored(lost)}." if len(lost) else "; on every metric."
+            text.append(f"It beats {baseline} ({beats}) on {scored(won)}{but}")
+    challengers = comparison[(comparison["model"] != leader) & comparison["beats"]]
+    if challengers.empty:
+        other, defined = ("other ", "") if leader != baseline else ("", f" ({beats})")
+        text.append(f"No {other}model beats {baseline} on any metric{defined}.")
+    else:
+        wins = challengers.groupby("model", sort=False)["metric"].apply(list)
+        text.append(
+            ("Of the other models, " if leader != baseline else f"Against {baseline} ({beats}), ")
+            + "; ".join(f"{m} beats {baseline} on {', '.join(metrics)}" for m, metrics in wins.items())
+            + "."
+        )
+    return " ".join(text)
+
+
 # ---------------------------------------------------------------------------- the report
 @dataclass(frozen=True)
 class Figure:
+    """A figure of the report; ``name`` is its file name (without extension)."""
+
     name: str
     caption: str
     figure: plt.Figure
@@ -155,19 +222,22 @@ def write_report(
     directory: str | os.PathLike[str],
     *,
     out: str | os.PathLike[str] | None = None,
-    metrics: Sequence[str] = HEADLINE,
+    metrics: Sequence[str] | None = None,
     models: Sequence[str] | None = None,
     formats: Sequence[str] = ("png", "pdf"),
 ) -> dict[str, Path]:
     """Write ``report.html``, ``summary.md`` and the figures (in ``formats``) of benchmark
     ``directory`` to folder ``out``.
 
+    ``metrics``: the metrics of the tables and figures; default :data:`HEADLINE`, then any
+    metric in the results that users or plugins added.
     ``models``: report only these (and the noise ceiling), e.g. the part of a grid that is
     complete while the rest still runs; default every model with results.
     ``out``: default ``directory/report``, or ``directory/report-<models>`` with ``models``. A
     report on some models never replaces the full one: ``out=directory/report`` is refused then.
 
-    Returns the paths written, by name (``html``, ``markdown``, and ``<figure>.<format>``).
+    Returns the paths written, by name (``html``, ``markdown``, and ``<figure>.<format>``; a
+    figure of one held-out target and seed is named after them, e.g. ``pca_B_stimulated_seed1``).
     """
     store = ResultStore(directory)
     full = store.root / "report"
@@ -188,7 +258,8 @@ def write_report(
             )
         results = results[results["model"].isin([*models, NOISE_CEILING])]
     config = store.config()
-    metrics = [m for m in metrics if m in set(results["metric"])]
+    found = list(dict.fromkeys(results["metric"]))
+    metrics = [m for m in metrics or (*HEADLINE, *(m for m in found if m not in BUILTIN)) if m in found]
     order = _model_order(results, config.models if config else ())
     mean, spread = headline(results, metrics)
     mean, spread = mean.reindex(order), spread.reindex(order)
@@ -197,21 +268,27 @@ def write_report(
     if len(comparison):  # sentences and table list the models in the report's order, not alphabetically
         comparison = comparison.sort_values("model", key=lambda m: m.map(order.index), kind="stable")
     lines = verdicts(comparison) if len(comparison) else [f"No '{BASELINE}' runs, so no comparison with it."]
+    seeds = sorted(results["seed"].unique())
+    n_targets = len(results[["group", "condition", "dose"]].drop_duplicates())
+    verdict = overall_verdict(mean, marks, comparison, n_targets=n_targets, seeds=seeds)
     written: dict[str, Path] = {}
-    figures = _figures(results, store, config, order, metrics)
+    figures = _figures(results, store, config, order, metrics, _runs_label(n_targets, seeds))
     pngs = {}  # each figure rendered once per format; the PNG is also embedded in the HTML
     for f in figures:
+        title = f.figure.get_suptitle().replace(r"\$", "$")  # the file's Title too, as written
         for fmt in dict.fromkeys(["png", *formats]):
             buffer = io.BytesIO()
-            f.figure.savefig(buffer, format=fmt, dpi=120)
+            f.figure.savefig(buffer, format=fmt, dpi=120, metadata={"Title": title} if fmt in ("png", "pdf") else None)
             pngs[f.name] = buffer.getvalue() if fmt == "png" else pngs[f.name]
             if fmt in formats:
                 written[f"{f.name}.{fmt}"] = atomic_write(folder / "figures" / f"{f.name}.{fmt}", lambda fh, b=buffer: fh.write(b.getvalue()))
         plt.close(f.figure)
     sections = _sections(results, mean, spread, marks, comparison, lines, costs(results).reindex(order), store)
     title = f"mtpert benchmark: {config.data if config else store.root.name}"
-    written["html"] = atomic_write(folder / "report.html", lambda fh: fh.write(_html(title, sections, figures, pngs).encode()))
-    written["markdown"] = atomic_write(folder / "summary.md", lambda fh: fh.write(_markdown(title, sections, figures).encode()))
+    html_text = _html(title, verdict, sections, figures, pngs)
+    markdown_text = _markdown(title, verdict, sections, figures, formats)
+    written["html"] = atomic_write(folder / "report.html", lambda fh: fh.write(html_text.encode()))
+    written["markdown"] = atomic_write(folder / "summary.md", lambda fh: fh.write(markdown_text.encode()))
     return written
 
 
@@ -237,8 +314,7 @@ def _sections(results, mean, spread, marks, comparison, lines, cost, store) -> l
             "cells as a prediction of the other half: how well real cells predict real cells. Halves hold half "
             "the cells, so on noise-sensitive metrics (DEG overlap, distances) a model scored against all true "
             "cells can pass it: read it as a reference, not a bound."
-            + (" rank: how many of the group's other true doses (conditions) are closer to the prediction than its "
-               "own, as a fraction (0 best; 0.5 is what a dose-blind prediction scores)." if "rank" in mean.columns else ""),
+            + "".join(f" {_described(m, results)}" for m in mean.columns if _needs_description(m)),
             cells,
             marks,
         ),
@@ -273,7 +349,36 @@ def _sections(results, mean, spread, marks, comparison, lines, cost, store) -> l
     return out
 
 
-def _figures(results, store, config, order, metrics) -> list[Figure]:
+def _needs_description(metric: str) -> bool:
+    """Whether the headline note explains ``metric``: one computed across targets, or one added by
+    a user or plugin (the note's text covers mtpert's per-target metrics)."""
+    return metric not in BUILTIN or (metric in METRICS and METRICS[metric].scope == "across_targets")
+
+
+def _described(metric: str, results: pd.DataFrame) -> str:
+    """``metric: description (lower is better; best 0).`` from the registry; the direction
+    recorded in the results when the metric is no longer registered (e.g. a plugin removed)."""
+    if metric in METRICS:
+        m = METRICS[metric]
+        return f"{metric}: {m.description} ({'higher' if m.higher_is_better else 'lower'} is better; best {m.best:g})."
+    higher = bool(results.loc[results["metric"] == metric, "higher_is_better"].iloc[0])
+    return f"{metric}: not registered in this session ({'higher' if higher else 'lower'} is better)."
+
+
+def _runs_label(n_targets: int, seeds: Sequence[int]) -> str:
+    """``'9 held-out targets x seeds 1, 2'``: what an aggregate figure summarises, for its title."""
+    return f"{n_targets} held-out target{'s' * (n_targets != 1)} x seed{'s' * (len(seeds) != 1)} {', '.join(map(str, seeds))}"
+
+
+def _file_label(label: str) -> str:
+    """``label`` as part of a file name: as written when it is letters, digits and ``_.@-``
+    (``B``, ``stimulated@2.5``), else :func:`safe_name`'s readable and collision-free form."""
+    return label if re.fullmatch(r"[A-Za-z0-9_@-][A-Za-z0-9_.@-]*", label) else safe_name(label)
+
+
+def _figures(results, store, config, order, metrics, span: str) -> list[Figure]:
+    """The report's figures: two over every run (``span`` says which), then, for the showcase
+    group, one per figure kind for its first kept seed, named after that target and seed."""
     figures = []
     n = len(metrics)
     fig, axes = plt.subplots(2, (n + 1) // 2, figsize=(3.0 * ((n + 1) // 2), 7.5), layout="constrained")
@@ -281,13 +386,15 @@ def _figures(results, store, config, order, metrics) -> list[Figure]:
         metric_by_model(results, metric, ax=ax, order=order)
     for ax in axes.ravel()[n:]:
         ax.set_visible(False)
-    figures.append(Figure("metrics_by_model", "Each metric per model: one dot per held-out target and seed.", fig))
+    fig.suptitle(f"Each metric per model: {span}")
+    figures.append(Figure("metrics_by_model", f"Each metric per model: one dot per held-out target and seed ({span}).", fig))
     present = [m for m in HEATMAP_METRICS if m in set(results["metric"])]
     n_groups = results["group"].nunique()
     fig, axes = plt.subplots(1, len(present), figsize=(len(present) * (2.5 + 0.7 * n_groups), 1.5 + 0.4 * len(order)), layout="constrained", squeeze=False)
     for ax, metric in zip(axes[0], present, strict=True):
         metric_heatmap(results, metric, ax=ax, order=order)
-    figures.append(Figure("heatmap", "Models x held-out targets, mean over seeds.", fig))
+    fig.suptitle(f"Mean over seeds: {span}")
+    figures.append(Figure("heatmap", f"Models x held-out targets, mean over seeds ({span}).", fig))
     showcase = config.showcase if config and config.showcase else None
     runs = results[(results["group"] == showcase) & results["model"].isin(order)] if showcase else results.iloc[:0]
     for condition, rows in runs.groupby("condition", sort=False):
@@ -302,25 +409,29 @@ def _figures(results, store, config, order, metrics) -> list[Figure]:
         dose, (control, truth, preds) = list(kept.items())[-1]
         seed = min(s for _, s in preds)
         chosen = {m: preds[m, seed] for m in order if (m, seed) in preds}
-        label = f"{showcase} -> {condition_label(condition, dose)}, seed {seed}"
+        target = condition_label(condition, dose)
+        label = f"{showcase} -> {target}, seed {seed}"
+        suffix = f"_{_file_label(showcase)}_{_file_label(target)}_seed{seed}"
         degs = top_degs(control, truth, n=N_DEGS)
-        fig, axes = _panel_grid(len(chosen))
+        fig, axes = _panel_grid(len(chosen), title=label)
         for ax, (model, pred) in zip(axes, chosen.items(), strict=False):
             pca_overlay(control, truth, pred, ax=ax, title=model)
-        figures.append(Figure("pca", f"PCA of control, true and predicted cells ({label}); axes fitted on the real cells.", fig))
-        fig, axes = _panel_grid(len(chosen))
+        figures.append(Figure(f"pca{suffix}", f"PCA of control, true and predicted cells ({label}); axes fitted on the real cells.", fig))
+        fig, axes = _panel_grid(len(chosen), title=label)
         for ax, (model, pred) in zip(axes, chosen.items(), strict=False):
             mean_expression_scatter(truth, pred, highlight=degs, ax=ax, title=model)
-        figures.append(Figure("scatter", f"Mean expression per gene, prediction vs truth ({label}); red: top {N_DEGS} true DEGs.", fig))
+        figures.append(Figure(f"scatter{suffix}", f"Mean expression per gene, prediction vs truth ({label}); red: top {N_DEGS} true DEGs.", fig))
         fig, ax = plt.subplots(figsize=(2.5 + 0.32 * len(degs), 1.2 + 0.35 * (len(chosen) + 2)), layout="constrained")
         deg_dotplot(control, truth, chosen, degs, ax=ax)
-        figures.append(Figure("dotplot", f"Top {N_DEGS} true DEGs across control, truth and each prediction ({label}).", fig))
+        fig.suptitle(literal(label))
+        figures.append(Figure(f"dotplot{suffix}", f"Top {N_DEGS} true DEGs across control, truth and each prediction ({label}).", fig))
         if dose is not None:
-            figures.append(_dose_response(kept, config, showcase, condition, seed, order))
+            name = f"dose_response_{_file_label(showcase)}_{_file_label(condition)}_seed{seed}"
+            figures.append(_dose_response(kept, config, showcase, condition, seed, order, name))
     return figures
 
 
-def _dose_response(kept: dict, config, group: str, condition: str, seed: int, order: Sequence[str]) -> Figure:
+def _dose_response(kept: dict, config, group: str, condition: str, seed: int, order: Sequence[str], name: str) -> Figure:
     """True and predicted mean expression across the kept doses of one group, per model (``seed``)."""
     spec = config.dataset_spec()
     spec = replace(spec, cell_type_key=config.group_key or spec.cell_type_key)  # one group of the split's key
@@ -331,21 +442,22 @@ def _dose_response(kept: dict, config, group: str, condition: str, seed: int, or
         for m in order
         if any((m, seed) in p for _, _, p in kept.values())
     }
-    fig = dose_response(truth, preds, spec, condition=condition, n_genes=N_DOSE_GENES)
+    fig = dose_response(truth, preds, spec, condition=condition, n_genes=N_DOSE_GENES, title=f"{group} -> {condition}, seed {seed}")
     caption = (
         f"Dose-response of {group} -> {condition}: mean expression of the top {N_DOSE_GENES} true DEGs of the highest dose, "
         f"true (black) and predicted by each model (seed {seed}), at each dose predicted."
     )
-    return Figure("dose_response", caption, fig)
+    return Figure(name, caption, fig)
 
 
-def _panel_grid(n: int) -> tuple[plt.Figure, list]:
-    """A figure of ``n`` square panels, at most five a row; unused axes hidden."""
+def _panel_grid(n: int, title: str) -> tuple[plt.Figure, list]:
+    """A figure of ``n`` square panels, at most five a row, titled ``title``; unused axes hidden."""
     cols = min(5, n)
     rows = -(-n // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.6 * rows), layout="constrained", squeeze=False)
     for ax in axes.ravel()[n:]:
         ax.set_visible(False)
+    fig.suptitle(literal(title))
     return fig, list(axes.ravel()[:n])
 
 
@@ -376,22 +488,21 @@ _CSS = """body{font-family:system-ui,sans-serif;max-width:1600px;margin:2em auto
 table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:13px}th,td{border:1px solid #ccc;padding:3px 8px;text-align:right;white-space:nowrap}
 .wide{overflow-x:auto}
 th:first-child,td:first-child{text-align:left}thead th{background:#f3f3f3}p.note{color:#555;font-size:13px}
-img{max-width:100%;border:1px solid #eee}figure{margin:1em 0 2em}figcaption{color:#555;font-size:13px}"""
+p.verdict{font-size:15px;line-height:1.5;max-width:75em}img{max-width:100%;border:1px solid #eee}figure{margin:1em 0 2em}figcaption{color:#555;font-size:13px}"""
 
 
-def _html(title: str, sections, figures: list[Figure], pngs: dict[str, bytes]) -> str:
+def _html(title: str, verdict: str, sections, figures: list[Figure], pngs: dict[str, bytes]) -> str:
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
-             f"<h1>{html.escape(title)}</h1>"]  # fmt: skip
+             f"<h1>{html.escape(title)}</h1>", f"<p class='verdict'>{html.escape(verdict)}</p>", "<h2>Figures</h2>"]  # fmt: skip
+    for f in figures:
+        data = base64.b64encode(pngs[f.name]).decode()
+        parts.append(f"<figure id='{html.escape(f.name)}'><img alt='{html.escape(f.name)}' src='data:image/png;base64,{data}'><figcaption>{html.escape(f.caption)}</figcaption></figure>")
     for section in sections:
         if isinstance(section, list):
             parts.append("<h2>Against mean shift</h2><ul class='verdicts'>" + "".join(f"<li>{html.escape(s)}</li>" for s in section) + "</ul>")
             continue
         parts.append(f"<h2>{html.escape(section.title)}</h2>" + (f"<p class='note'>{html.escape(section.note)}</p>" if section.note else ""))
         parts.append(_html_table(section))
-    parts.append("<h2>Figures</h2>")
-    for f in figures:
-        data = base64.b64encode(pngs[f.name]).decode()
-        parts.append(f"<figure id='{f.name}'><img alt='{html.escape(f.name)}' src='data:image/png;base64,{data}'><figcaption>{html.escape(f.caption)}</figcaption></figure>")
     return "\n".join(parts) + "</body></html>\n"
 
 
@@ -427,13 +538,17 @@ def _markdown_table(t: _Table) -> str:
     return cells.to_markdown(disable_numparse=True, colalign=("left",) + ("right",) * cells.shape[1])
 
 
-def _markdown(title: str, sections, figures: list[Figure]) -> str:
-    parts = [f"# {_md(title)}\n"]
+def _markdown(title: str, verdict: str, sections, figures: list[Figure], formats: Sequence[str]) -> str:
+    """The report as Markdown: verdict, figures (shown when PNGs were written, else linked), tables."""
+    parts = [f"# {_md(title)}\n", f"{_md(verdict)}\n", "## Figures\n"]
+    for f in figures:
+        files = " and ".join(f"`figures/{f.name}.{fmt}`" for fmt in formats)
+        image = f"![{_md(f.name)}](figures/{f.name}.png)\n\n" if "png" in formats else ""
+        parts.append(f"{image}{_md(f.caption)} ({files})\n")
     for section in sections:
         if isinstance(section, list):
             parts.append("## Against mean shift\n\n" + "\n".join(f"- {_md(s)}" for s in section) + "\n")
             continue
         note = f"{_md(section.note)}\n\n" if section.note else ""
         parts.append(f"## {_md(section.title)}\n\n{note}{_markdown_table(section)}\n")
-    parts.append("## Figures\n\n" + "\n".join(f"- `figures/{f.name}.png` (and .pdf): {_md(f.caption)}" for f in figures) + "\n")
     return "\n".join(parts)

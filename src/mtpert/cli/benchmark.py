@@ -22,7 +22,7 @@ from mtpert.cli.options import (
 )
 
 if TYPE_CHECKING:
-    from mtpert.benchmark.executors import RunFailure
+    from mtpert.benchmark.executors import Executor, RunFailure
     from mtpert.benchmark.harness import Plan
     from mtpert.benchmark.progress import Eta
     from mtpert.benchmark.store import RunResult
@@ -104,7 +104,7 @@ def benchmark(
                 raise typer.BadParameter(f"give {' and '.join(missing)}, or a --config file that sets them.")
             settings = BenchmarkConfig.from_dict({k: v for k, v in given.items() if v is not None})
         runner = make_executor(executor.value, jobs)
-        live = _LiveView(runner.jobs)
+        live = _LiveView(runner)
         start = time.perf_counter()
         try:
             run_benchmark(settings, out, executor=runner, on_plan=live.start, on_result=live.add, on_failure=live.fail)
@@ -155,9 +155,9 @@ def report(
 
 class _LiveView:
     """An overall progress bar with the time left (from the durations of finished runs of each
-    model) and a table of the last finished runs, redrawn as runs finish."""
+    model), the running runs with the epoch each fit is at, and the last finished runs."""
 
-    def __init__(self, jobs: int) -> None:
+    def __init__(self, executor: Executor) -> None:
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -170,7 +170,8 @@ class _LiveView:
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             TextColumn("left {task.fields[eta]}"), console=console,
         )  # fmt: skip
-        self.jobs = jobs
+        self.executor = executor
+        self.labels: dict[str, str] = {}
         self.rows: list[tuple[str, ...]] = []
         self.finished = 0
         self.failed = 0
@@ -188,9 +189,10 @@ class _LiveView:
             f"{len({r.model for r in grid.runs})} models (noise ceiling included) x {len(plan.config.seeds)} seeds; "
             f"{plan.n_done} already done, {len(plan.todo)} to run"
         )
-        self.eta = Eta((t.run.model for t in plan.todo), self.jobs, _earlier_durations(plan))
+        self.labels = {t.run.id: t.run.label() for t in plan.todo}
+        self.eta = Eta((t.run.model for t in plan.todo), self.executor.jobs, _earlier_durations(plan))
         self.task = self.progress.add_task("runs", total=len(grid.runs), completed=plan.n_done, eta=self.eta.text())
-        self.live = Live(self._view(), console=console, refresh_per_second=4, transient=False)
+        self.live = Live(get_renderable=self._view, console=console, refresh_per_second=4, transient=False)
         self.live.start()
 
     def add(self, result: RunResult) -> None:
@@ -203,7 +205,7 @@ class _LiveView:
         self.eta.finished(run.model, float(seconds))  # type: ignore[union-attr]
         self.progress.update(self.task, advance=1, eta=self.eta.text())  # type: ignore[union-attr]
         if self.live is not None:
-            self.live.update(self._view())
+            self.live.refresh()
 
     def fail(self, failure: RunFailure) -> None:
         """A run raised: say so above the live view, and count it as handled."""
@@ -221,10 +223,13 @@ class _LiveView:
         from rich.console import Group
         from rich.table import Table
 
+        running = Table("running", "now", title="running runs", title_justify="left")
+        for run_id, status in sorted(self.executor.board.copy().items(), key=lambda item: self.labels.get(item[0], "")):
+            running.add_row(escape(self.labels.get(run_id, run_id)), escape(status))
         table = Table("held out", "model", "seed", *LIVE_METRICS.values(), "s", title="last finished runs", title_justify="left")
         for row in self.rows:
             table.add_row(*map(escape, row))
-        return Group(self.progress, table)
+        return Group(self.progress, running, table)
 
 
 def _earlier_durations(plan: Plan) -> dict[str, list[float]]:

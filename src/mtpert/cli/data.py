@@ -90,6 +90,25 @@ def list_registered() -> None:
     console.print(table)
 
 
+@app.command("download")
+def download(
+    name: Annotated[str, typer.Argument(help="A registered dataset (see `mtpert data list`).")],
+    cache_dir: Annotated[
+        Path | None, typer.Option(help="Folder to keep downloads in.", file_okay=False, show_default="$MTPERT_CACHE_DIR, else the user cache")
+    ] = None,
+) -> None:
+    """Download a registered dataset once, check it against its recorded checksum, and say where it is.
+
+    Commands given the dataset's name then read it from there without downloading again.
+    """
+    from mtpert.data.registry import DATASETS, download_dataset
+
+    with user_errors():
+        file = download_dataset(name, cache_dir=cache_dir)
+    checked = "matches its recorded checksum" if DATASETS[name].known_hash else "has no published checksum to check"
+    console.print(f"[bold]{escape(str(file))}[/] ({file.stat().st_size / 1e6:.1f} MB) {checked}.")
+
+
 @app.command("simulate")
 def simulate(
     out: Annotated[Path, typer.Option(help="The .h5ad file to write.", dir_okay=False)],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Annotated
@@ -17,6 +18,20 @@ if TYPE_CHECKING:
 
 console = Console()
 err_console = Console(stderr=True)
+
+PIPED_WIDTH = 1000
+"""Console width when the output is a file or a pipe: rich would otherwise cut every line and
+table at 80 columns, and a table cut in a log file cannot be read back."""
+
+
+def fit_consoles_to_output() -> None:
+    """Keep a terminal's width; make output to a file or pipe :data:`PIPED_WIDTH` wide (or
+    ``$COLUMNS`` wide, if set), so that no line or table is cut. Called before every command."""
+    columns = os.environ.get("COLUMNS", "")
+    for output in (console, err_console):
+        if not output.is_terminal:
+            output.width = int(columns) if columns.isdigit() else PIPED_WIDTH
+
 
 CellTypeKey = Annotated[
     str | None, typer.Option(help="obs column with the cell type, the held-out unit [default: cell_type].")
@@ -48,6 +63,7 @@ def make_spec(
 
 def print_frame(frame: pd.DataFrame, *, title: str | None = None, digits: int = 3) -> None:
     """Print a DataFrame (index included) as a rich table, numbers rounded, text as written (no markup)."""
+    from pandas.api.types import is_numeric_dtype
     from rich.table import Table
 
     table = Table(title=None if title is None else escape(title), title_justify="left")
@@ -55,7 +71,7 @@ def print_frame(frame: pd.DataFrame, *, title: str | None = None, digits: int = 
     for name in names:
         table.add_column(escape(name))
     for column in frame.columns:
-        table.add_column(escape(str(column)), justify="right")
+        table.add_column(escape(str(column)), justify="right" if is_numeric_dtype(frame[column]) else "left")
     for index, row in frame.iterrows():
         labels = index if isinstance(index, tuple) else (index,)
         cells = [f"{v:.{digits}f}" if isinstance(v, float) else str(v) for v in row]

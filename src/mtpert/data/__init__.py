@@ -1,7 +1,14 @@
 """Data layer: dataset spec, preprocessing, OOD splits, public datasets and the simulator."""
 
 from mtpert.data.pp import detect_kind, log_normalize, prepare, require_kind, select_hvgs
-from mtpert.data.registry import DATASETS, RemoteDataset, list_datasets, load_dataset
+from mtpert.data.registry import (
+    DATASETS,
+    RemoteDataset,
+    download_dataset,
+    list_datasets,
+    load_dataset,
+    read_h5ad,
+)
 from mtpert.data.simulate import simulate, true_log_means, true_response
 from mtpert.data.spec import DEFAULT_MIN_CELLS, DatasetSpec
 from mtpert.data.split import (
@@ -25,6 +32,7 @@ __all__ = [
     "Target",
     "condition_label",
     "detect_kind",
+    "download_dataset",
     "eligible_conditions",
     "eligible_groups",
     "heldout_mask",
@@ -34,6 +42,7 @@ __all__ = [
     "load_dataset",
     "log_normalize",
     "prepare",
+    "read_h5ad",
     "require_kind",
     "select_hvgs",
     "simulate",

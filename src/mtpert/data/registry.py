@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -248,22 +249,40 @@ def _cache_dir(cache_dir: str | os.PathLike[str] | None) -> Path:
     return Path(cache_dir or os.environ.get(CACHE_ENV) or pooch.os_cache("mtpert"))
 
 
+def download_dataset(
+    dataset: str | RemoteDataset, *, cache_dir: str | os.PathLike[str] | None = None
+) -> Path:
+    """Path of registered ``dataset`` in the cache, downloaded first if it is missing or does not
+    match its checksum (see :func:`load_dataset`, which reads it).
+
+    Raises:
+        DatasetUnavailableError: the download failed or did not match its checksum, or the
+            dataset has no direct download; the message says where to put a copy instead.
+        DataError: ``dataset`` is not a registered name.
+    """
+    if isinstance(dataset, RemoteDataset):
+        return _fetch(dataset, _cache_dir(cache_dir))
+    if dataset not in DATASETS:
+        raise DataError(f"'{dataset}' is not a registered dataset; registered: {sorted(DATASETS)}.")
+    return _fetch(DATASETS[dataset], _cache_dir(cache_dir))
+
+
 def _fetch(entry: RemoteDataset, cache: Path) -> Path:
     """Path of the verified file in ``cache``, downloading it first if it is missing or stale."""
     target = cache / entry.filename
     instead = (
-        f"If you have the file, pass it: load_dataset('{entry.name}', path='/path/to/file.h5ad') "
-        "(CLI: give the file path in place of the dataset name)."
+        f"or pass your own copy: load_dataset('{entry.name}', path='/path/to/file.h5ad') "
+        "(CLI: give the file path in place of the dataset name)"
     )
     if not entry.urls:
         if target.is_file():
             return _verified(target, entry)
         raise DatasetUnavailableError(
             f"Dataset '{entry.name}' has no direct download; get it from "
-            f"{entry.manual_download}, then put it at {target} (where it is looked for). {instead}"
+            f"{entry.manual_download}, then put it at {target} (where it is looked for), {instead}."
         )
     fresh = not target.is_file()
-    failures, mismatch = [], False
+    failures: dict[str, list[str]] = {}  # reason -> the URLs that failed for it
     for url in entry.urls:
         try:
             file = Path(
@@ -275,26 +294,37 @@ def _fetch(entry: RemoteDataset, cache: Path) -> Path:
                     progressbar=_progressbar(),
                 )
             )
-        except ValueError as exc:  # pooch: checksum mismatch (download deleted) or a bad URL
-            mismatch = mismatch or "known hash" in str(exc)
-            failures.append(f"{url}: {exc}")
-        except OSError as exc:  # offline, refused, HTTP error (requests' errors are OSErrors)
-            failures.append(f"{url}: {type(exc).__name__}: {exc}")
+        except (ValueError, OSError) as exc:  # checksum mismatch, bad URL; offline, refused, HTTP error
+            failures.setdefault(_failure_reason(exc), []).append(url)
         else:
             if entry.known_hash is None and fresh:
                 _warn_unverified(entry, file)
             return file
-    hint = (
-        " A checksum mismatch means the server sent something other than the recorded file "
-        "(often an error or challenge page); it was discarded, not loaded."
-        if mismatch
-        else ""
-    )
+    reasons = "; ".join(f"{reason} ({', '.join(urls)})" for reason, urls in failures.items())
     raise DatasetUnavailableError(
-        f"Could not download dataset '{entry.name}' ({'; '.join(failures)}).{hint} "
-        f"It would be cached at {target}; a copy placed there is used without downloading. "
-        f"{instead}"
+        f"Could not download dataset '{entry.name}': {reasons}. Put a copy of the file at {target} "
+        f"(it is then used without downloading), {instead}."
     )
+
+
+def _failure_reason(error: ValueError | OSError) -> str:
+    """What went wrong with one download, in a few words (requests' and urllib3's own messages
+    run to several lines of connection-pool detail)."""
+    import requests  # pooch's downloader; imported by pooch only when downloading, so here too
+
+    if isinstance(error, ValueError):
+        if "known hash" in str(error):  # pooch deleted the download
+            return "the server sent a file that does not match the recorded checksum (an error page?); it was discarded"
+        return str(error)
+    if isinstance(error, requests.HTTPError) and error.response is not None:
+        return f"HTTP error {error.response.status_code} {error.response.reason}"
+    if isinstance(error, requests.Timeout):
+        return "the server did not answer in time"
+    if isinstance(error, requests.ConnectionError):
+        return "no connection to the server (offline, or the server refused it)"
+    if error.filename is not None:  # a local error, e.g. a cache folder that cannot be written
+        return f"{error.strerror or type(error).__name__}: {error.filename}"
+    return type(error).__name__
 
 
 def _verified(file: Path, entry: RemoteDataset) -> Path:
@@ -323,7 +353,9 @@ def _warn_unverified(entry: RemoteDataset, file: Path) -> None:
 
 
 def _progressbar() -> bool:
-    return importlib.util.find_spec("tqdm") is not None
+    """Whether pooch draws a download bar: only on a terminal (in a log file its redraws are
+    noise) and where tqdm, which draws it, is installed."""
+    return sys.stderr.isatty() and importlib.util.find_spec("tqdm") is not None
 
 
 def read_h5ad(file: str | os.PathLike[str]) -> AnnData:

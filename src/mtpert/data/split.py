@@ -115,6 +115,16 @@ def _train_val(adata: AnnData, spec: DatasetSpec, keep: np.ndarray, val_fraction
     return pd.Index(obs.index[~in_val]), pd.Index(obs.index[in_val])
 
 
+def train_val(
+    adata: AnnData, spec: DatasetSpec, *, val_fraction: float = 0.2, seed: int = 0
+) -> tuple[pd.Index, pd.Index]:
+    """Train and validation cell names over every cell, nothing held out: the seeded division,
+    stratified by cell type x condition (x dose), that :func:`holdout_group` makes of the rest."""
+    spec.validate(adata)
+    everything = np.ones(adata.n_obs, dtype=bool)
+    return _train_val(adata, spec, everything, val_fraction, seed, spec.cell_type_key)
+
+
 def holdout_group(
     adata: AnnData,
     spec: DatasetSpec,

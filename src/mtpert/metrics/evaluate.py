@@ -1,13 +1,17 @@
 """Score predictions: one target from three sets of cells, or every group of a prediction file.
 
-Results are long tables, one row per metric (and per group), with the metric's best value and
-direction alongside, so they concatenate across models, targets and seeds without reshaping.
+Per-target metrics score each target's prediction on its own (:func:`evaluate`,
+:func:`evaluate_prediction`); across-target metrics score all predictions of a cell type together
+against all its true conditions (:func:`evaluate_across`, :func:`rank_prediction`). Results are
+long tables, one row per metric (and per group), with the metric's best value and direction
+alongside, so they concatenate across models, targets and seeds without reshaping.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -18,20 +22,31 @@ from mtpert.data.spec import DatasetSpec
 from mtpert.errors import DataError
 from mtpert.metrics.inputs import Cells
 from mtpert.metrics.pair import DEFAULT_N_PCS, EvalPair
-from mtpert.metrics.registry import METRICS, Metric
+from mtpert.metrics.rank import Distance, condition_rank
+from mtpert.metrics.registry import METRICS, SCOPE_WORDS, SCORED_BY, Metric, Scope
 
 RESULT_COLUMNS = ["metric", "value", "spread", "best", "higher_is_better"]
 
 
-def select_metrics(names: Iterable[str] | str | None = None) -> tuple[Metric, ...]:
-    """The registered metrics called ``names`` (all when None), in registry order."""
+def select_metrics(
+    names: Iterable[str] | str | None = None, *, scope: Scope = "per_target"
+) -> tuple[Metric, ...]:
+    """The registered metrics called ``names`` (all of ``scope`` when None), in registry order;
+    a name of another scope is refused, naming the function that scores it."""
     if names is None:
-        return tuple(METRICS.values())
+        return tuple(m for m in METRICS.values() if m.scope == scope)
     names = [names] if isinstance(names, str) else list(names)
     unknown = [n for n in names if n not in METRICS]
     if unknown:
         raise DataError(
             f"Unknown metric(s) {unknown}; available: {list(METRICS)} (see list_metrics())."
+        )
+    other = [n for n in names if METRICS[n].scope != scope]
+    if other:
+        theirs = METRICS[other[0]].scope
+        raise DataError(
+            f"Metric(s) {other} are computed {SCOPE_WORDS[theirs]}, not {SCOPE_WORDS[scope]}; "
+            f"score them with {SCORED_BY[theirs]}."
         )
     return tuple(m for m in METRICS.values() if m.name in names)
 
@@ -148,6 +163,84 @@ def evaluate_prediction(
         ids |= {"n_control": control.n_obs, "n_truth": truth.n_obs, "n_pred": pred.n_obs}
         tables.append(table.assign(**ids)[[*ids, *RESULT_COLUMNS]])
     return pd.concat(tables, ignore_index=True)
+
+
+def evaluate_across(
+    adata_truth: AnnData,
+    adata_pred: AnnData,
+    spec: DatasetSpec,
+    *,
+    groups: Iterable[str] | None = None,
+    metrics: Iterable[str] | str | None = None,
+) -> pd.DataFrame:
+    """Score the across-target metrics (e.g. ``rank``) of every cell type of a prediction file.
+
+    For each cell type in ``adata_pred``, its predicted (condition, dose) groups are scored
+    together against every (condition, dose) of that cell type in ``adata_truth``, with its
+    control cells there as control.
+
+    Args:
+        adata_truth, adata_pred, spec, groups: as in :func:`evaluate_prediction`.
+        metrics: names of across-target metrics (:func:`list_metrics`, scope
+            ``across_targets``); all of them when None.
+
+    Returns:
+        One row per predicted (cell type, condition[, dose]) and metric: ``cell_type``,
+        ``condition``, ``dose`` (when the spec has doses), ``metric``, ``value``, ``spread``
+        (NaN), ``best`` and ``higher_is_better``.
+    """
+    return _score_across(adata_truth, adata_pred, spec, groups, select_metrics(metrics, scope="across_targets"))
+
+
+def rank_prediction(
+    adata_truth: AnnData,
+    adata_pred: AnnData,
+    spec: DatasetSpec,
+    *,
+    groups: Iterable[str] | None = None,
+    n_degs: int | None = None,
+    distance: Distance = "euclidean",
+) -> pd.DataFrame:
+    """:func:`evaluate_across` of metric ``rank`` alone, with the options of
+    :func:`~mtpert.metrics.condition_rank` (``n_degs``, ``distance``)."""
+    rank = replace(METRICS["rank"], function=partial(condition_rank, n_degs=n_degs, distance=distance))
+    return _score_across(adata_truth, adata_pred, spec, groups, (rank,))
+
+
+def _score_across(
+    adata_truth: AnnData,
+    adata_pred: AnnData,
+    spec: DatasetSpec,
+    groups: Iterable[str] | None,
+    metrics: Iterable[Metric],
+) -> pd.DataFrame:
+    """Rows of each across-target metric of ``metrics`` for every predicted group, by cell type."""
+    predicted = _predicted_groups(adata_pred, spec, groups)
+    id_columns = ["cell_type", "condition", *(["dose"] if spec.dose_key is not None else [])]
+    rows = []
+    for cell_type in sorted({g.cell_type for g in predicted}):
+        mine = [g for g in predicted if g.cell_type == cell_type]
+        in_type = _of_type(adata_truth, spec, cell_type)
+        control = adata_truth[in_type & spec.is_control(adata_truth)]
+        perturbed = adata_truth[in_type & ~spec.is_control(adata_truth)]
+        keys = _predicted_groups(perturbed, spec, None) if perturbed.n_obs else []
+        truths = {g: adata_truth[_in_group(adata_truth, spec, g)] for g in keys}
+        preds = {g: adata_pred[_in_group(adata_pred, spec, g)] for g in mine}
+        scored = []
+        for metric in metrics:
+            try:
+                scored.append((metric, metric.across(truths, preds, control if control.n_obs else None)))
+            except DataError as err:
+                raise DataError(
+                    f"Metric '{metric.name}' across the conditions of '{cell_type}': {err}"
+                ) from err
+        for group in mine:
+            ids = [group.cell_type, group.condition, *([group.dose] if spec.dose_key is not None else [])]
+            for metric, scores in scored:
+                rows.append(
+                    [*ids, metric.name, scores[group], np.nan, metric.best, metric.higher_is_better]
+                )
+    return pd.DataFrame(rows, columns=[*id_columns, *RESULT_COLUMNS])
 
 
 def _predicted_groups(

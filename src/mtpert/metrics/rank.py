@@ -17,25 +17,22 @@ direction only, for distinct perturbations. Genes: all genes given (e.g. the HVG
 trained on), or the union of the top ``n_degs`` DEGs of every true condition against control, so
 that every condition is measured on one gene set.
 
-It needs several predictions at once, so it is not a per-target :class:`~mtpert.metrics.Metric`
-in the registry (whose functions take one :class:`~mtpert.metrics.EvalPair`); :func:`rank_prediction`
-returns rows in the same long format, so the tables concatenate.
+It needs several predictions at once, so it is registered as metric ``rank`` with scope
+``across_targets``: :func:`~mtpert.metrics.evaluate_across` and
+:func:`~mtpert.metrics.rank_prediction` score it on a prediction file, in the long result format.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Hashable, Mapping
 from typing import Literal
 
 import numpy as np
 import pandas as pd
-from anndata import AnnData
 from numpy.typing import ArrayLike
 
-from mtpert.data.spec import DatasetSpec
 from mtpert.errors import DataError
 from mtpert.metrics.de import rank_genes
-from mtpert.metrics.evaluate import RESULT_COLUMNS, _in_group, _of_type, _predicted_groups
 from mtpert.metrics.inputs import Cells, load_sets
 
 Distance = Literal["euclidean", "cosine"]
@@ -111,59 +108,6 @@ def condition_rank(
         tied = np.isclose(others, d[own])
         ranks[key] = ((others < d[own]) & ~tied).sum() + 0.5 * tied.sum()
     return pd.Series(ranks, name="rank", dtype=float) / (len(truths) - 1)
-
-
-def rank_prediction(
-    adata_truth: AnnData,
-    adata_pred: AnnData,
-    spec: DatasetSpec,
-    *,
-    groups: Iterable[str] | None = None,
-    n_degs: int | None = None,
-    distance: Distance = "euclidean",
-) -> pd.DataFrame:
-    """:func:`condition_rank` for every cell type of a prediction file, in the long result format.
-
-    For each cell type in ``adata_pred``, its predicted (condition, dose) groups are ranked among
-    every (condition, dose) of that cell type in ``adata_truth``, with its control cells there as
-    control.
-
-    Args:
-        adata_truth, adata_pred, spec, groups: as in :func:`mtpert.metrics.evaluate_prediction`.
-        n_degs, distance: as in :func:`condition_rank`.
-
-    Returns:
-        One row per predicted (cell type, condition[, dose]): ``cell_type``, ``condition``,
-        ``dose`` (when the spec has doses), ``metric`` (``'rank'``), ``value``, ``spread`` (NaN),
-        ``best`` (0) and ``higher_is_better`` (False).
-    """
-    predicted = _predicted_groups(adata_pred, spec, groups)
-    rows = []
-    for cell_type in sorted({g.cell_type for g in predicted}):
-        mine = [g for g in predicted if g.cell_type == cell_type]
-        in_type = _of_type(adata_truth, spec, cell_type)
-        control = adata_truth[in_type & spec.is_control(adata_truth)]
-        perturbed = adata_truth[in_type & ~spec.is_control(adata_truth)]
-        keys = _predicted_groups(perturbed, spec, None) if perturbed.n_obs else []
-        truths = {g: adata_truth[_in_group(adata_truth, spec, g)] for g in keys}
-        try:
-            ranks = condition_rank(
-                truths,
-                {g: adata_pred[_in_group(adata_pred, spec, g)] for g in mine},
-                control=control if control.n_obs else None,
-                n_degs=n_degs,
-                distance=distance,
-            )
-        except DataError as err:
-            raise DataError(f"Ranking the conditions of '{cell_type}': {err}") from err
-        for group, value in ranks.items():
-            ids = {"cell_type": group.cell_type, "condition": group.condition}
-            if spec.dose_key is not None:
-                ids["dose"] = group.dose
-            rows.append(
-                ids | dict(zip(RESULT_COLUMNS, ("rank", value, np.nan, 0.0, False), strict=True))
-            )
-    return pd.DataFrame(rows)
 
 
 def _cosine_distance(truth: np.ndarray, pred: np.ndarray) -> np.ndarray:

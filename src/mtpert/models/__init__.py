@@ -1,20 +1,40 @@
-"""Perturbation models behind one interface: fit on AnnData, predict AnnData, save, load."""
+"""Perturbation models behind one interface: fit on AnnData, predict AnnData, save, load.
+
+Models are taken by name from :data:`MODELS`; add your own with :func:`register_model` or an
+entry point in the group ``mtpert.models`` (see :mod:`mtpert.models.registry`).
+"""
 
 from mtpert.models.base import NotFittedError, PerturbationModel
 from mtpert.models.latent_shift import LatentShiftModel
 from mtpert.models.multitask import MultiTaskModel
-from mtpert.models.registry import MODELS, ModelPreset, get_model, list_models
+from mtpert.models.registry import (
+    MODELS,
+    ModelPreset,
+    ModelRegistry,
+    get_model,
+    list_models,
+    register_model,
+)
+from mtpert.models.scbutterfly import ScButterfly
+from mtpert.models.scpregan import ScPreGAN
 from mtpert.models.simple import ControlPredictor, MeanShift
+from mtpert.models.trained import Hyperparameters, TrainedModel
 
 __all__ = [
     "MODELS",
     "ControlPredictor",
+    "Hyperparameters",
     "LatentShiftModel",
     "MeanShift",
     "ModelPreset",
+    "ModelRegistry",
     "MultiTaskModel",
     "NotFittedError",
     "PerturbationModel",
+    "ScButterfly",
+    "ScPreGAN",
+    "TrainedModel",
     "get_model",
     "list_models",
+    "register_model",
 ]

@@ -14,22 +14,25 @@ each model's ``_restore`` builds its networks from the config and passes their t
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import pickle
+import pkgutil
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Self, get_type_hints
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 import torch
 from anndata import AnnData
 
 import mtpert
+from mtpert._array import dense  # noqa: F401  (re-exported for older imports)
 from mtpert.data.pp import require_kind
 from mtpert.data.spec import DatasetSpec
 from mtpert.errors import CheckpointError, DataError, MtpertError
@@ -51,6 +54,9 @@ CONFIG_KEYS: Mapping[str, type] = {
     "learned": dict,
 }
 """What every saved ``config.json`` holds, and the JSON type of each value."""
+RUNTIME_OPTIONS = ("device", "num_threads", "progress")
+"""Options of ``fit`` and ``load`` that say where and how a model runs, not what it learns: never
+saved, and dropped from the hyperparameters of models saved before they were set apart."""
 
 
 class NotFittedError(MtpertError, RuntimeError):
@@ -63,7 +69,8 @@ class PerturbationModel(ABC):
     Subclasses set ``name`` (their registry key; a class serving several presets may make it
     a property derived from its options), take their hyperparameters as keyword-only constructor
     arguments and pass them to ``super().__init__`` so they are saved explicitly, and implement
-    :meth:`_fit`, :meth:`_predict`, :meth:`_learned` and :meth:`_restore`.
+    :meth:`_fit`, :meth:`_predict`, :meth:`_learned` and :meth:`_restore`. Models that train
+    networks derive from :class:`mtpert.models.trained.TrainedModel`, which does this for them.
 
     ``predicts_unseen_doses`` says whether the model can be asked for a dose it was not trained
     on (a continuous dose encoding, or a dose scaling); a benchmark holding a dose out needs it.
@@ -78,10 +85,22 @@ class PerturbationModel(ABC):
         self.genes: list[str] | None = None
 
     # ------------------------------------------------------------------ public API
-    def fit(self, train: AnnData, val: AnnData | None = None) -> Self:
+    def fit(
+        self,
+        train: AnnData,
+        val: AnnData | None = None,
+        *,
+        device: str | None = None,
+        num_threads: int | None = None,
+        progress: bool | None = None,
+    ) -> Self:
         """Learn from ``train`` (control and perturbed cells of the training cell types).
 
         ``val`` is used by models that stop early or tune on held-aside cells; others ignore it.
+        ``device``, ``num_threads`` and ``progress`` say where and how a network trains, and stay
+        the model's settings (None: keep the setting; see
+        :class:`~mtpert.models.trained.TrainedModel`); they are not saved, and models without a
+        network ignore them.
         """
         self._check_input(train, "train")
         self.spec.validate(train)
@@ -90,7 +109,8 @@ class PerturbationModel(ABC):
             if list(val.var_names) != list(train.var_names):
                 raise DataError("Validation cells must have the same genes, in the same order, as training cells.")
         self.genes = train.var_names.tolist()
-        self._fit(train, val)
+        with self._running(device=device, num_threads=num_threads, progress=progress):
+            self._fit(train, val)
         return self
 
     def predict(self, control: AnnData, condition: str, dose: float | None = None) -> AnnData:
@@ -104,7 +124,8 @@ class PerturbationModel(ABC):
             raise DataError(f"This dataset has doses (obs['{self.spec.dose_key}']); pass dose= to predict.")
         if condition == self.spec.control:
             raise DataError(f"'{condition}' is the control condition; ask for a perturbation to predict.")
-        X = np.asarray(self._predict(control, condition, dose), dtype=np.float32)
+        with self._running():
+            X = np.asarray(self._predict(control, condition, dose), dtype=np.float32)
         if X.shape != control.shape:
             raise RuntimeError(f"{self.name} predicted shape {X.shape}, expected {control.shape}.")
         obs = control.obs.copy()
@@ -123,7 +144,7 @@ class PerturbationModel(ABC):
         path.mkdir(parents=True, exist_ok=True)
         config = {
             "model": self.name,
-            "class": type(self).__name__,
+            "class": f"{type(self).__module__}:{type(self).__qualname__}",  # how load finds it
             "mtpert_version": mtpert.__version__,
             "hparams": self.hparams,
             "spec": self.spec.to_dict(),
@@ -174,6 +195,21 @@ class PerturbationModel(ABC):
                 "this version.)"
             ) from error
 
+    @classmethod
+    def parameters(cls) -> dict[str, inspect.Parameter]:
+        """The constructor's keyword-only parameters (what a config may set) with their types:
+        ``Any`` where there is no hint, or one that cannot be resolved (a plugin's hint naming a
+        type imported only for type checkers); a ``**kwargs`` parameter is included as such."""
+        try:
+            hints = get_type_hints(cls.__init__)
+        except NameError:
+            hints = {}
+        return {
+            name: p.replace(annotation=hints.get(name, Any))
+            for name, p in inspect.signature(cls.__init__).parameters.items()
+            if p.kind in (p.KEYWORD_ONLY, p.VAR_KEYWORD)
+        }
+
     def fit_summary(self) -> dict[str, float]:
         """Numbers a benchmark records about the fitted model: ``n_params`` (fitted values) here;
         trained networks add ``epochs`` and their final losses."""
@@ -203,6 +239,16 @@ class PerturbationModel(ABC):
         """Inverse of :meth:`_learned` and :meth:`_tensors`: build the fitted state from
         ``learned`` (and ``self.genes``), pass the shapes it needs to :func:`check_weights`, then
         take the values from ``tensors``."""
+
+    def _running(self, **runtime: Any) -> AbstractContextManager[None]:
+        """The context ``fit`` runs in, given its runtime options, and ``predict``, given none;
+        models without a network need none."""
+        return nullcontext()
+
+    def _run_on(self, device: str) -> torch.device:
+        """Run the model on ``device`` from now on; returns where its saved tensors are read to
+        (models without a network keep them on the CPU)."""
+        return torch.device("cpu")
 
     # ------------------------------------------------------------------ helpers
     def _check_input(self, adata: AnnData, what: str) -> None:
@@ -310,19 +356,43 @@ def _read_weights(file: Path, device: torch.device) -> dict[str, torch.Tensor]:
 
 
 def _model_class(config: dict[str, Any], file: Path) -> type[PerturbationModel]:
-    """The class of the model ``config`` (read from ``file``) describes: by its registered name,
-    else (for a combination of options without a preset, e.g. ``mtvae_adv_ot``) by its class
-    name among the registered classes."""
+    """The class of the model ``config`` (read from ``file``) describes.
+
+    Found by the ``module:qualname`` that :meth:`PerturbationModel.save` records, imported, so a
+    user's own subclass loads without being registered; the import runs only code installed here
+    and anything but a PerturbationModel subclass is refused. Where that module cannot be imported
+    (moved since), by its registered name; else by the class name alone among the registered
+    classes (models saved by mtpert 0.1 recorded only that; it also finds a combination of options
+    without a preset, e.g. ``mtvae_adv_ot``, of a class moved since).
+    """
     from mtpert.models.registry import MODELS
 
+    saved_class = config.get("class")
+    import_failure = ""
+    if isinstance(saved_class, str) and ":" in saved_class:
+        try:
+            found = pkgutil.resolve_name(saved_class)
+        except Exception as error:  # noqa: BLE001 (importing a module may raise anything; fall back by name)
+            import_failure = (
+                f"; importing {saved_class} failed ({type(error).__name__}: {error}): install the "
+                "package defining it, or define the class at the top level of an importable module"
+            )
+        else:
+            if not (isinstance(found, type) and issubclass(found, PerturbationModel)):
+                raise CheckpointError(
+                    f"{file} names {saved_class} as the model's class, which is not a "
+                    "PerturbationModel subclass; the file was not written by PerturbationModel.save, "
+                    "or was edited. Re-save the model."
+                )
+            return found
     if config["model"] in MODELS:
         return MODELS[config["model"]].cls
-    classes = {preset.cls.__name__: preset.cls for preset in MODELS.values()}
-    if config.get("class") in classes:
-        return classes[config["class"]]
+    classes = {preset.cls.__qualname__: preset.cls for preset in MODELS.values()}
+    if isinstance(saved_class, str) and saved_class.rpartition(":")[2] in classes:
+        return classes[saved_class.rpartition(":")[2]]
     raise CheckpointError(
-        f"{file} describes a '{config['model']}' model ({config.get('class')}), which this mtpert "
-        f"does not have; registered models: {', '.join(MODELS)}."
+        f"{file} describes a '{config['model']}' model ({saved_class}), which this mtpert "
+        f"does not have{import_failure}; registered models: {', '.join(MODELS)}."
     )
 
 
@@ -332,8 +402,7 @@ def _from_files(
     """The ``model_cls`` that ``config`` describes, built on ``device``, with the weights of
     ``path`` restored into it."""
     config_file, weights_file = path / CONFIG_FILE, path / WEIGHTS_FILE
-    has_network = "device" in config["hparams"]
-    hparams = {**config["hparams"], "device": device} if has_network else config["hparams"]
+    hparams = {k: v for k, v in config["hparams"].items() if k not in RUNTIME_OPTIONS}
     try:
         model = model_cls(DatasetSpec.from_dict(config["spec"]), **hparams)
     except (TypeError, ValueError) as error:  # hyperparameters or spec this mtpert does not take
@@ -342,8 +411,7 @@ def _from_files(
             f"({error}). Re-save the model."
         ) from error
     model.genes = [str(g) for g in config["genes"]]
-    target = resolve_device(device) if has_network else torch.device("cpu")
-    tensors = _read_weights(weights_file, target)
+    tensors = _read_weights(weights_file, model._run_on(device))
     try:
         model._restore(config["learned"], tensors)
     except CheckpointError as error:
@@ -358,22 +426,6 @@ def _from_files(
             f"({type(error).__name__}: {error}). Re-save the model."
         ) from error
     return model
-
-
-def history_summary(histories: list[pd.DataFrame]) -> dict[str, float]:
-    """``epochs`` run (summed over the networks trained) and each loss term of the last epoch
-    (``final_<term>``, averaged over the networks): what a trained model adds to
-    :meth:`PerturbationModel.fit_summary`."""
-    last = pd.DataFrame([h.iloc[-1] for h in histories])
-    terms = [c for c in last.columns if c.startswith(("train_", "val_"))]
-    return {"epochs": float(sum(len(h) for h in histories))} | {
-        f"final_{c}": float(last[c].mean()) for c in terms
-    }
-
-
-def dense(X: np.ndarray | sp.spmatrix) -> np.ndarray:
-    """``X`` as a dense float32 array (for the few cells a model handles at once)."""
-    return np.asarray(X.toarray() if sp.issparse(X) else X, dtype=np.float32)
 
 
 def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 import numpy as np
@@ -34,18 +35,11 @@ from anndata import AnnData
 from sklearn.linear_model import LinearRegression
 from torch import Tensor, nn
 
-from mtpert.data.spec import DatasetSpec
 from mtpert.errors import DataError
-from mtpert.models.base import (
-    PREDICT_BATCH,
-    NotFittedError,
-    PerturbationModel,
-    check_choice,
-    check_weights,
-    history_summary,
-)
+from mtpert.models.base import PREDICT_BATCH, NotFittedError, check_choice, check_weights
+from mtpert.models.trained import Hyperparameters, TrainedModel
 from mtpert.train.data import Batch, CellData, cell_matrix
-from mtpert.train.loop import TrainConfig, cpu_threads, resolve_device, train
+from mtpert.train.loop import cpu_threads
 
 Shift = Literal["mean", "regression"]
 DoseScaling = Literal["none", "log"]
@@ -117,7 +111,42 @@ class ScGenVAE(nn.Module):
         return {"recon": 0.5 * sse.mean(), "kl": 0.5 * self.kl_weight * kl.mean()}
 
 
-class LatentShiftModel(PerturbationModel):
+@dataclass(frozen=True, kw_only=True)
+class LatentShiftParams(Hyperparameters):
+    """Hyperparameters of :class:`LatentShiftModel`, besides the seed and the training settings of
+    :class:`~mtpert.train.TrainConfig`, whose defaults here are the originals': minibatches of 32,
+    patience 25, weight decay 1e-6, no warm-up and no gradient clipping.
+
+    Attributes:
+        shift: ``mean`` (scGen) or ``regression`` (scVIDR).
+        dose_scaling: ``none`` or ``log`` (needs a dose key in the spec).
+        hidden: widths of the encoder's hidden layers (the decoder mirrors them).
+        latent_dim: latent size.
+        dropout: dropout after each hidden layer.
+        kl_weight: weight of the KL term (the original's ``alpha``).
+    """
+
+    shift: Shift = "mean"
+    dose_scaling: DoseScaling = "none"
+    hidden: tuple[int, ...] = (800, 800)
+    latent_dim: int = 100
+    dropout: float = 0.2
+    kl_weight: float = 5e-5
+    batch_size: int = 32
+    patience: int = 25
+    weight_decay: float = 1e-6
+    warmup_epochs: int = 0
+    grad_clip: float = math.inf
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choice("shift", self.shift, get_args(Shift))
+        check_choice("dose_scaling", self.dose_scaling, get_args(DoseScaling))
+        self._widths("hidden")
+        self._positive("latent_dim")
+
+
+class LatentShiftModel(TrainedModel):
     """scGen / scVIDR: decode the target's control latents plus a shift learned from other types.
 
     scGen (Lotfollahi, Wolf & Theis, Nature Methods 16, 715-721, 2019) and scVIDR (Kana, Chen,
@@ -164,122 +193,48 @@ class LatentShiftModel(PerturbationModel):
     * The originals predict one condition at a time from a named control and treated label; here
       ``fit`` estimates every condition's delta at once.
 
-    Args:
-        spec: obs keys of the dataset.
-        shift: ``mean`` (scGen) or ``regression`` (scVIDR).
-        dose_scaling: ``none`` or ``log`` (needs a dose key in the spec).
-        hidden: widths of the encoder's hidden layers (the decoder mirrors them).
-        latent_dim: latent size.
-        dropout: dropout after each hidden layer.
-        kl_weight: weight of the KL term (the original's ``alpha``).
-        lr, batch_size, max_epochs, patience, weight_decay: see :class:`mtpert.train.TrainConfig`.
-        device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
-        num_threads: torch CPU threads while fitting and predicting; None keeps torch's setting.
-        seed: seeds initialization, minibatch order and the reparameterization noise; None draws
-            it from torch's global generator.
-        progress: show a progress bar while training.
+    Keyword arguments: the fields of :class:`LatentShiftParams` and the runtime options of
+    :class:`~mtpert.models.trained.TrainedModel`.
     """
 
-    def __init__(
-        self,
-        spec: DatasetSpec,
-        *,
-        shift: Shift = "mean",
-        dose_scaling: DoseScaling = "none",
-        hidden: tuple[int, ...] | list[int] = (800, 800),
-        latent_dim: int = 100,
-        dropout: float = 0.2,
-        kl_weight: float = 5e-5,
-        lr: float = 1e-3,
-        batch_size: int = 32,
-        max_epochs: int = 100,
-        patience: int = 25,
-        weight_decay: float = 1e-6,
-        device: str = "auto",
-        num_threads: int | None = None,
-        seed: int | None = None,
-        progress: bool = True,
-    ) -> None:
-        check_choice("shift", shift, get_args(Shift))
-        check_choice("dose_scaling", dose_scaling, get_args(DoseScaling))
-        hidden = tuple(int(h) for h in hidden)
-        if not hidden or min(hidden) < 1 or latent_dim < 1:
-            raise ValueError(
-                f"hidden needs at least one positive width and latent_dim >= 1; got {hidden}, {latent_dim}."
-            )
-        super().__init__(
-            spec,
-            shift=shift, dose_scaling=dose_scaling, hidden=list(hidden), latent_dim=latent_dim,
-            dropout=dropout, kl_weight=kl_weight, lr=lr, batch_size=batch_size, max_epochs=max_epochs,
-            patience=patience, weight_decay=weight_decay, device=device, num_threads=num_threads,
-            seed=seed, progress=progress,
-        )  # fmt: skip
-        self.shift = shift
-        self.dose_scaling = dose_scaling
-        # no warm-up and no gradient clipping, as in the originals
-        self.train_config = TrainConfig(
-            lr=lr, weight_decay=weight_decay, batch_size=batch_size, max_epochs=max_epochs,
-            patience=patience, warmup_epochs=0, grad_clip=math.inf, progress=progress,
-        )  # fmt: skip
-        self.device = resolve_device(device)
-        self.num_threads = num_threads
-        self.seed = seed
-        self.net: ScGenVAE | None = None
-        self._history: dict[str, list[float]] = {}
-        self.conditions: list[ConditionKey] = []
-        self.coef = np.empty((0, latent_dim, latent_dim), dtype=np.float32)
-        self.intercept = np.empty((0, latent_dim), dtype=np.float32)
+    Params = LatentShiftParams
+    params: LatentShiftParams
+    net: ScGenVAE | None = None
+    conditions: list[ConditionKey]
+    """The (condition, dose) of each shift."""
+    coef: np.ndarray
+    """(n_conditions, latent_dim, latent_dim): each shift's slope on the target's control centroid."""
+    intercept: np.ndarray
+    """(n_conditions, latent_dim): each shift's intercept."""
 
     @property
     def name(self) -> str:  # type: ignore[override]
         """``scgen`` or ``scvidr``, with ``_multi`` for log-dose scaling."""
-        base = {"mean": "scgen", "regression": "scvidr"}[self.shift]
-        return base + ("_multi" if self.dose_scaling == "log" else "")
-
-    def fit_summary(self) -> dict[str, float]:
-        """Fitted values (network, its buffers and the shifts), epochs run, and each loss term of
-        the last epoch."""
-        return {**super().fit_summary(), **history_summary([self.history])}
+        base = {"mean": "scgen", "regression": "scvidr"}[self.params.shift]
+        return base + ("_multi" if self.params.dose_scaling == "log" else "")
 
     @property
     def predicts_unseen_doses(self) -> bool:  # type: ignore[override]
         """With log-dose scaling; otherwise a delta exists only for each dose seen."""
-        return self.dose_scaling == "log"
-
-    @property
-    def history(self) -> pd.DataFrame:
-        """Per-epoch training history: ``epoch``, ``lr``, ``train_<term>`` and ``val_<term>`` losses."""
-        if not self._history:
-            raise NotFittedError(f"{self.name}: fit the model to get a training history.")
-        return pd.DataFrame(self._history)
+        return self.params.dose_scaling == "log"
 
     # ------------------------------------------------------------------ fit
     def _fit(self, train_data: AnnData, val: AnnData | None) -> None:
-        if self.dose_scaling == "log" and self.spec.dose_key is None:
+        if self.params.dose_scaling == "log" and self.spec.dose_key is None:
             raise DataError(
                 f"{self.name} scales the shift by dose, but the spec has no dose_key; set "
                 "DatasetSpec(dose_key=...) or use dose_scaling='none' (scgen, scvidr)."
             )
-        with cpu_threads(self.num_threads):
-            self._train(train_data, val)
-            parts = [train_data] if val is None or not val.n_obs else [train_data, val]
-            z = np.concatenate([self.encode(part) for part in parts])
-            # the shifts need only the latents and the labels: X (maybe on disk) is not concatenated
-            self._estimate_shifts(z, AnnData(obs=pd.concat([part.obs for part in parts])))
-
-    def _train(self, train_data: AnnData, val: AnnData | None) -> None:
-        seed = self.seed if self.seed is not None else int(torch.randint(2**31 - 1, (1,)).item())
+        seed = self._seed()
         data = _cells(train_data)
         val_data = _cells(val) if val is not None and val.n_obs else None
-        devices = [self.device.index or 0] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
+        with self._seeded(seed) as generator:
             self.net = self._build(train_data.n_vars)
-            generator = torch.Generator().manual_seed(seed)
-            history = train(
-                self.net, data, val_data, self.train_config, device=self.device, generator=generator
-            )
-        self._history = {k: [float(v) for v in history[k]] for k in history.columns}
+            self._histories = [self._train(self.net, data, val_data, generator)]
+        parts = [train_data] if val is None or not val.n_obs else [train_data, val]
+        z = np.concatenate([self.encode(part) for part in parts])
+        # the shifts need only the latents and the labels: X (maybe on disk) is not concatenated
+        self._estimate_shifts(z, AnnData(obs=pd.concat([part.obs for part in parts])))
 
     def _estimate_shifts(self, z: np.ndarray, adata: AnnData) -> None:
         """One (coef, intercept) per condition key: ``delta(z) = intercept + coef @ z`` for a
@@ -293,7 +248,7 @@ class LatentShiftModel(PerturbationModel):
         for key in self._targets(adata, ~is_control):
             key_means = _group_means(z, cell_type, self._in_key(adata, key) & ~is_control)
             paired = sorted(set(key_means) & set(control_means))
-            if self.shift == "mean":
+            if self.params.shift == "mean":
                 coef = np.zeros((z.shape[1], z.shape[1]))
                 intercept = np.mean(list(key_means.values()), 0) - np.mean(
                     list(control_means.values()), 0
@@ -328,7 +283,7 @@ class LatentShiftModel(PerturbationModel):
         if self.spec.dose_key is None:
             return [(c, None) for c in sorted(conditions.unique())]
         doses = obs[self.spec.dose_key].astype(float)
-        if self.dose_scaling == "none":
+        if self.params.dose_scaling == "none":
             return sorted({(c, float(d)) for c, d in zip(conditions, doses, strict=True)})
         highest = doses.groupby(conditions.to_numpy()).max()
         if (highest <= self.spec.control_dose).any():
@@ -355,7 +310,7 @@ class LatentShiftModel(PerturbationModel):
         net = self._fitted_net()
         z = self.encode(control)
         delta = scale * (self.intercept[index] + self.coef[index] @ z.mean(0))
-        with torch.no_grad(), cpu_threads(self.num_threads):
+        with torch.no_grad():
             latent = torch.as_tensor(z + delta, dtype=torch.float32)
             out = [
                 net.decode(part.to(self.device)).clamp_min(0.0).cpu().numpy()
@@ -365,7 +320,7 @@ class LatentShiftModel(PerturbationModel):
 
     def _shift_index(self, condition: str, dose: float | None) -> tuple[int, float]:
         """Row of the delta to use for ``condition`` at ``dose``, and its dose scale factor."""
-        if self.dose_scaling == "none":
+        if self.params.dose_scaling == "none":
             key = (condition, None if dose is None else float(dose))
             if key not in self.conditions:
                 raise DataError(
@@ -400,7 +355,7 @@ class LatentShiftModel(PerturbationModel):
 
     # ------------------------------------------------------------------ save / load
     def _learned(self) -> dict[str, Any]:
-        return {"conditions": [list(k) for k in self.conditions], "history": self._history}
+        return {**super()._learned(), "conditions": [list(k) for k in self.conditions]}
 
     def _tensors(self) -> dict[str, Tensor | np.ndarray]:
         return {
@@ -410,10 +365,10 @@ class LatentShiftModel(PerturbationModel):
         }
 
     def _restore(self, learned: dict[str, Any], tensors: dict[str, Tensor]) -> None:
+        super()._restore(learned, tensors)
         self.conditions = [(c, d) for c, d in learned["conditions"]]
-        self._history = {k: list(v) for k, v in learned["history"].items()}
         self.net = self._build(len(self.genes))  # type: ignore[arg-type]
-        n, d = len(self.conditions), self.hparams["latent_dim"]
+        n, d = len(self.conditions), self.params.latent_dim
         check_weights(
             tensors,
             {
@@ -429,11 +384,10 @@ class LatentShiftModel(PerturbationModel):
 
     # ------------------------------------------------------------------ helpers
     def _build(self, n_genes: int) -> ScGenVAE:
-        h = self.hparams
+        p = self.params
         return ScGenVAE(
-            n_genes, hidden=tuple(h["hidden"]), latent_dim=h["latent_dim"], dropout=h["dropout"],
-            kl_weight=h["kl_weight"],
-        )  # fmt: skip
+            n_genes, hidden=p.hidden, latent_dim=p.latent_dim, dropout=p.dropout, kl_weight=p.kl_weight
+        )
 
     def _fitted_net(self) -> ScGenVAE:
         if self.net is None:

@@ -25,6 +25,7 @@ from their options (e.g. ``mtvae_adv_ot_concat``).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 import numpy as np
@@ -34,19 +35,12 @@ from anndata import AnnData
 from sklearn.decomposition import PCA
 from torch import Tensor, nn
 
-from mtpert.data.spec import DatasetSpec
 from mtpert.errors import DataError
-from mtpert.models.base import (
-    PREDICT_BATCH,
-    NotFittedError,
-    PerturbationModel,
-    check_choice,
-    check_weights,
-    history_summary,
-)
+from mtpert.models.base import PREDICT_BATCH, NotFittedError, check_choice, check_weights
 from mtpert.models.film import CONDITIONINGS, ConditionedMLP, ConditionEncoder, Conditioning
+from mtpert.models.trained import Hyperparameters, TrainedModel
 from mtpert.train.data import Batch, CellData, cell_matrix
-from mtpert.train.loop import TrainConfig, cpu_threads, resolve_device, train
+from mtpert.train.loop import cpu_threads
 from mtpert.train.pairing import DEFAULT_BLOCK_SIZE, pair_within_groups
 
 Latent = Literal["deterministic", "variational"]
@@ -275,11 +269,12 @@ class MultiTaskNet(nn.Module):
         return 0.5 * (bce(prior, torch.ones_like(prior)) + bce(logits, torch.zeros_like(logits)))
 
 
-class MultiTaskModel(PerturbationModel):
-    """Multi-task autoencoder: one encoder, one condition-steered decoder, every condition at once.
+@dataclass(frozen=True, kw_only=True)
+class MultiTaskParams(Hyperparameters):
+    """Hyperparameters of :class:`MultiTaskModel`, besides the training settings of
+    :class:`~mtpert.train.TrainConfig` and the seed (see :class:`Hyperparameters`).
 
-    Args:
-        spec: obs keys of the dataset.
+    Attributes:
         latent: ``deterministic`` (autoencoder) or ``variational`` (VAE, KL weight ``kl_weight``).
         regularizer: ``none``; ``adversarial`` (a discriminator reads the condition from the
             latent and the encoder learns to fool it, so the latent keeps cell state and drops the
@@ -302,132 +297,82 @@ class MultiTaskModel(PerturbationModel):
         latent_dim: latent size.
         dose_dim: width of the dose embedding, used when the spec has a dose key.
         dropout, input_dropout: dropout after hidden blocks and on the encoder input (denoising).
-        lr, weight_decay, batch_size, max_epochs, patience, warmup_epochs, grad_clip, disc_steps:
-            see :class:`mtpert.train.TrainConfig`.
         kl_weight: weight of the KL term (``variational``) against the per-gene MSE.
         adv_weight: weight of the encoder's adversarial term.
         ot_pcs: principal components of the OT pairing space.
         ot_block_size: groups larger than this are paired by minibatch OT in blocks of this size.
-        device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
-        num_threads: torch CPU threads while fitting and predicting; None keeps torch's setting
-            (one per core). Use 1 when other processes busy the cores: threads that wait on each
-            other then slow training down many times over.
-        seed: seeds initialization, minibatch order, dropout and OT blocks; None draws it from
-            torch's global generator (so :func:`mtpert.benchmark.holdout.seed_everything`
-            governs it).
-        progress: show a progress bar while training.
     """
 
-    def __init__(
-        self,
-        spec: DatasetSpec,
-        *,
-        latent: Latent = "deterministic",
-        regularizer: Regularizer = "none",
-        objective: Objective = "reconstruction",
-        conditioning: Conditioning = "film",
-        condition_encoder: bool = False,
-        prediction: Prediction = "decoded",
-        hidden: tuple[int, ...] | list[int] = (256, 128),
-        latent_dim: int = 64,
-        dose_dim: int = 16,
-        dropout: float = 0.1,
-        input_dropout: float = 0.1,
-        lr: float = 1e-3,
-        weight_decay: float = 1e-4,
-        batch_size: int = 128,
-        max_epochs: int = 100,
-        patience: int = 15,
-        warmup_epochs: int = 5,
-        grad_clip: float = 1.0,
-        disc_steps: int = 5,
-        kl_weight: float = 1e-3,
-        adv_weight: float = 0.1,
-        ot_pcs: int = 50,
-        ot_block_size: int = DEFAULT_BLOCK_SIZE,
-        device: str = "auto",
-        num_threads: int | None = None,
-        seed: int | None = None,
-        progress: bool = True,
-    ) -> None:
-        check_choice("latent", latent, get_args(Latent))
-        check_choice("regularizer", regularizer, get_args(Regularizer))
-        check_choice("objective", objective, get_args(Objective))
-        check_choice("conditioning", conditioning, CONDITIONINGS)
-        check_choice("prediction", prediction, get_args(Prediction))
-        if prediction == "residual" and objective == "ot":
+    latent: Latent = "deterministic"
+    regularizer: Regularizer = "none"
+    objective: Objective = "reconstruction"
+    conditioning: Conditioning = "film"
+    condition_encoder: bool = False
+    prediction: Prediction = "decoded"
+    hidden: tuple[int, ...] = (256, 128)
+    latent_dim: int = 64
+    dose_dim: int = 16
+    dropout: float = 0.1
+    input_dropout: float = 0.1
+    kl_weight: float = 1e-3
+    adv_weight: float = 0.1
+    ot_pcs: int = 50
+    ot_block_size: int = DEFAULT_BLOCK_SIZE
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choice("latent", self.latent, get_args(Latent))
+        check_choice("regularizer", self.regularizer, get_args(Regularizer))
+        check_choice("objective", self.objective, get_args(Objective))
+        check_choice("conditioning", self.conditioning, CONDITIONINGS)
+        check_choice("prediction", self.prediction, get_args(Prediction))
+        if self.prediction == "residual" and self.objective == "ot":
             raise ValueError(
                 "prediction='residual' subtracts the decoding under the control condition, which "
                 "objective='ot' never trains; use objective='both' or prediction='decoded'."
             )
-        if condition_encoder and conditioning == "multihead":
+        if self.condition_encoder and self.conditioning == "multihead":
             raise ValueError(
                 "multihead gives the decoder one output layer per condition and has no encoder form; "
                 "use condition_encoder=False or another conditioning."
             )
-        hidden = tuple(int(h) for h in hidden)
-        if not hidden or min(hidden) < 1 or latent_dim < 1:
-            raise ValueError(
-                f"hidden needs at least one positive width and latent_dim >= 1; got {hidden}, {latent_dim}."
-            )
-        super().__init__(
-            spec,
-            latent=latent, regularizer=regularizer, objective=objective, conditioning=conditioning,
-            condition_encoder=condition_encoder, prediction=prediction, hidden=list(hidden), latent_dim=latent_dim, dose_dim=dose_dim,
-            dropout=dropout, input_dropout=input_dropout, lr=lr, weight_decay=weight_decay,
-            batch_size=batch_size, max_epochs=max_epochs, patience=patience, warmup_epochs=warmup_epochs,
-            grad_clip=grad_clip, disc_steps=disc_steps, kl_weight=kl_weight, adv_weight=adv_weight, ot_pcs=ot_pcs,
-            ot_block_size=ot_block_size, device=device, num_threads=num_threads, seed=seed, progress=progress,
-        )  # fmt: skip
-        self.options = {
-            "latent": latent,
-            "regularizer": regularizer,
-            "objective": objective,
-            "conditioning": conditioning,
-        }
-        self.condition_encoder = condition_encoder
-        self.residual = prediction == "residual"
-        self.train_config = TrainConfig(
-            lr=lr, weight_decay=weight_decay, batch_size=batch_size, max_epochs=max_epochs, patience=patience,
-            warmup_epochs=warmup_epochs, grad_clip=grad_clip, disc_steps=disc_steps, progress=progress,
-        )  # fmt: skip
-        self.device = resolve_device(device)
-        self.num_threads = num_threads
-        self.seed = seed
-        self.conditions: list[str] = []
-        self.dose_scale: float | None = None
-        self.net: MultiTaskNet | None = None
-        self._history: dict[str, list[float]] = {}
+        self._widths("hidden")
+        self._positive("latent_dim")
 
+
+class MultiTaskModel(TrainedModel):
+    """Multi-task autoencoder: one encoder, one condition-steered decoder, every condition at once.
+
+    Keyword arguments: the fields of :class:`MultiTaskParams` and the runtime options of
+    :class:`~mtpert.models.trained.TrainedModel`.
+    """
+
+    Params = MultiTaskParams
+    params: MultiTaskParams
     predicts_unseen_doses = True
+    net: MultiTaskNet | None = None
+    conditions: list[str]
+    """Control, then the perturbations of the training cells (condition index order)."""
+    dose_scale: float | None
+    """log1p of the largest training dose (None without doses)."""
 
     @property
     def name(self) -> str:  # type: ignore[override]
         """Preset name derived from the options, e.g. ``mtvae_plus_ot`` or ``mtae_adv_concat``."""
-        o = self.options
-        parts = ["mtvae" if o["latent"] == "variational" else "mtae"]
-        parts += {"none": [], "adversarial": ["adv"], "gaussian": ["advg"]}[o["regularizer"]]
-        parts += {"reconstruction": [], "ot": ["ot"], "both": ["plus", "ot"]}[o["objective"]]
-        parts += [] if o["conditioning"] == "film" else [o["conditioning"]]
-        parts += ["condenc"] if self.condition_encoder else []
-        parts += ["residual"] if self.residual else []
+        p = self.params
+        parts = ["mtvae" if p.latent == "variational" else "mtae"]
+        parts += {"none": [], "adversarial": ["adv"], "gaussian": ["advg"]}[p.regularizer]
+        parts += {"reconstruction": [], "ot": ["ot"], "both": ["plus", "ot"]}[p.objective]
+        parts += [] if p.conditioning == "film" else [p.conditioning]
+        parts += ["condenc"] if p.condition_encoder else []
+        parts += ["residual"] if p.prediction == "residual" else []
         return "_".join(parts)
-
-    @property
-    def history(self) -> pd.DataFrame:
-        """Per-epoch training history: ``epoch``, ``lr``, ``train_<term>`` and ``val_<term>`` losses."""
-        if not self._history:
-            raise NotFittedError(f"{self.name}: fit the model to get a training history.")
-        return pd.DataFrame(self._history)
 
     # ------------------------------------------------------------------ fit / predict
     def _fit(self, train_data: AnnData, val: AnnData | None) -> None:
-        with cpu_threads(self.num_threads):
-            self._train(train_data, val)
-
-    def _train(self, train_data: AnnData, val: AnnData | None) -> None:
-        spec = self.spec
+        spec, objective = self.spec, self.params.objective
         self.conditions = [spec.control, *spec.conditions(train_data)]
+        self.dose_scale = None
         if spec.dose_key is not None:
             doses = train_data.obs[spec.dose_key].to_numpy(dtype=float)
             if doses.min() < 0 or spec.control_dose < 0:
@@ -435,37 +380,27 @@ class MultiTaskModel(PerturbationModel):
                     f"obs['{spec.dose_key}'] has negative doses; the dose encoding takes log1p(dose) of doses >= 0."
                 )
             self.dose_scale = float(np.log1p(doses).max()) or 1.0
-        seed = self.seed if self.seed is not None else int(torch.randint(2**31 - 1, (1,)).item())
-        if self.options["objective"] != "reconstruction" and train_data.isbacked:
+        seed = self._seed()
+        if objective != "reconstruction" and train_data.isbacked:
             raise DataError(
-                f"objective='{self.options['objective']}' pairs cells across the whole training set, "
+                f"objective='{objective}' pairs cells across the whole training set, "
                 "which needs X in memory; load it (adata.to_memory()) or use objective='reconstruction' "
                 "to train from the backed file."
             )
-        pca = (
-            self._pairing_space(train_data, seed)
-            if self.options["objective"] != "reconstruction"
-            else None
-        )
+        pca = self._pairing_space(train_data, seed) if objective != "reconstruction" else None
         data = self._cell_data(train_data, pca, seed)
         if data.partner is not None and not (data.partner >= 0).any():
             raise DataError(
-                f"objective='{self.options['objective']}' pairs control and perturbed cells of the same cell "
+                f"objective='{objective}' pairs control and perturbed cells of the same cell "
                 "type, but no training cell type has both; use objective='reconstruction'."
             )
         val_data = self._cell_data(val, pca, seed) if val is not None and val.n_obs else None
         counts = np.bincount(data.condition, minlength=len(self.conditions)).astype(np.float64)
         class_weight = torch.as_tensor(len(data) / (len(counts) * np.maximum(counts, 1.0)))
-        devices = [self.device.index or 0] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
+        with self._seeded(seed) as generator:
             self.net = self._build(class_weight)
             self.net.start_at_mean(torch.as_tensor(data.column_means(), dtype=torch.float32))
-            generator = torch.Generator().manual_seed(seed)
-            history = train(
-                self.net, data, val_data, self.train_config, device=self.device, generator=generator
-            )
-        self._history = {k: [float(v) for v in history[k]] for k in history.columns}
+            self._histories = [self._train(self.net, data, val_data, generator)]
 
     def _predict(self, control: AnnData, condition: str, dose: float | None) -> np.ndarray:
         index = self._condition_index(condition)
@@ -478,7 +413,7 @@ class MultiTaskModel(PerturbationModel):
         net = self._fitted_net()
         cells = CellData(cell_matrix(control), np.zeros(control.n_obs, dtype=np.int64))
         out = []
-        with torch.no_grad(), cpu_threads(self.num_threads):
+        with torch.no_grad():
             for batch in cells.batches(PREDICT_BATCH, device=self.device):
                 z, _ = net.encode_control(batch.x)
                 target = torch.full_like(batch.condition, index)
@@ -488,7 +423,7 @@ class MultiTaskModel(PerturbationModel):
                     else torch.full((len(batch),), self._scale_dose(dose), device=self.device)
                 )
                 pred = net.decode(z, target, scaled)
-                if self.residual:  # the cell itself plus the decoded change
+                if self.params.prediction == "residual":  # the cell itself plus the decoded change
                     pred = (
                         batch.x + pred - net.decode(z, *net.control_code(len(batch), self.device))
                     )
@@ -508,26 +443,17 @@ class MultiTaskModel(PerturbationModel):
                 ]
             )
 
-    def fit_summary(self) -> dict[str, float]:
-        """Trainable parameters, epochs run, and each loss term of the last epoch."""
-        net = self._fitted_net()
-        return {"n_params": float(sum(p.numel() for p in net.parameters())), **history_summary([self.history])}
-
     # ------------------------------------------------------------------ save / load
     def _learned(self) -> dict[str, Any]:
-        return {
-            "conditions": self.conditions,
-            "dose_scale": self.dose_scale,
-            "history": self._history,
-        }
+        return {**super()._learned(), "conditions": self.conditions, "dose_scale": self.dose_scale}
 
     def _tensors(self) -> dict[str, Tensor]:
         return self._fitted_net().state_dict()
 
     def _restore(self, learned: dict[str, Any], tensors: dict[str, Tensor]) -> None:
+        super()._restore(learned, tensors)
         self.conditions = list(learned["conditions"])
         self.dose_scale = learned["dose_scale"]
-        self._history = {k: list(v) for k, v in learned["history"].items()}
         self.net = self._build(torch.ones(len(self.conditions)))  # saved class weights load below
         check_weights(tensors, {k: v.shape for k, v in self.net.state_dict().items()})
         self.net.load_state_dict(tensors)
@@ -535,17 +461,16 @@ class MultiTaskModel(PerturbationModel):
 
     # ------------------------------------------------------------------ helpers
     def _build(self, class_weight: Tensor) -> MultiTaskNet:
-        h = self.hparams
+        p, dosed = self.params, self.spec.dose_key is not None
         return MultiTaskNet(
             len(self.genes),  # type: ignore[arg-type]
             len(self.conditions),
-            hidden=tuple(h["hidden"]), latent_dim=h["latent_dim"],
-            dose_dim=h["dose_dim"] if self.spec.dose_key is not None else 0,
-            latent=h["latent"], regularizer=h["regularizer"], objective=h["objective"],
-            conditioning=h["conditioning"], condition_encoder=h["condition_encoder"],
-            dropout=h["dropout"], input_dropout=h["input_dropout"],
-            kl_weight=h["kl_weight"], adv_weight=h["adv_weight"],
-            control_dose=self._scale_dose(self.spec.control_dose) if self.spec.dose_key is not None else 0.0,
+            hidden=p.hidden, latent_dim=p.latent_dim, dose_dim=p.dose_dim if dosed else 0,
+            latent=p.latent, regularizer=p.regularizer, objective=p.objective,
+            conditioning=p.conditioning, condition_encoder=p.condition_encoder,
+            dropout=p.dropout, input_dropout=p.input_dropout,
+            kl_weight=p.kl_weight, adv_weight=p.adv_weight,
+            control_dose=self._scale_dose(self.spec.control_dose) if dosed else 0.0,
             class_weight=class_weight,
         )  # fmt: skip
 
@@ -567,7 +492,7 @@ class MultiTaskModel(PerturbationModel):
         return np.log1p(dose) / self.dose_scale  # type: ignore[operator]
 
     def _pairing_space(self, adata: AnnData, seed: int) -> PCA:
-        n_pcs = min(self.hparams["ot_pcs"], adata.n_obs - 1, adata.n_vars)
+        n_pcs = min(self.params.ot_pcs, adata.n_obs - 1, adata.n_vars)
         return PCA(n_components=n_pcs, svd_solver="covariance_eigh", random_state=seed).fit(
             cell_matrix(adata)
         )
@@ -599,7 +524,7 @@ class MultiTaskModel(PerturbationModel):
                 adata.obs[spec.cell_type_key].astype(str).to_numpy(),
                 groups.to_numpy(),
                 index == 0,
-                block_size=self.hparams["ot_block_size"],
+                block_size=self.params.ot_block_size,
                 seed=seed,
             )
         return CellData(X, index.astype(np.int64), dose, partner)

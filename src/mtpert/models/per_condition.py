@@ -11,7 +11,7 @@ and predicts with the network of the condition asked for. The network does the r
 from __future__ import annotations
 
 from abc import abstractmethod
-from dataclasses import fields
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -20,65 +20,51 @@ import torch
 from anndata import AnnData
 from torch import Tensor, nn
 
-from mtpert.data.spec import DatasetSpec
 from mtpert.data.split import condition_mask, condition_values
 from mtpert.errors import DataError
-from mtpert.models.base import (
-    PREDICT_BATCH,
-    NotFittedError,
-    PerturbationModel,
-    check_weights,
-    history_summary,
-)
+from mtpert.models.base import PREDICT_BATCH, NotFittedError, check_weights
+from mtpert.models.trained import Hyperparameters, TrainedModel
 from mtpert.train.data import CellData, cell_matrix
-from mtpert.train.loop import TrainConfig, cpu_threads, resolve_device
 
 ConditionKey = tuple[str, float | None]
 
 
-class PerConditionModel(PerturbationModel):
+@dataclass(frozen=True, kw_only=True)
+class PerConditionParams(Hyperparameters):
+    """Training defaults of the two-domain translators from the literature, as their authors
+    train them: no weight decay and no warm-up, one discriminator step per generator step, and
+    up to 200 epochs."""
+
+    weight_decay: float = 0.0
+    max_epochs: int = 200
+    warmup_epochs: int = 0
+    disc_steps: int = 1
+
+
+class PerConditionModel(TrainedModel):
     """Base class: one network per perturbation (condition, dose), each trained on its own.
 
-    Subclasses pass ``hidden``, ``latent_dim``, the :class:`~mtpert.train.TrainConfig` settings,
-    ``device``, ``num_threads`` and ``seed`` (read as :class:`MultiTaskModel` reads them) among
-    their keyword arguments, and implement :meth:`_build` and :meth:`_fit_condition` (and
-    :meth:`_prepare` for what their networks share).
+    Subclasses set ``Params`` (a :class:`PerConditionParams`; see
+    :class:`~mtpert.models.trained.TrainedModel`) and implement
+    :meth:`_build` and :meth:`_fit_condition` (and :meth:`_prepare` for what their networks
+    share). The network of the ``i``-th perturbation is trained with seed ``seed + i``.
     """
 
-    def __init__(self, spec: DatasetSpec, **hparams: Any) -> None:
-        hidden = tuple(int(h) for h in hparams["hidden"])
-        if not hidden or min(hidden) < 1 or hparams["latent_dim"] < 1:
-            raise ValueError(
-                f"hidden needs at least one positive width and latent_dim >= 1; got {hidden}, "
-                f"{hparams['latent_dim']}."
-            )
-        super().__init__(spec, **{**hparams, "hidden": list(hidden)})
-        self.train_config = TrainConfig(
-            **{f.name: hparams[f.name] for f in fields(TrainConfig) if f.name in hparams}
-        )
-        self.device = resolve_device(hparams["device"])
-        self.keys: list[ConditionKey] = []
-        self.nets: list[nn.Module] = []
-        self._histories: list[dict[str, list[float]]] = []
+    keys: list[ConditionKey]
+    """The (condition, dose) of each network."""
+    nets: list[nn.Module]
+    """The trained network of each key."""
 
     @property
     def history(self) -> pd.DataFrame:
         """Training history of every per-condition network, with ``condition`` and ``dose`` columns."""
-        if not self._histories:
-            raise NotFittedError(f"{self.name}: fit the model to get a training history.")
         return pd.concat(
             [
-                pd.DataFrame(h).assign(condition=c, dose=np.nan if d is None else d)
-                for (c, d), h in zip(self.keys, self._histories, strict=True)
+                h.assign(condition=c, dose=np.nan if d is None else d)
+                for (c, d), h in zip(self.keys, self._fitted_histories(), strict=True)
             ],
             ignore_index=True,
         )
-
-    def fit_summary(self) -> dict[str, float]:
-        """Fitted values of every network, epochs summed over the networks (all training stages),
-        and each loss term of their last epoch, averaged over the networks."""
-        histories = [pd.DataFrame(h) for h in self._histories]
-        return {**super().fit_summary(), **history_summary(histories)}
 
     # ------------------------------------------------------------------ subclass hooks
     @abstractmethod
@@ -92,38 +78,26 @@ class PerConditionModel(PerturbationModel):
         """Train one network on ``train``: control cells and the cells of one perturbation.
 
         ``val`` holds the validation cells of the same conditions (None if there are none).
-        Returns the trained network and its history.
+        Called inside :meth:`~mtpert.models.trained.TrainedModel._seeded` with ``seed``;
+        ``generator`` orders the minibatches. Returns the trained network and its history.
         """
-
-    def _learned_extra(self) -> dict[str, Any]:
-        """What else the subclass learned that is not a tensor; restored by :meth:`_restore_extra`."""
-        return {}
-
-    def _restore_extra(self, learned: dict[str, Any]) -> None:
-        """Inverse of :meth:`_learned_extra`."""
-
-    # ------------------------------------------------------------------ PerturbationModel hooks
-    def _fit(self, train: AnnData, val: AnnData | None) -> None:
-        spec = self.spec
-        self.keys = condition_values(train, spec, np.ones(train.n_obs, dtype=bool))
-        seed = self.hparams["seed"]
-        seed = seed if seed is not None else int(torch.randint(2**31 - 1, (1,)).item())
-        self.nets, self._histories = [], []
-        devices = [self.device.index or 0] if self.device.type == "cuda" else []
-        with cpu_threads(self.hparams["num_threads"]):
-            self._prepare(train)
-            for i, key in enumerate(self.keys):
-                cells = self._cells_of(train, key)
-                val_cells = self._cells_of(val, key) if val is not None else None
-                with torch.random.fork_rng(devices=devices):
-                    torch.manual_seed(seed + i)
-                    generator = torch.Generator().manual_seed(seed + i)
-                    net, history = self._fit_condition(cells, val_cells, seed + i, generator)
-                self.nets.append(net.eval())
-                self._histories.append({k: [float(v) for v in history[k]] for k in history.columns})
 
     def _prepare(self, train: AnnData) -> None:
         """Learn what every per-condition network shares (before any is built); none by default."""
+
+    # ------------------------------------------------------------------ PerturbationModel hooks
+    def _fit(self, train: AnnData, val: AnnData | None) -> None:
+        self.keys = condition_values(train, self.spec, np.ones(train.n_obs, dtype=bool))
+        seed = self._seed()
+        self.nets, self._histories = [], []
+        self._prepare(train)
+        for i, key in enumerate(self.keys):
+            cells = self._cells_of(train, key)
+            val_cells = self._cells_of(val, key) if val is not None else None
+            with self._seeded(seed + i) as generator:
+                net, history = self._fit_condition(cells, val_cells, seed + i, generator)
+            self.nets.append(net.eval())
+            self._histories.append(history)
 
     def _predict(self, control: AnnData, condition: str, dose: float | None) -> np.ndarray:
         if not self.nets:
@@ -134,7 +108,7 @@ class PerConditionModel(PerturbationModel):
             )
         net = self.nets[self._key_index(condition, dose)]
         cells = CellData(cell_matrix(control), np.zeros(control.n_obs, dtype=np.int64))
-        with torch.no_grad(), cpu_threads(self.hparams["num_threads"]):
+        with torch.no_grad():
             out = [
                 net.translate(batch.x).clamp_min(0.0).cpu().numpy()  # type: ignore[operator]
                 for batch in cells.batches(PREDICT_BATCH, device=self.device)
@@ -142,11 +116,7 @@ class PerConditionModel(PerturbationModel):
         return np.concatenate(out)
 
     def _learned(self) -> dict[str, Any]:
-        return {
-            "keys": [list(k) for k in self.keys],
-            "history": self._histories,
-            **self._learned_extra(),
-        }
+        return {**super()._learned(), "keys": [list(k) for k in self.keys]}
 
     def _tensors(self) -> dict[str, Tensor]:
         return {
@@ -154,9 +124,8 @@ class PerConditionModel(PerturbationModel):
         }
 
     def _restore(self, learned: dict[str, Any], tensors: dict[str, Tensor]) -> None:
+        super()._restore(learned, tensors)
         self.keys = [(c, d) for c, d in learned["keys"]]
-        self._histories = [{k: list(v) for k, v in h.items()} for h in learned["history"]]
-        self._restore_extra(learned)
         self.nets = [self._build() for _ in self.keys]
         check_weights(tensors, {k: v.shape for k, v in self._tensors().items()})
         for i, net in enumerate(self.nets):

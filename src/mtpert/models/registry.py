@@ -2,15 +2,23 @@
 
 A preset is a model class plus the options that make it that model: ``mtvae_ot`` is the one
 multi-task class with a variational latent and the OT objective, not a class of its own.
+
+Other packages add models without editing mtpert: call :func:`register_model`, or declare an
+entry point in the group ``mtpert.models`` (found the first time :data:`MODELS` is read), e.g.
+in the package's ``pyproject.toml``::
+
+    [project.entry-points."mtpert.models"]
+    my_model = "my_package.models:MyModel"          # a PerturbationModel subclass
+    my_presets = "my_package.models:register"       # or a function calling register_model
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from types import MappingProxyType
-from typing import Any, get_type_hints
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import pandas as pd
 from pydantic import TypeAdapter, ValidationError
@@ -23,6 +31,10 @@ from mtpert.models.multitask import MultiTaskModel
 from mtpert.models.scbutterfly import ScButterfly
 from mtpert.models.scpregan import ScPreGAN
 from mtpert.models.simple import ControlPredictor, MeanShift
+from mtpert.plugins import PluginRegistry
+
+ENTRY_POINT_GROUP = "mtpert.models"
+"""Entry-point group through which installed packages add models."""
 
 
 @dataclass(frozen=True)
@@ -47,13 +59,15 @@ class ModelPreset:
         """``params`` checked against the constructor's parameters and type hints, so a wrong name
         or type fails before any fit; :class:`ConfigError` names ``where``, the key, the value and
         the type expected. Values are converted only where they would not work as given (``"10"``
-        for an int becomes 10); a value that already fits is kept as it is."""
-        signature = inspect.signature(self.cls.__init__)
-        accepted = [n for n, p in signature.parameters.items() if p.kind is p.KEYWORD_ONLY]
-        hints = get_type_hints(self.cls.__init__)
+        for an int becomes 10); a value that already fits is kept as it is. A constructor taking
+        ``**kwargs`` accepts any name; hints that cannot be resolved are not checked."""
+        parameters = self.cls.parameters()  # a trained model's hyperparameters come from its Params
+        accepted = [n for n, p in parameters.items() if p.kind is p.KEYWORD_ONLY]
+        takes_any = any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+        hints = {n: p.annotation for n, p in parameters.items()}
         checked, problems = {}, []
         for name, value in params.items():
-            if name not in accepted:
+            if name not in accepted and not takes_any:
                 problems.append(f"{where}.{name}: not a parameter of '{self.name}'; its parameters: {', '.join(accepted)}")
                 continue
             try:
@@ -70,32 +84,106 @@ class ModelPreset:
     @property
     def description(self) -> str:
         """First line of the class docstring."""
-        return (self.cls.__doc__ or "").strip().splitlines()[0]
+        return next(iter((self.cls.__doc__ or "").strip().splitlines()), "")
 
 
-MODELS: Mapping[str, ModelPreset] = MappingProxyType(
-    {
-        preset.name: preset
-        for preset in (
-            ModelPreset("control", ControlPredictor),
-            ModelPreset("mean_shift", MeanShift),
-            ModelPreset("mtae", MultiTaskModel),
-            ModelPreset("mtvae", MultiTaskModel, {"latent": "variational"}),
-            ModelPreset("mtae_adv", MultiTaskModel, {"regularizer": "adversarial"}),
-            ModelPreset("mtae_advg", MultiTaskModel, {"regularizer": "gaussian"}),
-            ModelPreset("mtae_ot", MultiTaskModel, {"objective": "ot"}),
-            ModelPreset("mtvae_ot", MultiTaskModel, {"latent": "variational", "objective": "ot"}),
-            ModelPreset("mtae_plus_ot", MultiTaskModel, {"objective": "both"}),
-            ModelPreset("mtvae_plus_ot", MultiTaskModel, {"latent": "variational", "objective": "both"}),
-            ModelPreset("scgen", LatentShiftModel, one_dose_at_a_time=True),
-            ModelPreset("scvidr", LatentShiftModel, {"shift": "regression"}, one_dose_at_a_time=True),
-            ModelPreset("scvidr_multi", LatentShiftModel, {"shift": "regression", "dose_scaling": "log"}),
-            ModelPreset("scpregan", ScPreGAN),
-            ModelPreset("scbutterfly", ScButterfly),
-        )
-    }
+BUILTIN_MODELS: tuple[ModelPreset, ...] = (
+    ModelPreset("control", ControlPredictor),
+    ModelPreset("mean_shift", MeanShift),
+    ModelPreset("mtae", MultiTaskModel),
+    ModelPreset("mtvae", MultiTaskModel, {"latent": "variational"}),
+    ModelPreset("mtae_adv", MultiTaskModel, {"regularizer": "adversarial"}),
+    ModelPreset("mtae_advg", MultiTaskModel, {"regularizer": "gaussian"}),
+    ModelPreset("mtae_ot", MultiTaskModel, {"objective": "ot"}),
+    ModelPreset("mtvae_ot", MultiTaskModel, {"latent": "variational", "objective": "ot"}),
+    ModelPreset("mtae_plus_ot", MultiTaskModel, {"objective": "both"}),
+    ModelPreset("mtvae_plus_ot", MultiTaskModel, {"latent": "variational", "objective": "both"}),
+    ModelPreset("scgen", LatentShiftModel, one_dose_at_a_time=True),
+    ModelPreset("scvidr", LatentShiftModel, {"shift": "regression"}, one_dose_at_a_time=True),
+    ModelPreset("scvidr_multi", LatentShiftModel, {"shift": "regression", "dose_scaling": "log"}),
+    ModelPreset("scpregan", ScPreGAN),
+    ModelPreset("scbutterfly", ScButterfly),
 )
-"""Every registered model by name. Built once at import; never changed."""
+"""The models mtpert ships."""
+
+
+class ModelRegistry(PluginRegistry[ModelPreset]):
+    """Presets by name, read like a dict (:class:`~mtpert.plugins.PluginRegistry`): mtpert's,
+    those added with :meth:`register`, and those of the plugins of entry-point group ``group``.
+
+    A plugin's entry point names a PerturbationModel subclass, registered under the entry point's
+    name, or a function that calls :func:`register_model` itself.
+    """
+
+    kind = "model"
+
+    def __init__(self, presets: Iterable[ModelPreset] = (), *, group: str = ENTRY_POINT_GROUP) -> None:
+        super().__init__(((preset.name, preset) for preset in presets), group)
+
+    def register(
+        self, name: str, cls: type[PerturbationModel], /, *, one_dose_at_a_time: bool = False, **params: Any
+    ) -> ModelPreset:
+        """Add model ``name``: class ``cls`` built with the fixed options ``params``.
+
+        Refused: a name taken by another class or other options (:class:`ConfigError`; the same
+        class, by ``module:qualname``, with the same options is accepted again and replaces the
+        old, e.g. for a notebook cell run twice), a ``cls`` that is not a concrete
+        :class:`~mtpert.models.PerturbationModel` subclass (:class:`TypeError`), and options that
+        its constructor does not take (:class:`ConfigError`).
+        """
+        if not isinstance(name, str) or not re.fullmatch(r"[\w.-]+", name):
+            raise ConfigError(
+                f"Model name {name!r} cannot be used: give letters, digits, '_', '.' or '-' "
+                "(it is typed in --models lists and file names)."
+            )
+        if not (isinstance(cls, type) and issubclass(cls, PerturbationModel)):
+            raise TypeError(f"Model '{name}': {cls!r} is not a subclass of mtpert.models.PerturbationModel.")
+        if inspect.isabstract(cls):
+            missing = ", ".join(sorted(cls.__abstractmethods__))
+            raise TypeError(f"Model '{name}': {cls.__qualname__} does not implement {missing}.")
+        preset = ModelPreset(name, cls, one_dose_at_a_time=bool(one_dose_at_a_time))
+        return self._add(name, replace(preset, params=preset.check_params(params, where=f"register_model('{name}')")))
+
+    def _register_plugin(self, name: str, loaded: object) -> None:
+        if isinstance(loaded, type):
+            self.register(name, loaded)
+        elif callable(loaded):
+            loaded()
+        else:
+            raise TypeError(
+                "the entry point must name a PerturbationModel subclass or a function that calls "
+                f"mtpert.models.register_model, not a {type(loaded).__name__}"
+            )
+
+    @staticmethod
+    def _identity(preset: ModelPreset) -> tuple[str, dict[str, Any], bool]:
+        """The class (by ``module:qualname``, so a class defined again by a rerun notebook cell
+        counts as the same) and the options."""
+        return f"{preset.cls.__module__}:{preset.cls.__qualname__}", dict(preset.params), preset.one_dose_at_a_time
+
+    @staticmethod
+    def _describe(preset: ModelPreset) -> str:
+        options = {**preset.params, **({"one_dose_at_a_time": True} if preset.one_dose_at_a_time else {})}
+        return f"{preset.cls.__module__}:{preset.cls.__qualname__}" + (f" with {options}" if options else "")
+
+
+MODELS: ModelRegistry = ModelRegistry(BUILTIN_MODELS)
+"""Every model by name: mtpert's, those of :func:`register_model` and those of installed plugins."""
+
+
+def register_model(
+    name: str, cls: type[PerturbationModel], /, *, one_dose_at_a_time: bool = False, **preset: Any
+) -> ModelPreset:
+    """Make model class ``cls`` available by ``name`` (in :data:`MODELS`, ``get_model``, the
+    benchmark and ``mtpert models``), built with the fixed constructor options ``preset``.
+
+    ``one_dose_at_a_time``: on data with doses, the benchmark fits one model per dose (see
+    :class:`ModelPreset`). Call it from your package's ``mtpert.models`` entry point so that every
+    process finds the model, the benchmark's worker processes included; a call in a script
+    registers the model in that process only. See :meth:`ModelRegistry.register` for what is
+    refused.
+    """
+    return MODELS.register(name, cls, one_dose_at_a_time=one_dose_at_a_time, **preset)
 
 
 def get_model(name: str) -> ModelPreset:
@@ -107,7 +195,7 @@ def get_model(name: str) -> ModelPreset:
 
 
 def list_models() -> pd.DataFrame:
-    """One row per registered model: name, class, options and description."""
+    """One row per registered model (plugins' included): name, class, options and description."""
     rows = [
         {"model": p.name, "class": p.cls.__name__, "options": dict(p.params), "description": p.description}
         for p in MODELS.values()

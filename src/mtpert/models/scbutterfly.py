@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -19,11 +19,9 @@ from anndata import AnnData
 from sklearn.decomposition import PCA
 from torch import Tensor, nn
 
-from mtpert.data.spec import DatasetSpec
 from mtpert.errors import DataError
-from mtpert.models.per_condition import PerConditionModel, gene_moments
+from mtpert.models.per_condition import PerConditionModel, PerConditionParams, gene_moments
 from mtpert.train.data import Batch, CellData, cell_matrix
-from mtpert.train.loop import train
 from mtpert.train.pairing import DEFAULT_BLOCK_SIZE, ot_pairs
 
 DOMAINS = ("control", "perturbed")
@@ -247,6 +245,54 @@ class ButterflyNet(nn.Module):
         return self.kl_weight * epoch / self._kl_warmup_epochs
 
 
+@dataclass(frozen=True, kw_only=True)
+class ScButterflyParams(PerConditionParams):
+    """Hyperparameters of :class:`ScButterfly`, besides the seed and the training settings of
+    :class:`~mtpert.train.TrainConfig` (``max_epochs``: of the integrative training; defaults:
+    see :class:`~mtpert.models.per_condition.PerConditionParams`, and the original's minibatches
+    of 64 and patience 50).
+
+    Attributes:
+        hidden: control encoder widths (the last is its output); the control decoder mirrors them.
+        perturbed_hidden: perturbed encoder widths; None: ``hidden[-1]`` repeated ``len(hidden)``
+            times, the original's ``128, 128``. Its decoder mirrors them.
+        latent_dim: translator (and pretraining bottleneck) dimension.
+        dropout, input_dropout: dropout between layers and masking of the encoders' input.
+        kl_scale: KL weight per domain is ``kl_scale / n_genes``.
+        kl_warmup_epochs: epochs over which each stage's KL weight rises from 0.
+        adv_weight: weight of the generator's adversarial term.
+        disc_threshold: the generator is pushed against the discriminators only while their loss
+            is below this (the original's 1.35).
+        pretrain_epochs: maximum epochs of each VAE's pretraining; None: half of ``max_epochs``.
+        ot_pcs: principal components of each cell type's pairing space.
+        ot_block_size: cells per side above which OT pairs in blocks.
+    """
+
+    hidden: tuple[int, ...] = (256, 128)
+    perturbed_hidden: tuple[int, ...] | None = None
+    latent_dim: int = 128
+    dropout: float = 0.1
+    input_dropout: float = 0.5
+    kl_scale: float = 20.0
+    kl_warmup_epochs: int = 50
+    adv_weight: float = 1.0
+    disc_threshold: float = 1.35
+    pretrain_epochs: int | None = None
+    ot_pcs: int = 50
+    ot_block_size: int = DEFAULT_BLOCK_SIZE
+    batch_size: int = 64
+    patience: int = 50
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._widths("hidden")
+        if self.perturbed_hidden is not None:
+            self._widths("perturbed_hidden")
+        self._positive("latent_dim")
+        if self.pretrain_epochs is None:
+            object.__setattr__(self, "pretrain_epochs", max(1, self.max_epochs // 2))
+
+
 class ScButterfly(PerConditionModel):
     """scButterfly (Cao et al. 2024), perturbation mode: dual-aligned VAEs that translate control
     cells into perturbed cells, trained on OT-paired cells of the training cell types.
@@ -295,85 +341,22 @@ class ScButterfly(PerConditionModel):
       needs two); the original drops the last minibatch instead.
     * Predictions are clipped at 0, the floor of log data (the LeakyReLU output can dip below).
 
-    Args:
-        spec: obs keys of the dataset.
-        hidden: control encoder widths (the last is its output); the control decoder mirrors them.
-        perturbed_hidden: perturbed encoder widths; None: ``hidden[-1]`` repeated ``len(hidden)``
-            times, the original's ``128, 128``. Its decoder mirrors them.
-        latent_dim: translator (and pretraining bottleneck) dimension.
-        dropout, input_dropout: dropout between layers and masking of the encoders' input.
-        kl_scale: KL weight per domain is ``kl_scale / n_genes``.
-        kl_warmup_epochs: epochs over which each stage's KL weight rises from 0.
-        adv_weight: weight of the generator's adversarial term.
-        disc_threshold: the generator is pushed against the discriminators only while their loss
-            is below this (the original's 1.35).
-        pretrain_epochs: maximum epochs of each VAE's pretraining; None: half of ``max_epochs``.
-        lr, weight_decay, batch_size, max_epochs, patience, warmup_epochs, grad_clip, disc_steps:
-            see :class:`mtpert.train.TrainConfig` (``max_epochs``: integrative training).
-        ot_pcs: principal components of each cell type's pairing space.
-        ot_block_size: cells per side above which OT pairs in blocks.
-        device, num_threads, seed, progress: as for :class:`mtpert.models.MultiTaskModel`.
+    Keyword arguments: the fields of :class:`ScButterflyParams` and the runtime options of
+    :class:`~mtpert.models.trained.TrainedModel`.
     """
 
     name = "scbutterfly"
-
-    def __init__(
-        self,
-        spec: DatasetSpec,
-        *,
-        hidden: tuple[int, ...] | list[int] = (256, 128),
-        perturbed_hidden: tuple[int, ...] | list[int] | None = None,
-        latent_dim: int = 128,
-        dropout: float = 0.1,
-        input_dropout: float = 0.5,
-        kl_scale: float = 20.0,
-        kl_warmup_epochs: int = 50,
-        adv_weight: float = 1.0,
-        disc_threshold: float = 1.35,
-        pretrain_epochs: int | None = None,
-        lr: float = 1e-3,
-        weight_decay: float = 0.0,
-        batch_size: int = 64,
-        max_epochs: int = 200,
-        patience: int = 50,
-        warmup_epochs: int = 0,
-        grad_clip: float = 1.0,
-        disc_steps: int = 1,
-        ot_pcs: int = 50,
-        ot_block_size: int = DEFAULT_BLOCK_SIZE,
-        device: str = "auto",
-        num_threads: int | None = None,
-        seed: int | None = None,
-        progress: bool = True,
-    ) -> None:
-        if perturbed_hidden is not None:
-            perturbed_hidden = [int(h) for h in perturbed_hidden]
-            if not perturbed_hidden or min(perturbed_hidden) < 1:
-                raise ValueError(
-                    f"perturbed_hidden needs at least one positive width; got {perturbed_hidden}."
-                )
-        pretrain_epochs = (
-            pretrain_epochs if pretrain_epochs is not None else max(1, max_epochs // 2)
-        )
-        super().__init__(
-            spec,
-            hidden=hidden, perturbed_hidden=perturbed_hidden, latent_dim=latent_dim, dropout=dropout,
-            input_dropout=input_dropout, kl_scale=kl_scale, kl_warmup_epochs=kl_warmup_epochs,
-            adv_weight=adv_weight, disc_threshold=disc_threshold, pretrain_epochs=pretrain_epochs, lr=lr,
-            weight_decay=weight_decay, batch_size=batch_size, max_epochs=max_epochs, patience=patience,
-            warmup_epochs=warmup_epochs, grad_clip=grad_clip, disc_steps=disc_steps, ot_pcs=ot_pcs,
-            ot_block_size=ot_block_size, device=device, num_threads=num_threads, seed=seed, progress=progress,
-        )  # fmt: skip
+    Params = ScButterflyParams
+    params: ScButterflyParams
 
     def _build(self) -> ButterflyNet:
-        h = self.hparams
+        p = self.params
         n_genes = len(self.genes)  # type: ignore[arg-type]
-        perturbed_hidden = h["perturbed_hidden"] or h["hidden"][-1:] * len(h["hidden"])
         return ButterflyNet(
             n_genes,
-            hidden=h["hidden"], perturbed_hidden=perturbed_hidden, latent_dim=h["latent_dim"],
-            dropout=h["dropout"], input_dropout=h["input_dropout"], kl_weight=h["kl_scale"] / n_genes,
-            adv_weight=h["adv_weight"], disc_threshold=h["disc_threshold"],
+            hidden=p.hidden, perturbed_hidden=p.perturbed_hidden or p.hidden[-1:] * len(p.hidden),
+            latent_dim=p.latent_dim, dropout=p.dropout, input_dropout=p.input_dropout,
+            kl_weight=p.kl_scale / n_genes, adv_weight=p.adv_weight, disc_threshold=p.disc_threshold,
         )  # fmt: skip
 
     def _fit_condition(
@@ -388,23 +371,21 @@ class ScButterfly(PerConditionModel):
         val_data = self._pairs(val, seed) if val is not None and val.n_obs else None
         net = self._build()
         net.start_at(*gene_moments(train_cells))
-        config = self.train_config
+        config = self.params.train_config()
         histories = []
-        for stage in STAGES:
+        for i, stage in enumerate(STAGES):
             stage_config = (
                 config
                 if stage == "translate"
-                else replace(config, max_epochs=self.hparams["pretrain_epochs"])
+                else replace(config, max_epochs=self.params.pretrain_epochs)
             )
             net.begin(
                 stage,
                 steps_per_epoch=math.ceil(len(data) / config.batch_size),
-                kl_warmup_epochs=self.hparams["kl_warmup_epochs"],
+                kl_warmup_epochs=self.params.kl_warmup_epochs,
             )
-            history = train(
-                net, data, val_data, stage_config, device=self.device, generator=generator
-            )
-            histories.append(history.assign(stage=STAGES.index(stage)))
+            history = self._train(net, data, val_data, generator, stage_config)
+            histories.append(history.assign(stage=float(i)))
         return net, pd.concat(histories, ignore_index=True)
 
     def _pairs(self, adata: AnnData, seed: int, *, training: bool = False) -> CellData | None:
@@ -422,14 +403,14 @@ class ScButterfly(PerConditionModel):
             if not len(ctrl) or not len(pert):
                 continue
             rows = np.concatenate([ctrl, pert])
-            n_pcs = min(self.hparams["ot_pcs"], len(rows) - 1, X.shape[1])
+            n_pcs = min(self.params.ot_pcs, len(rows) - 1, X.shape[1])
             coords = PCA(
                 n_components=max(n_pcs, 1), svd_solver="covariance_eigh", random_state=seed
             ).fit_transform(X[rows])
             partner = ot_pairs(
                 coords[len(ctrl) :],
                 coords[: len(ctrl)],
-                block_size=self.hparams["ot_block_size"],
+                block_size=self.params.ot_block_size,
                 seed=seed,
             )
             controls.append(ctrl)
@@ -437,7 +418,7 @@ class ScButterfly(PerConditionModel):
         if not controls:
             return None
         ctrl, pert = np.concatenate(controls), np.concatenate(partners)
-        if training and len(ctrl) % self.train_config.batch_size == 1 and len(ctrl) > 1:
+        if training and len(ctrl) % self.params.batch_size == 1 and len(ctrl) > 1:
             ctrl, pert = ctrl[:-1], pert[:-1]
         pairs = (
             sp.hstack([X[ctrl], X[pert]], format="csr")

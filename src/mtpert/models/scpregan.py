@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -17,10 +18,13 @@ from anndata import AnnData
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from mtpert.data.spec import DatasetSpec
-from mtpert.models.per_condition import PerConditionModel, domain_mean, gene_moments
+from mtpert.models.per_condition import (
+    PerConditionModel,
+    PerConditionParams,
+    domain_mean,
+    gene_moments,
+)
 from mtpert.train.data import Batch, CellData, cell_matrix
-from mtpert.train.loop import train
 
 CONTROL, PERTURBED = 0, 1
 """Domain indices: the original's domain A (control) and domain B (perturbed)."""
@@ -181,6 +185,33 @@ def _route(modules: nn.ModuleList, x: Tensor, index: Tensor) -> Tensor:
     return out
 
 
+@dataclass(frozen=True, kw_only=True)
+class ScPreGANParams(PerConditionParams):
+    """Hyperparameters of :class:`ScPreGAN`, besides the seed and the training settings of
+    :class:`~mtpert.train.TrainConfig` (``batch_size`` counts both domains; defaults: see
+    :class:`~mtpert.models.per_condition.PerConditionParams`, and patience 30).
+
+    Attributes:
+        hidden: encoder hidden widths (the original's ``2 * min_hidden_size, min_hidden_size``);
+            generators mirror them and discriminators reuse them.
+        latent_dim: latent size (the original's ``z_dim``).
+        adv_weight, recon_weight, encoding_weight: loss weights (``lambda_adv``,
+            ``lambda_recon``, ``lambda_encoding``).
+    """
+
+    hidden: tuple[int, ...] = (512, 256)
+    latent_dim: int = 16
+    adv_weight: float = 1e-3
+    recon_weight: float = 1.0
+    encoding_weight: float = 0.1
+    patience: int = 30
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._widths("hidden")
+        self._positive("latent_dim")
+
+
 class ScPreGAN(PerConditionModel):
     """scPreGAN (Wei et al. 2022): shared encoder, a generator and an auxiliary-classifier
     discriminator per domain (control, perturbed), trained adversarially.
@@ -223,61 +254,26 @@ class ScPreGAN(PerConditionModel):
       which its ReLU output layer cannot produce where values are negative.
     * Predictions are clipped at 0, the floor of log data (the ReLU output already is >= 0).
 
-    Args:
-        spec: obs keys of the dataset.
-        hidden: encoder hidden widths (the original's ``2 * min_hidden_size, min_hidden_size``);
-            generators mirror them and discriminators reuse them.
-        latent_dim: latent size (the original's ``z_dim``).
-        adv_weight, recon_weight, encoding_weight: loss weights (``lambda_adv``,
-            ``lambda_recon``, ``lambda_encoding``).
-        lr, weight_decay, batch_size, max_epochs, patience, warmup_epochs, grad_clip, disc_steps:
-            see :class:`mtpert.train.TrainConfig`; ``batch_size`` counts both domains.
-        device, num_threads, seed, progress: as for :class:`mtpert.models.MultiTaskModel`.
+    Keyword arguments: the fields of :class:`ScPreGANParams` and the runtime options of
+    :class:`~mtpert.models.trained.TrainedModel`.
     """
 
     name = "scpregan"
-
-    def __init__(
-        self,
-        spec: DatasetSpec,
-        *,
-        hidden: tuple[int, ...] | list[int] = (512, 256),
-        latent_dim: int = 16,
-        adv_weight: float = 1e-3,
-        recon_weight: float = 1.0,
-        encoding_weight: float = 0.1,
-        lr: float = 1e-3,
-        weight_decay: float = 0.0,
-        batch_size: int = 128,
-        max_epochs: int = 200,
-        patience: int = 30,
-        warmup_epochs: int = 0,
-        grad_clip: float = 1.0,
-        disc_steps: int = 1,
-        device: str = "auto",
-        num_threads: int | None = None,
-        seed: int | None = None,
-        progress: bool = True,
-    ) -> None:
-        super().__init__(
-            spec,
-            hidden=hidden, latent_dim=latent_dim, adv_weight=adv_weight, recon_weight=recon_weight,
-            encoding_weight=encoding_weight, lr=lr, weight_decay=weight_decay, batch_size=batch_size,
-            max_epochs=max_epochs, patience=patience, warmup_epochs=warmup_epochs, grad_clip=grad_clip,
-            disc_steps=disc_steps, device=device, num_threads=num_threads, seed=seed, progress=progress,
-        )  # fmt: skip
-        self.cell_types: list[str] = []
+    Params = ScPreGANParams
+    params: ScPreGANParams
+    cell_types: list[str]
+    """Cell types of the training cells, in the order of the discriminators' classes."""
 
     def _prepare(self, train: AnnData) -> None:
         self.cell_types = self.spec.cell_types(train)
 
     def _build(self) -> ScPreGANNet:
-        h = self.hparams
+        p = self.params
         return ScPreGANNet(
             len(self.genes),  # type: ignore[arg-type]
             len(self.cell_types),
-            hidden=h["hidden"], latent_dim=h["latent_dim"], adv_weight=h["adv_weight"],
-            recon_weight=h["recon_weight"], encoding_weight=h["encoding_weight"],
+            hidden=p.hidden, latent_dim=p.latent_dim, adv_weight=p.adv_weight,
+            recon_weight=p.recon_weight, encoding_weight=p.encoding_weight,
         )  # fmt: skip
 
     def _fit_condition(
@@ -287,10 +283,7 @@ class ScPreGAN(PerConditionModel):
         val_data = self._cell_data(val) if val is not None and val.n_obs else None
         net = self._build()
         net.start_at(*gene_moments(train_cells))
-        history = train(
-            net, data, val_data, self.train_config, device=self.device, generator=generator
-        )
-        return net, history
+        return net, self._train(net, data, val_data, generator)
 
     def _cell_data(self, adata: AnnData, rng: np.random.Generator | None = None) -> CellData:
         """Cells with their domain and cell-type index; with ``rng``, the smaller domain is
@@ -308,8 +301,9 @@ class ScPreGAN(PerConditionModel):
                 rows = np.concatenate([rows, rng.choice(sides[0], len(sides[1]) - len(sides[0]))])
         return CellData(cell_matrix(adata)[rows], domain[rows], group=cell_type[rows].astype(np.int64))
 
-    def _learned_extra(self) -> dict[str, Any]:
-        return {"cell_types": self.cell_types}
+    def _learned(self) -> dict[str, Any]:
+        return {**super()._learned(), "cell_types": self.cell_types}
 
-    def _restore_extra(self, learned: dict[str, Any]) -> None:
-        self.cell_types = list(learned["cell_types"])
+    def _restore(self, learned: dict[str, Any], tensors: dict[str, Tensor]) -> None:
+        self.cell_types = list(learned["cell_types"])  # before the networks are built
+        super()._restore(learned, tensors)

@@ -12,9 +12,10 @@ import numpy as np
 import torch
 from anndata import AnnData
 
+from mtpert._array import dense
 from mtpert.data.spec import DatasetSpec
 from mtpert.errors import DataError
-from mtpert.models.base import PerturbationModel, check_weights, dense
+from mtpert.models.base import PerturbationModel, check_weights
 
 ConditionKey = tuple[str, float | None]
 

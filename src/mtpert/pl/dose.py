@@ -11,10 +11,10 @@ from anndata import AnnData
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from mtpert._array import dense
 from mtpert.data.spec import DatasetSpec
 from mtpert.errors import DataError
 from mtpert.metrics.de import top_degs
-from mtpert.models.base import dense
 from mtpert.pl._text import literal
 
 TRUTH = "truth"
@@ -98,12 +98,14 @@ def dose_response(
     n_genes: int = 6,
     ncols: int = 3,
     axes: Sequence[Axes] | None = None,
+    title: str | None = None,
 ) -> Figure:
     """One panel per gene: true mean expression across doses (black) and each model's prediction.
 
     Arguments as in :func:`dose_response_means`. Doses are on a symmetric log axis, linear below
     the smallest positive dose, so the control dose (usually 0) sits at the left. ``axes``: where
-    to draw, one per gene; default a new figure of ``ncols`` columns. Returns the figure.
+    to draw, one per gene; default a new figure of ``ncols`` columns. ``title``: the figure's
+    title, e.g. the group and seed shown. Returns the figure.
     """
     table = dose_response_means(
         truth, preds, spec, condition=condition, genes=genes, n_genes=n_genes
@@ -140,8 +142,10 @@ def dose_response(
     fig = axes[0].figure
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="upper right", fontsize=8, frameon=False)
+    if title:
+        fig.suptitle(literal(title))
     if created:
-        fig.tight_layout(rect=(0, 0, 0.85, 1))
+        fig.tight_layout(rect=(0, 0, 0.85, 0.95 if title else 1))
     return fig
 
 

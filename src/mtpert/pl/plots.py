@@ -9,14 +9,26 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 from matplotlib.axes import Axes
+from matplotlib.colors import to_rgb
+from matplotlib.typing import ColorType
 from sklearn.decomposition import PCA
 
-from mtpert.models.base import dense
+from mtpert._array import dense
+from mtpert.pl._labels import PointLabels
 from mtpert.pl._text import literal
 
 
 def _axes(ax: Axes | None, size: tuple[float, float]) -> Axes:
     return ax if ax is not None else plt.subplots(figsize=size)[1]
+
+
+def _text_color_on(background: ColorType) -> str:
+    """``"black"`` or ``"white"``: whichever has the higher WCAG 2 contrast ratio with
+    ``background`` (relative luminance above 0.179 takes black), so cell text stays readable."""
+    channels = np.asarray(to_rgb(background))
+    linear = np.where(channels <= 0.04045, channels / 12.92, ((channels + 0.055) / 1.055) ** 2.4)
+    luminance = float(linear @ (0.2126, 0.7152, 0.0722))
+    return "black" if (luminance + 0.05) / 0.05 >= 1.05 / (luminance + 0.05) else "white"
 
 
 def mean_expression_scatter(
@@ -31,7 +43,8 @@ def mean_expression_scatter(
     """Per-gene mean expression, prediction (y) against truth (x), with R² over all genes.
 
     Genes in ``highlight`` (e.g. the top true DEGs) are drawn in colour, the R² over them is shown
-    too, and the first ``n_labels`` of them are named.
+    too, and the first ``n_labels`` of them are named; names never overlap each other, the points
+    or the legend (:class:`~mtpert.pl._labels.PointLabels`: a name with no free place is left out).
     """
     ax = _axes(ax, (4.5, 4.5))
     genes = truth.var_names
@@ -46,16 +59,18 @@ def mean_expression_scatter(
         ax.scatter(x[marked], y[marked], s=10, c="tab:red", linewidths=0, label=f"top {len(marked)} DEGs")
         if len(marked) > 1:
             text.append(f"R² DEGs = {np.corrcoef(x[marked], y[marked])[0, 1] ** 2:.3f}")
-        for i in marked[:n_labels]:
-            ax.annotate(literal(genes[i]), (x[i], y[i]), fontsize=7, xytext=(3, 3), textcoords="offset points")
     top = float(max(x.max(), y.max())) * 1.05
     ax.plot([0, top], [0, top], ls="--", lw=0.8, c="k")
     ax.set_xlim(0, top)
     ax.set_ylim(0, top)
     ax.set_xlabel("true mean expression")
     ax.set_ylabel("predicted mean expression")
-    ax.text(0.03, 0.97, "\n".join(text), transform=ax.transAxes, va="top", fontsize=9)
-    ax.legend(loc="lower right", fontsize=7, frameon=False)
+    scores = ax.text(0.03, 0.97, "\n".join(text), transform=ax.transAxes, va="top", fontsize=9)
+    legend = ax.legend(loc="lower right", fontsize=7, frameon=False)
+    named = marked[:n_labels]
+    if len(named):
+        labels = [literal(genes[i]) for i in named]
+        ax.add_artist(PointLabels(ax, np.column_stack([x[named], y[named]]), labels, obstacles=(scores, legend)))
     if title:
         ax.set_title(literal(title))
     return ax
@@ -99,7 +114,8 @@ def metric_heatmap(
     """Models (rows) x held-out groups (columns): ``metric`` averaged over seeds.
 
     Better values are greener whichever direction the metric improves in (read from the
-    ``higher_is_better`` column of ``results`` when present).
+    ``higher_is_better`` column of ``results`` when present). Each value is written in black or
+    white, whichever contrasts more with its cell.
     """
     data = results[results["metric"] == metric]
     if data.empty:
@@ -109,13 +125,15 @@ def metric_heatmap(
         table = table.reindex([m for m in order if m in table.index])
     higher = bool(data["higher_is_better"].iloc[0]) if "higher_is_better" in data.columns else True
     ax = _axes(ax, (1.5 + 0.8 * table.shape[1], 1.0 + 0.4 * table.shape[0]))
-    image = ax.imshow(table.to_numpy(dtype=float), cmap="RdYlGn" if higher else "RdYlGn_r", aspect="auto")
+    values = table.to_numpy(dtype=float)
+    image = ax.imshow(values, cmap="RdYlGn" if higher else "RdYlGn_r", aspect="auto")
     ax.set_xticks(range(table.shape[1]), [literal(g) for g in table.columns], rotation=40, ha="right")
     ax.set_yticks(range(table.shape[0]), [literal(m) for m in table.index])
     if annotate:
-        for (i, j), value in np.ndenumerate(table.to_numpy(dtype=float)):
+        for (i, j), value in np.ndenumerate(values):
             if np.isfinite(value):
-                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7)
+                color = _text_color_on(image.cmap(image.norm(value)))
+                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7, color=color)
     ax.figure.colorbar(image, ax=ax, shrink=0.8, label=literal(metric))
     ax.set_title(f"{literal(metric)} ({'higher' if higher else 'lower'} is better)")
     return ax

@@ -1,7 +1,7 @@
 """Training machinery: sparse minibatches, OT pairing and the optimization loop."""
 
 from mtpert.train.data import Batch, CellData
-from mtpert.train.loop import Trainable, TrainConfig, cpu_threads, evaluate, train
+from mtpert.train.loop import Trainable, TrainConfig, cpu_threads, evaluate, on_epoch, train
 from mtpert.train.pairing import ot_pairs, pair_within_groups
 
 __all__ = [
@@ -11,6 +11,7 @@ __all__ = [
     "Trainable",
     "cpu_threads",
     "evaluate",
+    "on_epoch",
     "ot_pairs",
     "pair_within_groups",
     "train",

@@ -1,5 +1,9 @@
 """A small, readable training loop: AdamW, warm-up, plateau decay, early stopping, clipping.
 
+With ``progress``, each finished epoch is reported: on a terminal (or in a notebook) by a
+progress bar, elsewhere (output to a file or a pipe, a worker process) as an INFO record of the
+``mtpert.train`` logger, which says nothing until the application configures logging.
+
 The loop knows nothing about autoencoders. It trains any module that follows :class:`Trainable`:
 ``losses(batch)`` returns the weighted loss terms of one minibatch (their sum is minimized), and
 the validation sum of its ``monitored`` terms decides early stopping and learning-rate decay
@@ -10,15 +14,19 @@ then one step of everything else against the updated discriminator.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
+from importlib.util import find_spec
 from typing import Protocol
 
 import pandas as pd
 import torch
+from rich import get_console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import Tensor, nn
 
@@ -29,6 +37,21 @@ DISC = "disc"
 
 MIN_RELATIVE_IMPROVEMENT = 1e-4
 """A validation loss must fall by this fraction of the best so far to reset early stopping."""
+
+logger = logging.getLogger(__name__)
+
+_EPOCH_LISTENERS: ContextVar[tuple[Callable[[int, int], None], ...]] = ContextVar("epoch_listeners", default=())
+
+
+@contextmanager
+def on_epoch(listener: Callable[[int, int], None]) -> Iterator[None]:
+    """Call ``listener(epoch, max_epochs)`` after each epoch of every :func:`train` in the block,
+    whether or not progress is shown (a benchmark's live view of its running fits uses it)."""
+    token = _EPOCH_LISTENERS.set((*_EPOCH_LISTENERS.get(), listener))
+    try:
+        yield
+    finally:
+        _EPOCH_LISTENERS.reset(token)
 
 
 class Trainable(Protocol):
@@ -54,7 +77,7 @@ class Trainable(Protocol):
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimization settings.
+    """Optimization settings: what a trained model's results depend on, besides its network.
 
     Attributes:
         lr: peak AdamW learning rate (also the discriminator's).
@@ -68,7 +91,6 @@ class TrainConfig:
         disc_steps: discriminator steps per minibatch, before the step of everything else; several
             keep the discriminator near its best, so the encoder must remove what it reads rather
             than dodge a lagging discriminator.
-        progress: show a rich progress bar.
     """
 
     lr: float = 1e-3
@@ -79,7 +101,6 @@ class TrainConfig:
     warmup_epochs: int = 5
     grad_clip: float = 1.0
     disc_steps: int = 5
-    progress: bool = True
 
     def __post_init__(self) -> None:
         positive = ("lr", "batch_size", "max_epochs", "patience", "grad_clip", "disc_steps")
@@ -103,11 +124,13 @@ def train(
     *,
     device: torch.device,
     generator: torch.Generator,
+    progress: bool = True,
 ) -> pd.DataFrame:
     """Train ``module`` (a :class:`Trainable`) in place and restore its best weights.
 
     Early stopping and learning-rate decay watch the validation loss, or the training loss when
-    ``val`` is None or empty. ``generator`` orders the minibatches.
+    ``val`` is None or empty. ``generator`` orders the minibatches. ``progress``: report each
+    epoch (a bar on a terminal, else a log record; see the module docstring).
 
     Returns:
         The history: one row per epoch with ``epoch``, ``lr`` and ``train_<term>`` /
@@ -129,8 +152,7 @@ def train(
 
     rows: list[dict[str, float]] = []
     best, best_state, stale, step = math.inf, {}, 0, 0
-    with _progress_bar(config) as bar:
-        task = bar.add_task("training", total=config.max_epochs, status="")
+    with _epoch_reporter(config.max_epochs, progress) as report:
         for epoch in range(1, config.max_epochs + 1):
             module.train()
             sums: defaultdict[str, float] = defaultdict(float)
@@ -165,7 +187,9 @@ def train(
                 best, best_state, stale = monitor, _state(module), 0
             else:
                 stale += 1
-            bar.update(task, advance=1, status=f"{prefix} loss {monitor:.4f} (best {best:.4f})")
+            report(epoch, f"{prefix} loss {monitor:.4f} (best {best:.4f})")
+            for listener in _EPOCH_LISTENERS.get():
+                listener(epoch, config.max_epochs)
             if stale >= config.patience:
                 break
     module.load_state_dict(best_state)
@@ -205,7 +229,7 @@ def cpu_threads(n: int | None) -> Iterator[None]:
 def _adamw(params: list[Tensor], config: TrainConfig, device: torch.device) -> torch.optim.AdamW:
     """AdamW, fused into one kernel per step on CPU and CUDA: on CPU the per-parameter loop of
     the default implementation took a fifth of each training step (see
-    benchmarks/results/perf_profile.md)."""
+    benchmarks/results/perf_profile.notes.md)."""
     fused = device.type in ("cpu", "cuda") or None
     return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, fused=fused)
 
@@ -224,16 +248,21 @@ def _state(module: nn.Module) -> dict[str, Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
-def _progress_bar(config: TrainConfig) -> Progress:
-    return Progress(
-        TextColumn("epoch"),
-        MofNCompleteColumn(),
-        BarColumn(),
-        TextColumn("{task.fields[status]}"),
-        TimeElapsedColumn(),
-        disable=not config.progress,
-        transient=True,
-    )
+@contextmanager
+def _epoch_reporter(max_epochs: int, show: bool) -> Iterator[Callable[[int, str], None]]:
+    """``report(epoch, status)`` for each finished epoch: a transient progress bar where the
+    console is a terminal (or a notebook with ipywidgets), an INFO log record otherwise; nothing
+    unless ``show``."""
+    console = get_console()
+    if not show:
+        yield lambda epoch, status: None
+    elif console.is_terminal or (console.is_jupyter and find_spec("ipywidgets") is not None):  # rich draws there
+        columns = (TextColumn("epoch"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.fields[status]}"))
+        with Progress(*columns, TimeElapsedColumn(), console=console, transient=True) as bar:
+            task = bar.add_task("training", total=max_epochs, status="")
+            yield lambda epoch, status: bar.update(task, completed=epoch, status=status)
+    else:
+        yield lambda epoch, status: logger.info("epoch %d/%d: %s", epoch, max_epochs, status)
 
 
 def resolve_device(device: str) -> torch.device:

@@ -1,0 +1,132 @@
+"""Plugins: what installed packages add to mtpert's registries through entry points.
+
+A package declares, in its ``pyproject.toml``::
+
+    [project.entry-points."mtpert.metrics"]
+    my_metric = "my_package.metrics:my_metric"
+
+as pytest and napari find their plugins. A registry reads its group the first time it is looked
+into, not when mtpert is imported, so ``import mtpert`` stays fast and a broken plugin cannot
+break it: a plugin that fails to load or to register is skipped with a :class:`PluginWarning`
+naming it, its package and the error. :class:`PluginRegistry` is such a registry, read like a
+dict; the model and metric registries are its two kinds.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from abc import abstractmethod
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from importlib.metadata import EntryPoint, entry_points
+from typing import Any, ClassVar, TypeVar
+
+from mtpert.errors import ConfigError
+
+T = TypeVar("T")
+
+
+class PluginWarning(UserWarning):
+    """An installed plugin could not be loaded or registered, so it was skipped."""
+
+
+class EntryPointPlugins:
+    """The plugins of entry-point group ``group``, handed to ``register`` once, on first use.
+
+    Args:
+        group: the entry-point group, e.g. ``"mtpert.metrics"``.
+        kind: what the plugins add (``"metric"``, ``"model"``), for the warning.
+        register: ``(entry-point name, loaded object) -> None``; registers it, raising when the
+            object is not something the registry takes (the plugin is then skipped).
+    """
+
+    def __init__(self, group: str, kind: str, register: Callable[[str, Any], None]) -> None:
+        self.group = group
+        self.kind = kind
+        self._register = register
+        self._loaded = False
+        self._lock = threading.RLock()  # one thread loads; a plugin may read or register (reentry)
+
+    def load(self) -> None:
+        """Register every plugin of the group, the first time only; a broken one warns."""
+        with self._lock:
+            if self._loaded:
+                return
+            self._loaded = True  # first: a plugin that reads the registry sees it as it is
+            for point in entry_points(group=self.group):
+                try:
+                    self._register(point.name, point.load())
+                except Exception as error:  # noqa: BLE001  (a broken plugin must not break mtpert)
+                    warnings.warn(
+                        f"Skipped the {self.kind} plugin '{point.name}' = '{point.value}' "
+                        f"{_provider(point)}: {type(error).__name__}: {error}. "
+                        "Fix or uninstall that package to silence this warning.",
+                        PluginWarning,
+                        stacklevel=4,
+                    )
+
+
+class PluginRegistry(Mapping[str, T]):
+    """Entries by name, read like a dict: those given, those added with the subclass's
+    ``register`` (through :meth:`_add`), and those of the plugins of entry-point group ``group``
+    (loaded the first time the registry is read; a broken plugin is skipped with a warning).
+
+    Names are only ever added, never given to another entry, so a name means one thing for the
+    whole session; the same entry again (equal :meth:`_identity`, e.g. a notebook cell run twice)
+    replaces the old one. Subclasses say what an entry is (:meth:`_identity`, :meth:`_describe`)
+    and how a plugin's loaded object is registered (:meth:`_register_plugin`).
+    """
+
+    kind: ClassVar[str]
+    """What the entries are, for messages: ``"model"``, ``"metric"``."""
+
+    def __init__(self, entries: Iterable[tuple[str, T]], group: str) -> None:
+        self._entries = dict(entries)
+        self._plugins = EntryPointPlugins(group, self.kind, self._register_plugin)
+
+    def _add(self, name: str, entry: T) -> T:
+        """Register ``entry`` under ``name``; refuse a name taken by another entry."""
+        self._plugins.load()  # a plugin's name is taken whether it loaded before or after
+        taken = self._entries.get(name)
+        if taken is not None and self._identity(taken) != self._identity(entry):
+            raise ConfigError(
+                f"The {self.kind} name '{name}' is already registered as {self._describe(taken)}; "
+                f"register {self._describe(entry)} under another name."
+            )
+        self._entries[name] = entry
+        return entry
+
+    @abstractmethod
+    def _register_plugin(self, name: str, loaded: object) -> None:
+        """Register what plugin ``name`` loaded, or raise (the plugin is then skipped)."""
+
+    @staticmethod
+    @abstractmethod
+    def _identity(entry: T) -> object:
+        """What makes two registrations of a name the same entry."""
+
+    @staticmethod
+    @abstractmethod
+    def _describe(entry: T) -> str:
+        """``entry`` in words, for error messages."""
+
+    def __getitem__(self, name: str) -> T:
+        self._plugins.load()
+        return self._entries[name]
+
+    def __iter__(self) -> Iterator[str]:
+        self._plugins.load()
+        return iter(tuple(self._entries))  # a snapshot: a registration while iterating is no error
+
+    def __len__(self) -> int:
+        self._plugins.load()
+        return len(self._entries)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(self)})"
+
+
+def _provider(point: EntryPoint) -> str:
+    """Which installed package declares ``point``, as words for a message."""
+    dist = getattr(point, "dist", None)
+    return f"(from package {dist.name} {dist.version})" if dist is not None else "(package unknown)"
