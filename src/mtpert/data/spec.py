@@ -19,6 +19,9 @@ from anndata import AnnData
 from mtpert.data.backed import on_disk
 from mtpert.errors import DataError
 
+_LATER_FIELDS = ("combination_separator", "guide_key")
+"""DatasetSpec fields added after run ids were first made from specs (left out of ``to_dict`` when unset)."""
+
 DEFAULT_MIN_CELLS = 20
 """Fewest cells on each side (control and perturbed) for a group to serve as a held-out target."""
 
@@ -38,6 +41,10 @@ class DatasetSpec:
         dose_key: optional numeric obs column with the dose of each cell.
         control_dose: dose of control cells when ``dose_key`` is set.
         batch_key: optional obs column with donor or batch.
+        combination_separator: where one condition label combines several perturbations (a
+            genetic screen's ``"KLF1+MAP2K6"``), the text between them, e.g. ``"+"``; None:
+            every label is one perturbation.
+        guide_key: optional obs column naming each cell's guide RNA (pooled screens).
     """
 
     cell_type_key: str = "cell_type"
@@ -46,16 +53,37 @@ class DatasetSpec:
     dose_key: str | None = None
     control_dose: float = 0.0
     batch_key: str | None = None
+    combination_separator: str | None = None
+    guide_key: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.combination_separator == "":
+            raise DataError("combination_separator is empty; give the text between combined perturbations, e.g. '+'.")
+        if self.combination_separator is not None and self.combination_separator in self.control:
+            raise DataError(f"The control label '{self.control}' contains the combination separator '{self.combination_separator}'.")
 
     @property
     def obs_keys(self) -> list[str]:
         """Every obs column the spec names."""
-        keys = [self.cell_type_key, self.condition_key, self.dose_key, self.batch_key]
+        keys = [self.cell_type_key, self.condition_key, self.dose_key, self.batch_key, self.guide_key]
         return [k for k in keys if k is not None]
 
     def to_dict(self) -> dict[str, object]:
-        """Plain-dict form, for saving alongside models and results."""
-        return asdict(self)
+        """Plain-dict form, for saving alongside models and results. Fields added since the
+        first release appear only when set, so the ids of runs made before stay the same."""
+        values = asdict(self)
+        return {k: v for k, v in values.items() if k not in _LATER_FIELDS or v is not None}
+
+    def parts(self, condition: str) -> tuple[str, ...]:
+        """The single perturbations a condition label combines (``"A+B"`` -> ``("A", "B")``);
+        a label of one perturbation, or the control, is its own one part."""
+        if self.combination_separator is None or condition == self.control:
+            return (condition,)
+        return tuple(p for p in condition.split(self.combination_separator) if p)
+
+    def perturbations(self, adata: AnnData) -> list[str]:
+        """Sorted distinct single perturbations of the data's conditions (combinations split)."""
+        return sorted({p for c in self.conditions(adata) for p in self.parts(c)})
 
     @classmethod
     def from_dict(cls, values: dict[str, object]) -> DatasetSpec:
