@@ -80,6 +80,18 @@ def test_run_ids_are_stable_distinct_and_follow_what_decides_a_result(sim_path, 
     assert changed == {"mtae"}
 
 
+def test_run_ids_of_existing_results_survive_new_fields() -> None:
+    """The committed Kang grid (benchmarks/results/kang_grid) is resumed by run id: fields added
+    to RunSpec or DatasetSpec since must not change the id of a run that does not use them."""
+    from mtpert.benchmark import RunSpec
+
+    preparation = '{"hvg_on_all_cells":false,"min_cells":20,"n_hvg":2000}'
+    run = RunSpec("kang2018_pbmc_ifnb_2k.h5ad", DatasetSpec(), preparation, "group", "B", "control", 1, "{}")
+    assert run.id == "21fee1e29dfb0a77"  # its file in benchmarks/results/kang_grid/runs/
+    assert (Path(__file__).parents[1] / "benchmarks/results/kang_grid/runs/21fee1e29dfb0a77.parquet").is_file()
+    assert RunSpec(**{**run.__dict__, "spec": DatasetSpec(combination_separator="+")}).id != run.id
+
+
 def test_groups_too_small_to_score_are_skipped_with_the_reason(sim_path) -> None:
     adata = simulate(seed=1, n_cells=40, n_genes=150)
     spec = DatasetSpec()

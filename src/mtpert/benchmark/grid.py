@@ -262,9 +262,11 @@ class RunSpec:
     @property
     def id(self) -> str:
         """First 16 hex digits of the SHA-256 of the run's canonical JSON. Fields with a default
-        enter it only when they differ from it, so adding one keeps every earlier run's id."""
+        enter it only when they differ from it (and the spec as :meth:`DatasetSpec.to_dict` gives
+        it, which does the same), so adding one keeps every earlier run's id."""
         defaults = {f.name: f.default for f in fields(self) if f.default is not MISSING}
-        values = {k: v for k, v in asdict(self).items() if k not in defaults or v != defaults[k]}
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values = {k: v for k, v in values.items() if k not in defaults or v != defaults[k]}
         return hashlib.sha256(_canonical(values).encode()).hexdigest()[:16]
 
     @property
