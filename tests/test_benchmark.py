@@ -202,7 +202,7 @@ def test_a_benchmark_killed_with_sigkill_resumes_where_it_stopped(sim_path, tmp_
 
 # ---------------------------------------------------------------------------- executors
 def test_run_holdout_is_the_benchmark_engine_in_memory(sim_path, tmp_path, monkeypatch) -> None:
-    from mtpert.benchmark import make_fold, run_holdout
+    from mtpert.benchmark import Holdout, make_fold, run_holdout
     from mtpert.benchmark.executors import _prepared
 
     monkeypatch.chdir(tmp_path)
@@ -216,7 +216,7 @@ def test_run_holdout_is_the_benchmark_engine_in_memory(sim_path, tmp_path, monke
     pd.testing.assert_series_equal(by_target(in_memory), by_target(on_disk))
     # the one fold helper gives the fold every run uses
     fold = make_fold(adata, SPEC, "type_0", seed=1, n_hvg=100)
-    prepared = _prepared(str(sim_path), SPEC, "group", "type_0", None, None, 100, False, 20)
+    prepared = _prepared(str(sim_path), SPEC, Holdout("type_0"), 100, False, 20)
     assert fold.data.var_names.equals(prepared.var_names) and np.array_equal(fold.data.X.toarray(), prepared.X.toarray())
     with pytest.raises(ConfigError, match="only be run in this process"):
         run_benchmark(config(sim_path), tmp_path / "x", adata=adata, executor=LocalExecutor(jobs=2))

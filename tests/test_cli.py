@@ -45,6 +45,14 @@ def test_tables_are_not_cut_when_output_is_not_a_terminal() -> None:
     assert max(map(len, lines)) > 200, "the table is as wide as its longest row, not the 80 columns of no terminal"
 
 
+def test_data_list_says_which_screens_have_a_published_checksum() -> None:
+    result = piped.invoke(app, ["data", "list"])
+    assert result.exit_code == 0
+    rows = {line.split("│")[1].strip(): line for line in result.output.splitlines() if line.startswith("│")}
+    assert "verified" in rows["norman2019"]
+    assert "none published" in rows["papalexi2021"] and "none published" in rows["mcfaline2023"]
+
+
 def test_data_info_on_kang(kang_path) -> None:
     result = runner.invoke(app, ["data", "info", str(kang_path)])
     assert result.exit_code == 0, result.output

@@ -280,7 +280,7 @@ def test_a_truncated_directory_file_is_a_clear_error(sim_path, tmp_path, file) -
         ("n_hvg: many", "n_hvg: 'many' is not valid: Input should be a valid integer"),
         ("min_cells: 0", "min_cells: 0 is not valid: Input should be greater than or equal to 2"),
         ("holdout: 5", "Held-out target(s) ['5'] not in obs['cell_type']"),
-        ("split: sideways", "split: 'sideways' is not valid: Input should be 'group' or 'condition'"),
+        ("split: sideways", "split: 'sideways' is not valid: Input should be 'group', 'condition' or 'combination'"),
         ("save_predictions: 3", "save_predictions: 3 is not valid"),
         ("spec: {cell_type: ct}", "spec.cell_type: 'ct' is not valid"),
         ("model_params: {mean_shift: {}}\nmodels: [mtae]", "model_params names models not in the benchmark: ['mean_shift']"),

@@ -187,14 +187,16 @@ def test_non_h5ad_file_is_a_clear_error(tmp_path):
 
 
 def test_registry_table_is_immutable_and_well_formed():
-    assert set(DATASETS) == {"kang2018", "nault2021", "nault2021_liver", "hagai2018"}
+    assert set(DATASETS) == {
+        "kang2018", "nault2021", "nault2021_liver", "hagai2018", "norman2019", "papalexi2021", "mcfaline2023"
+    }
     with pytest.raises(TypeError):
         DATASETS["x"] = DATASETS["kang2018"]  # type: ignore[index]
     for name, entry in DATASETS.items():
         assert entry.name == name and isinstance(entry.spec, DatasetSpec)
         assert entry.url or entry.manual_download
         if entry.known_hash is not None:
-            assert re.fullmatch(r"sha256:[0-9a-f]{64}", entry.known_hash)
+            assert re.fullmatch(r"sha256:[0-9a-f]{64}|md5:[0-9a-f]{32}", entry.known_hash)
     assert DATASETS["nault2021"].spec.dose_key
     assert DATASETS["hagai2018"].group_keys["species"] == "species"
     table = list_datasets()

@@ -9,6 +9,7 @@ from mtpert.benchmark.grid import BenchmarkConfig, RunSpec, expand
 from mtpert.benchmark.harness import run_benchmark, run_holdout
 from mtpert.benchmark.holdout import (
     Fold,
+    Holdout,
     fit_and_score,
     fold_data,
     make_fold,
@@ -21,6 +22,7 @@ from mtpert.benchmark.report import write_report
 __all__ = [
     "BenchmarkConfig",
     "Fold",
+    "Holdout",
     "RunSpec",
     "expand",
     "fit_and_score",

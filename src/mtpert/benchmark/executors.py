@@ -26,10 +26,9 @@ from anndata import AnnData
 
 from mtpert.benchmark.grid import NOISE_CEILING, RunSpec
 from mtpert.benchmark.holdout import (
-    SplitKind,
+    Holdout,
     fit_and_score,
     fold_data,
-    make_split,
     noise_ceiling,
     rank_scores,
 )
@@ -103,8 +102,8 @@ def execute(task: Task) -> RunResult:
 def _execute(task: Task) -> RunResult:
     run = task.run
     min_cells = run.prep["min_cells"]
-    data = _prepared(task.data, run.spec, run.split, run.target, run.dose, run.group_key, run.prep["n_hvg"], run.prep["hvg_on_all_cells"], min_cells)
-    split = make_split(data, run.spec, run.split, run.target, dose=run.dose, group_key=run.group_key, seed=run.seed, min_cells=min_cells)
+    data = _prepared(task.data, run.spec, run.holdout, run.prep["n_hvg"], run.prep["hvg_on_all_cells"], min_cells)
+    split = run.holdout.split(data, run.spec, seed=run.seed, min_cells=min_cells)
     _reset_peak_rss()
     start = time.perf_counter()
     costs: dict[str, float] = {}
@@ -187,13 +186,9 @@ def load(data: str) -> AnnData:
 
 
 @lru_cache(maxsize=2)
-def _prepared(
-    data: str, spec: DatasetSpec, kind: SplitKind, target: str, dose: float | None, group_key: str | None, n_hvg: int, hvg_on_all_cells: bool,
-    min_cells: int,
-) -> AnnData:
+def _prepared(data: str, spec: DatasetSpec, holdout: Holdout, n_hvg: int, hvg_on_all_cells: bool, min_cells: int) -> AnnData:
     """Data prepared for one held-out target, kept for the next run of the same target."""
-    options = {"kind": kind, "dose": dose, "group_key": group_key, "n_hvg": n_hvg, "hvg_on_all_cells": hvg_on_all_cells, "min_cells": min_cells}
-    return fold_data(load(data), spec, target, **options)
+    return fold_data(load(data), spec, holdout, n_hvg=n_hvg, hvg_on_all_cells=hvg_on_all_cells, min_cells=min_cells)
 
 
 def _fit_summary(models: Iterable[PerturbationModel]) -> dict[str, float]:

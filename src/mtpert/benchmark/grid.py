@@ -26,11 +26,16 @@ import pandas as pd
 from anndata import AnnData
 from pydantic import BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError
 
-from mtpert.benchmark.holdout import SplitKind
+from mtpert.benchmark.holdout import Holdout, SplitKind
 from mtpert.data.pp import require_counts_or_log
 from mtpert.data.spec import DEFAULT_MIN_CELLS, MIN_CELLS_FLOOR, DatasetSpec
-from mtpert.data.split import condition_label, eligible_conditions, eligible_groups
-from mtpert.errors import ConfigError
+from mtpert.data.split import (
+    condition_label,
+    eligible_conditions,
+    eligible_groups,
+    predictable_combinations,
+)
+from mtpert.errors import ConfigError, DataError
 from mtpert.models.registry import MODELS, get_model
 
 log = logging.getLogger("mtpert.benchmark")
@@ -83,14 +88,20 @@ class BenchmarkConfig:
             cells. With ``split="condition"``, the report plots its predictions at every held-out
             dose, and ``save_predictions="showcase"`` keeps the first seed's of every run.
         save_models: keep every fitted model (``model.save``) under ``models/<run id>``.
-        split: ``"group"`` (hold out a group at every dose) or ``"condition"`` (hold out a
-            (condition, dose) in every group; needs a dose key, and models that predict unseen
-            doses).
+        split: ``"group"`` (hold out a group at every dose; with ``group_key="replicate"``, the
+            held-out cells of seen perturbations), ``"condition"`` (hold out a (condition, dose) in
+            every group; needs a dose key, and models that predict unseen doses) or
+            ``"combination"`` (hold out a share of a screen's combinations such as ``"A+B"``, whose
+            parts were applied alone; needs ``spec.combination_separator``).
         group_key: obs column of the groups; default ``spec.cell_type_key``, e.g. ``"species"``
             to hold out a species.
         one_dose_at_a_time: models fitted once per dose on data with doses (see
             :class:`mtpert.models.registry.ModelPreset`); default the registered presets' choice.
         variants: the registered model of each name in ``models`` that is not one itself.
+        split_seeds: with ``split="combination"``: each draws which combinations are held out
+            (its own held-out target); ``holdout`` must then be ``"all"``.
+        combination_fraction: with ``split="combination"``: the share of the predictable
+            combinations held out (:func:`mtpert.data.holdout_combinations`).
     """
 
     data: str
@@ -110,6 +121,8 @@ class BenchmarkConfig:
     group_key: str | None = None
     one_dose_at_a_time: Names | None = None
     variants: Mapping[str, str] = field(default_factory=dict)
+    split_seeds: Seeds = (1, 2, 3)
+    combination_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.5
 
     def __post_init__(self) -> None:
         for name, value in _validated(self).items():
@@ -271,8 +284,16 @@ class RunSpec:
 
     @property
     def heldout(self) -> str:
-        """What the run holds out: a group, or a condition label such as ``'stimulated@0.5'``."""
+        """What the run holds out: a group, a condition label such as ``'stimulated@0.5'``, or
+        the combinations of a split seed."""
+        if self.split == "combination":
+            return f"combinations (split seed {self.target})"
         return self.target if self.split == "group" else condition_label(self.target, self.dose)
+
+    @property
+    def holdout(self) -> Holdout:
+        """The run's held-out cells, as :func:`mtpert.benchmark.make_fold` takes them."""
+        return Holdout(self.target, self.split, self.dose, self.group_key, self.prep.get("combination_fraction", 0.5))
 
     @property
     def model_params(self) -> dict[str, Any]:
@@ -301,7 +322,7 @@ class Grid:
             return False
         if config.save_predictions == "all":
             return True
-        return run.seed == config.seeds[0] and (run.split == "condition" or run.target == self.showcase)
+        return run.seed == config.seeds[0] and (run.split != "group" or run.target == self.showcase)
 
 
 def expand(config: BenchmarkConfig, adata: AnnData) -> Grid:
@@ -317,6 +338,8 @@ def expand(config: BenchmarkConfig, adata: AnnData) -> Grid:
     groups = eligible_groups(adata, spec, group_key=group_key, min_cells=config.min_cells)
     if config.split == "group":
         table = groups
+    elif config.split == "combination":
+        table = _combination_targets(config, adata, spec)
     elif spec.dose_key is None:
         raise ConfigError("split 'condition' holds out a dose of a condition; the spec has no dose_key (set spec: {dose_key: ...}).")
     else:
@@ -345,18 +368,26 @@ def expand(config: BenchmarkConfig, adata: AnnData) -> Grid:
             model = get_model(config.registered(name))(spec, **config.model_params.get(name, {}))
         except (TypeError, ValueError) as error:
             raise ConfigError(f"model_params for '{name}': {error}") from error
+        if config.split == "combination" and not model.predicts_unseen_combinations:
+            raise ConfigError(
+                f"'{name}' cannot predict a combination it was not trained on, which split 'combination' asks for; "
+                "leave it out (control, the additive and linear baselines and the multi-task models can), or use another split."
+            )
         if config.split == "condition" and (config.fits_per_dose(name) or not model.predicts_unseen_doses):
             raise ConfigError(
                 f"'{name}' cannot predict a dose it was not trained on, which split 'condition' asks for; "
                 "leave it out (e.g. scvidr_multi, mtae and control can), or use split 'group'."
             )
-    preparation = _canonical({"n_hvg": config.n_hvg, "hvg_on_all_cells": config.hvg_on_all_cells, "min_cells": config.min_cells})
+    preparation = {"n_hvg": config.n_hvg, "hvg_on_all_cells": config.hvg_on_all_cells, "min_cells": config.min_cells}
+    if config.split == "combination":  # only then: the ids of other runs stay as they were
+        preparation["combination_fraction"] = config.combination_fraction
+    preparation = _canonical(preparation)
     models = [(m, dict(config.model_params.get(m, {})), spec.dose_key is not None and config.fits_per_dose(m), config.variants.get(m)) for m in config.models]
     if config.noise_ceiling_repeats:
         models.append((NOISE_CEILING, {"repeats": config.noise_ceiling_repeats}, False, None))
     runs = []
     for label in targets:
-        target, dose = (label, None) if config.split == "group" else (table.loc[label, "condition"], float(table.loc[label, "dose"]))
+        target, dose = (label, None) if config.split != "condition" else (table.loc[label, "condition"], float(table.loc[label, "dose"]))
         runs += [
             RunSpec(dataset_id(config.data), spec, preparation, config.split, target, model, seed, _canonical(params), group_key, dose, per_dose, registered)
             for model, params, per_dose, registered in models
@@ -392,6 +423,23 @@ def _is_schema_tag(part: str | int) -> bool:
     """Whether a pydantic error location part names a branch of the schema (``"literal['all']"``,
     ``"tuple[str, ...]"``) rather than a key of the user's settings."""
     return isinstance(part, str) and any(c in part for c in "[(")
+
+
+def _combination_targets(config: BenchmarkConfig, adata: AnnData, spec: DatasetSpec) -> pd.DataFrame:
+    """The split seeds of a combination split as its held-out targets (all eligible)."""
+    if config.holdout != "all":
+        raise ConfigError("split 'combination' holds out combinations drawn by each of split_seeds; leave holdout at 'all'.")
+    try:
+        candidates = predictable_combinations(adata, spec, min_cells=config.min_cells)
+    except DataError as error:
+        raise ConfigError(str(error)) from None
+    if len(candidates) < 2:
+        raise ConfigError(
+            f"split 'combination' needs at least two combinations with {config.min_cells} cells whose parts were each "
+            f"applied alone to {config.min_cells} cells; found {candidates}. Lower --min-cells, or use another split."
+        )
+    index = pd.Index([str(s) for s in config.split_seeds])
+    return pd.DataFrame({"eligible": True, "reason": ""}, index=index)
 
 
 def dataset_id(data: str) -> str:

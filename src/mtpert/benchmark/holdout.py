@@ -25,6 +25,7 @@ from mtpert.data.spec import DEFAULT_MIN_CELLS, DatasetSpec
 from mtpert.data.split import (
     Split,
     Target,
+    holdout_combinations,
     holdout_condition,
     holdout_group,
     single_dose,
@@ -35,7 +36,7 @@ from mtpert.models.base import PerturbationModel
 from mtpert.models.registry import get_model
 
 ProgressCallback = Callable[[str], None]
-SplitKind = Literal["group", "condition"]
+SplitKind = Literal["group", "condition", "combination"]
 
 
 @dataclass(frozen=True)
@@ -210,24 +211,31 @@ def target_scores(target: Target, scores: pd.DataFrame) -> pd.DataFrame:
     return scores.assign(**ids)[[*ids, *scores.columns]]
 
 
-def make_split(
-    adata: AnnData,
-    spec: DatasetSpec,
-    kind: SplitKind,
-    target: str,
-    *,
-    dose: float | None = None,
-    group_key: str | None = None,
-    seed: int = 0,
-    min_cells: int = DEFAULT_MIN_CELLS,
-) -> Split:
-    """The split a benchmark run names: ``'group'`` holds out group ``target`` of ``group_key``
-    at every dose (:func:`mtpert.data.holdout_group`); ``'condition'`` holds out condition
-    ``target`` at ``dose`` in every group (:func:`mtpert.data.holdout_condition`)."""
-    options = {"group_key": group_key, "seed": seed, "min_cells": min_cells}
-    if kind == "group":
-        return holdout_group(adata, spec, target, **options)
-    return holdout_condition(adata, spec, target, dose=dose, **options)
+@dataclass(frozen=True)
+class Holdout:
+    """What a split holds out, as a benchmark run names it.
+
+    ``kind``: ``"group"`` holds out group ``target`` of ``group_key`` (default: the spec's
+    cell-type key) at every dose (:func:`mtpert.data.holdout_group`); ``"condition"`` holds out
+    condition ``target`` at ``dose`` in every group (:func:`mtpert.data.holdout_condition`);
+    ``"combination"`` holds out a ``fraction`` of the predictable combinations, drawn with split
+    seed ``int(target)`` (:func:`mtpert.data.holdout_combinations`).
+    """
+
+    target: str
+    kind: SplitKind = "group"
+    dose: float | None = None
+    group_key: str | None = None
+    fraction: float = 0.5
+
+    def split(self, adata: AnnData, spec: DatasetSpec, *, seed: int = 0, min_cells: int = DEFAULT_MIN_CELLS) -> Split:
+        """The split of ``adata``; ``seed`` divides the rest into train and validation cells."""
+        if self.kind == "combination":
+            return holdout_combinations(adata, spec, split_seed=int(self.target), fraction=self.fraction, seed=seed, min_cells=min_cells)
+        options = {"group_key": self.group_key, "seed": seed, "min_cells": min_cells}
+        if self.kind == "group":
+            return holdout_group(adata, spec, self.target, **options)
+        return holdout_condition(adata, spec, self.target, dose=self.dose, **options)
 
 
 def prepare_holdout(
@@ -250,40 +258,35 @@ class Fold:
 def fold_data(
     raw: AnnData,
     spec: DatasetSpec,
-    target: str,
+    holdout: Holdout | str,
     *,
-    kind: SplitKind = "group",
-    dose: float | None = None,
-    group_key: str | None = None,
     n_hvg: int = 2000,
     hvg_on_all_cells: bool = False,
     min_cells: int = DEFAULT_MIN_CELLS,
 ) -> AnnData:
-    """``raw`` prepared for holding ``target`` out (:func:`make_split`): log-normalized over HVGs
-    chosen without its held-out cells. The same for every seed, so it can be reused across seeds."""
-    heldout = make_split(raw, spec, kind, target, dose=dose, group_key=group_key, min_cells=min_cells)
+    """``raw`` prepared for ``holdout`` (a group's name is a group holdout): log-normalized over
+    HVGs chosen without its held-out cells. The same for every seed, so it can be reused across
+    seeds."""
+    holdout = Holdout(holdout) if isinstance(holdout, str) else holdout
+    heldout = holdout.split(raw, spec, min_cells=min_cells)
     return prepare_holdout(raw, spec, heldout, n_hvg=n_hvg, hvg_on_all_cells=hvg_on_all_cells)
 
 
 def make_fold(
     raw: AnnData,
     spec: DatasetSpec,
-    target: str,
+    holdout: Holdout | str,
     *,
     seed: int,
-    kind: SplitKind = "group",
-    dose: float | None = None,
-    group_key: str | None = None,
     n_hvg: int = 2000,
     hvg_on_all_cells: bool = False,
     min_cells: int = DEFAULT_MIN_CELLS,
 ) -> Fold:
     """The fold of every benchmark run and script: :func:`fold_data`, split under ``seed``. Fit on
     ``fold.split.subset(fold.data, "train")`` (and ``"val"``), score on ``fold.split.targets``."""
-    data = fold_data(
-        raw, spec, target, kind=kind, dose=dose, group_key=group_key, n_hvg=n_hvg, hvg_on_all_cells=hvg_on_all_cells, min_cells=min_cells
-    )
-    return Fold(data, make_split(data, spec, kind, target, dose=dose, group_key=group_key, seed=seed, min_cells=min_cells))
+    holdout = Holdout(holdout) if isinstance(holdout, str) else holdout
+    data = fold_data(raw, spec, holdout, n_hvg=n_hvg, hvg_on_all_cells=hvg_on_all_cells, min_cells=min_cells)
+    return Fold(data, holdout.split(data, spec, seed=seed, min_cells=min_cells))
 
 
 def summarize(results: pd.DataFrame, *, by: Sequence[str] = ("model",)) -> pd.DataFrame:

@@ -74,7 +74,10 @@ PROVENANCE = ("mtpert_version", "git_commit", "data_sha256", "invocation", "fini
 _OWN_FOLDERS = ("runs", "failed", "predictions", "models", "report")
 """Sub-folders the store writes; only in these (and the top level) are temporary files removed."""
 
-_COMPARABLE = ("spec", "split", "group_key", "n_hvg", "hvg_on_all_cells", "min_cells", "noise_ceiling_repeats", "one_dose_at_a_time")
+_COMPARABLE = (
+    "spec", "split", "group_key", "n_hvg", "hvg_on_all_cells", "min_cells", "noise_ceiling_repeats", "one_dose_at_a_time",
+    "combination_fraction",
+)  # fmt: skip
 """Settings every run of one directory must share for its results to be comparable."""
 
 
@@ -229,6 +232,7 @@ class ResultStore:
         values = config.to_dict() | {
             "models": list(dict.fromkeys(old.models + config.models)),
             "seeds": list(dict.fromkeys(old.seeds + config.seeds)),
+            "split_seeds": list(dict.fromkeys(old.split_seeds + config.split_seeds)),
             "holdout": holdout,
             "model_params": {**old.to_dict()["model_params"], **config.to_dict()["model_params"]},
             "variants": {**old.variants, **config.variants},

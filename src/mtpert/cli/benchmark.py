@@ -15,6 +15,7 @@ from mtpert.cli.options import (
     ConditionKey,
     Control,
     DoseKey,
+    Separator,
     console,
     err_console,
     make_spec,
@@ -40,6 +41,7 @@ class ExecutorKind(str, Enum):
 class SplitKind(str, Enum):
     group = "group"
     condition = "condition"
+    combination = "combination"
 
 
 def _names(text: str | None) -> list[str] | None:
@@ -58,7 +60,8 @@ def benchmark(
     data: Annotated[str | None, typer.Option(help="An .h5ad file or a registered dataset name.")] = None,
     models: Annotated[str | None, typer.Option(help="Comma-separated registered model names (see `mtpert models`).")] = None,
     holdout: Annotated[str | None, typer.Option(help="Comma-separated groups (split group) or condition@dose labels (split condition) to hold out, or 'all'.", show_default="all")] = None,
-    split: Annotated[SplitKind | None, typer.Option(help="group: hold out a group at every dose; condition: hold out a condition@dose in every group.", show_default="group")] = None,
+    split: Annotated[SplitKind | None, typer.Option(help="group: hold out a group at every dose (--group-key replicate: held-out cells of seen perturbations); condition: a condition@dose in every group; combination: a share of a screen's combinations (A+B), per split seed.", show_default="group")] = None,
+    split_seeds: Annotated[str | None, typer.Option(help="With --split combination: comma-separated seeds, each drawing which combinations are held out.", show_default="1,2,3")] = None,
     group_key: Annotated[str | None, typer.Option(help="obs column of the groups, e.g. species.", show_default="the cell-type key")] = None,
     seeds: Annotated[str | None, typer.Option(help="Comma-separated seeds.", show_default="1,2,19193")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML or JSON file with any setting of BenchmarkConfig; options given here override it.", dir_okay=False)] = None,
@@ -72,6 +75,7 @@ def benchmark(
     condition_key: ConditionKey = None,
     control: Control = None,
     dose_key: DoseKey = None,
+    separator: Separator = None,
 ) -> None:
     """Fit and score every model on every held-out target under every seed; resumable.
 
@@ -83,6 +87,7 @@ def benchmark(
     from mtpert.benchmark.executors import make_executor
 
     keys = (cell_type_key, condition_key, control, dose_key)
+    given_keys = any(k is not None for k in (*keys, separator))
     given = {
         "data": data,
         "models": _names(models),
@@ -93,7 +98,8 @@ def benchmark(
         "n_hvg": n_hvg,
         "min_cells": min_cells,
         "save_models": save_models,
-        "spec": make_spec(*keys, data=data).to_dict() if any(k is not None for k in keys) else None,
+        "split_seeds": _seeds(split_seeds),
+        "spec": make_spec(*keys, separator=separator, data=data).to_dict() if given_keys else None,
     }
     with user_errors():
         if config is not None:

@@ -87,7 +87,7 @@ def fit(
     so that `mtpert predict --group GROUP` followed by `mtpert evaluate` scores an honest
     out-of-distribution prediction.
     """
-    from mtpert.benchmark.holdout import make_fold, seed_everything
+    from mtpert.benchmark.holdout import Holdout, make_fold, seed_everything
     from mtpert.data import load_dataset, prepare
     from mtpert.data.spec import MIN_CELLS_FLOOR
     from mtpert.data.split import train_val
@@ -113,7 +113,7 @@ def fit(
             train_names, val_names = train_val(prepared, spec, seed=seed)
         else:
             console.print(f"preparing: log-normalizing{_hvg_note(n_hvg)}, without the perturbed cells of {escape(holdout)}")
-            fold = make_fold(raw, spec, holdout, seed=seed, group_key=group_key, n_hvg=n_hvg, min_cells=MIN_CELLS_FLOOR)
+            fold = make_fold(raw, spec, Holdout(holdout, group_key=group_key), seed=seed, n_hvg=n_hvg, min_cells=MIN_CELLS_FLOOR)
             prepared, train_names, val_names = fold.data, fold.split.train, fold.split.val
         train, val = prepared[train_names], prepared[val_names]
         console.print(f"fitting {escape(model)} on {train.n_obs:,} cells ({val.n_obs:,} for validation) x {train.n_vars:,} genes")

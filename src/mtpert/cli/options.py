@@ -38,6 +38,9 @@ CellTypeKey = Annotated[
 ]
 ConditionKey = Annotated[str | None, typer.Option(help="obs column with the perturbation label [default: condition].")]
 Control = Annotated[str | None, typer.Option(help="Value of the condition column marking control cells [default: control].")]
+Separator = Annotated[
+    str | None, typer.Option(help="Text between the perturbations of a combined condition, e.g. '+' for 'KLF1+MAP2K6'.")
+]
 DoseKey = Annotated[str | None, typer.Option(help="Optional numeric obs column with the dose.")]
 MinCells = Annotated[
     int, typer.Option(min=2, help="Fewest control and perturbed cells a held-out group needs (at least 2).")
@@ -50,6 +53,7 @@ def make_spec(
     control: str | None,
     dose_key: str | None,
     *,
+    separator: str | None = None,
     data: str | None = None,
 ) -> DatasetSpec:
     """The keys the user gave, over the registered spec of ``data`` (if it names a dataset)."""
@@ -57,7 +61,10 @@ def make_spec(
     from mtpert.data.spec import DatasetSpec
 
     base = DATASETS[data].spec if data in DATASETS else DatasetSpec()
-    given = {"cell_type_key": cell_type_key, "condition_key": condition_key, "control": control, "dose_key": dose_key}
+    given = {
+        "cell_type_key": cell_type_key, "condition_key": condition_key, "control": control, "dose_key": dose_key,
+        "combination_separator": separator,
+    }  # fmt: skip
     return DatasetSpec.from_dict({**base.to_dict(), **{k: v for k, v in given.items() if v is not None}})
 
 

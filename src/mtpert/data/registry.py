@@ -52,9 +52,16 @@ class RemoteDataset:
         perturbation: for a dose series stored without a condition column: the label
             :func:`load_dataset` gives non-control cells in a derived ``spec.condition_key`` column
             (cells at ``spec.control_dose`` get ``spec.control``).
+        condition_from: ``(obs column, regular expression)`` for a screen whose file labels each
+            cell by its guide rather than the guide's target (``'STAT2g2'``): :func:`load_dataset`
+            derives ``spec.condition_key`` as that column with the expression's match removed
+            (``'STAT2'``), so that the guides of one gene form one condition.
         manual_download: where a person can get the file when there is no ``url``.
-        cell_types: if given, :func:`load_dataset` keeps only cells of these values of
-            ``spec.cell_type_key`` (a study's subset of a shared file; each must be present).
+        keep: obs column -> the values :func:`load_dataset` keeps, dropping every other cell (a
+            study's subset of a shared file, e.g. some cell types, or the untreated cells); each
+            value must be present.
+        gzipped: the download is gzip-compressed; it is kept in the cache as ``filename + '.gz'``
+            (which ``known_hash`` describes) and decompressed to ``filename``.
         size_mb: download size in megabytes, where known.
         n_cells: number of cells, where known.
     """
@@ -69,13 +76,16 @@ class RemoteDataset:
     mirrors: tuple[str, ...] = ()
     group_keys: Mapping[str, str] = field(default_factory=dict)
     perturbation: str | None = None
+    condition_from: tuple[str, str] | None = None
     manual_download: str | None = None
-    cell_types: tuple[str, ...] = ()
+    keep: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    gzipped: bool = False
     size_mb: float | None = None
     n_cells: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "group_keys", MappingProxyType(dict(self.group_keys)))
+        object.__setattr__(self, "keep", MappingProxyType({k: tuple(v) for k, v in self.keep.items()}))
         if self.url is None and not self.manual_download:
             raise ValueError(
                 f"RemoteDataset '{self.name}': give a url or say where to get it (manual_download)."
@@ -89,6 +99,11 @@ class RemoteDataset:
     def urls(self) -> tuple[str, ...]:
         """Every download URL, in the order tried."""
         return () if self.url is None else (self.url, *self.mirrors)
+
+    @property
+    def download_name(self) -> str:
+        """File name of the download in the cache: ``filename``, or ``filename + '.gz'`` if gzipped."""
+        return f"{self.filename}.gz" if self.gzipped else self.filename
 
 
 NAULT2021 = RemoteDataset(
@@ -159,7 +174,7 @@ DATASETS: Mapping[str, RemoteDataset] = MappingProxyType(
             replace(
                 NAULT2021,
                 name="nault2021_liver",
-                cell_types=NAULT2021_LIVER_CELL_TYPES,
+                keep={NAULT2021.spec.cell_type_key: NAULT2021_LIVER_CELL_TYPES},
                 description="Nault 2021 restricted to its six liver (non-immune) cell types: "
                 + ", ".join(NAULT2021_LIVER_CELL_TYPES)
                 + " (same file as nault2021).",
@@ -182,6 +197,88 @@ DATASETS: Mapping[str, RemoteDataset] = MappingProxyType(
                 "6 h; the species is the held-out unit; X is normalized, not counts.",
                 citation="Hagai, T. et al. Gene expression variability across cells and species "
                 "shapes innate immunity. Nature 563, 197-202 (2018). doi:10.1038/s41586-018-0657-2",
+            ),
+            RemoteDataset(
+                name="norman2019",
+                # URL: scPerturb's RNA release, Zenodo record 10044268 (sanderlab/scPerturb README,
+                # "Where to find the data"). md5: gao-lab/CASCADE, data/download/Norman-2019/README.md
+                # (the MD5 column for this URL, accessed Mar 17 2024), the checksum Zenodo lists.
+                # obs: sanderlab/scPerturb, dataset_processing/notebooks/data_processing_JS.ipynb
+                # (NormanWeissman2019, identify_pert): 'perturbation' is 'control' (two negative-control
+                # guides), the activated gene, or 'A_B' for a pair; 'guide_id' the guide pair; 'cell_line'
+                # 'K562'; 'gemgroup' the 10x lane. 111,445 cells: the rows of GEO's
+                # GSE133344_filtered_cell_identities.csv.gz, the file's obs (shown in the same
+                # folder's data_access_and_preprocessing_JS.ipynb).
+                url="https://zenodo.org/records/10044268/files/NormanWeissman2019_filtered.h5ad",
+                known_hash="md5:c870e6967d91c017d9da827bab183cd6",
+                filename="norman2019.h5ad",
+                spec=DatasetSpec(
+                    cell_type_key="cell_line",
+                    condition_key="perturbation",
+                    control="control",
+                    batch_key="gemgroup",
+                    combination_separator="_",
+                    guide_key="guide_id",
+                ),
+                description="K562 CRISPRa Perturb-seq: single genes and pairs ('A_B') activated, "
+                "control 'control'; raw counts (scPerturb's harmonized file).",
+                citation="Norman, T. M. et al. Exploring genetic interaction manifolds constructed "
+                "from rich single-cell phenotypes. Science 365, 786-793 (2019). "
+                "doi:10.1126/science.aax4438; harmonized by scPerturb (Peidli, S. et al. Nat. Methods "
+                "21, 531-540 (2024))",
+                n_cells=111_445,
+            ),
+            RemoteDataset(
+                name="papalexi2021",
+                # URL: the same scPerturb release (Zenodo record 10044268). No checksum of this file
+                # found in a citable source. obs: sanderlab/scPerturb, data_processing_JS.ipynb
+                # (PapalexiSatija2021, eccite): 'perturbation' is the guide ('STAT2g2'), 'control' for
+                # non-targeting guides; 'hto' the hashtag (replicate, rep1-tx ... rep4-tx); 'cell_line'
+                # 'THP-1'. The guide column 'guide_id' and 20,729 cells: as public scripts that read the
+                # record's Papalexi files report them (no repository named by the search index).
+                url="https://zenodo.org/records/10044268/files/PapalexiSatija2021_eccite_RNA.h5ad",
+                known_hash=None,
+                filename="papalexi2021.h5ad",
+                spec=DatasetSpec(
+                    cell_type_key="cell_line",
+                    condition_key="target_gene",
+                    control="control",
+                    batch_key="hto",
+                    guide_key="guide_id",
+                ),
+                condition_from=("perturbation", r"g\d+$"),
+                description="THP-1 ECCITE-seq CRISPR knock-out screen: 25 genes (about 4 guides "
+                "each) and non-targeting 'control', replicates in 'hto'; raw counts (scPerturb).",
+                citation="Papalexi, E. et al. Characterizing the molecular regulation of inhibitory "
+                "immune checkpoints with multimodal single-cell screens. Nat. Genet. 53, 322-331 "
+                "(2021). doi:10.1038/s41588-021-00778-2; harmonized by scPerturb (Peidli, S. et al. "
+                "Nat. Methods 21, 531-540 (2024))",
+                n_cells=20_729,
+            ),
+            RemoteDataset(
+                name="mcfaline2023",
+                # scPerturb has no finished file of this study (its McFalineTrapnell2023 workflow
+                # stops at unlabelled counts). URL: altoslabs/perturbench,
+                # src/perturbench/data/accessors/mcfaline23.py (dataset_hf_url), perturbench's
+                # curation of GEO GSE225775 (notebooks/neurips2024/data_curation/
+                # curate_McFalineFigueroa23_step1.R, _step2.py): obs 'condition' is the CRISPRi target
+                # ('control' for NTC/random guides, single targets only), 'cell_type' a172/t98g/u87mg,
+                # 'treatment' 'none' or a drug; X log1p(normalize_total) of ~4,000 HVGs and DEGs, raw
+                # counts in layers['counts'] (analysis/preprocess.py). No published checksum found.
+                url="https://huggingface.co/datasets/altoslabs/perturbench/resolve/main/"
+                "mcfaline23_gxe_processed.h5ad.gz",
+                known_hash=None,
+                gzipped=True,
+                filename="mcfaline2023.h5ad",
+                spec=DatasetSpec(cell_type_key="cell_type", condition_key="condition", control="control"),
+                keep={"treatment": ("none",)},
+                description="Glioblastoma lines A172, T98G, U87MG with CRISPRi knock-downs of kinases "
+                "(sci-Plex-GxE), untreated cells only; X log-normalized, counts in layers['counts'] "
+                "(perturbench's file).",
+                citation="McFaline-Figueroa, J. L. et al. Multiplex single-cell chemical genomics "
+                "reveals the kinase dependence of the response to targeted therapy. Cell Genomics 4, "
+                "100487 (2024). doi:10.1016/j.xgen.2023.100487; curated by PerturBench (Wu, Y. et al. "
+                "arXiv:2408.10609 (2024))",
             ),
         )
     }
@@ -289,8 +386,9 @@ def _fetch(entry: RemoteDataset, cache: Path) -> Path:
                 pooch.retrieve(
                     url,
                     known_hash=entry.known_hash,
-                    fname=entry.filename,
+                    fname=entry.download_name,
                     path=cache,
+                    processor=pooch.Decompress(method="gzip", name=entry.filename) if entry.gzipped else None,
                     progressbar=_progressbar(),
                 )
             )
@@ -373,35 +471,45 @@ def read_h5ad(file: str | os.PathLike[str]) -> AnnData:
 
 
 def _subset(adata: AnnData, entry: RemoteDataset) -> AnnData:
-    """``adata`` restricted to ``entry.cell_types`` (a copy), or unchanged if there are none."""
-    if not entry.cell_types:
+    """``adata`` restricted to the cells with the values of ``entry.keep`` (a copy), or unchanged
+    if it keeps everything."""
+    if not entry.keep:
         return adata
-    key = entry.spec.cell_type_key
-    if key not in adata.obs.columns:
-        raise DataError(f"'{entry.name}' keeps some values of obs['{key}'], but the file has no such column; "
-                        f"its obs columns: {list(adata.obs.columns)}.")
-    present = adata.obs[key].astype(str)
-    missing = sorted(set(entry.cell_types) - set(present))
-    if missing:
-        raise DataError(
-            f"'{entry.name}' keeps cell types {list(entry.cell_types)}, but {missing} are not in "
-            f"obs['{key}'] (it has {sorted(present.unique())}). Is this the right file?"
-        )
-    return adata[present.isin(entry.cell_types).to_numpy()].copy()
+    kept = np.ones(adata.n_obs, dtype=bool)
+    for key, values in entry.keep.items():
+        if key not in adata.obs.columns:
+            raise DataError(f"'{entry.name}' keeps some values of obs['{key}'], but the file has no such column; "
+                            f"its obs columns: {list(adata.obs.columns)}.")
+        present = adata.obs[key].astype(str)
+        missing = sorted(set(values) - set(present))
+        if missing:
+            raise DataError(
+                f"'{entry.name}' keeps {list(values)} of obs['{key}'], but {missing} are not in "
+                f"obs['{key}'] (it has {sorted(present.unique())}). Is this the right file?"
+            )
+        kept &= present.isin(values).to_numpy()
+    return adata[kept].copy()
 
 
 def _derive_condition(adata: AnnData, entry: RemoteDataset) -> None:
-    """Add ``spec.condition_key`` from the dose, for dose series stored without a condition column.
+    """Add ``spec.condition_key`` where the file has no such column: from the dose, for a dose
+    series (``entry.perturbation``), or from another label (``entry.condition_from``).
 
-    Does nothing if the file has the column already, or lacks the dose column (which
-    ``spec.validate`` then names).
+    Does nothing if the file has the column already, or lacks the column it is derived from
+    (which ``spec.validate`` then names).
     """
     spec = entry.spec
     columns = adata.obs.columns
-    if entry.perturbation is None or spec.condition_key in columns or spec.dose_key not in columns:
+    if spec.condition_key in columns:
         return
-    is_control = np.isclose(adata.obs[spec.dose_key].to_numpy(dtype=float), spec.control_dose)
-    adata.obs[spec.condition_key] = pd.Categorical(
-        np.where(is_control, spec.control, entry.perturbation),
-        categories=[spec.control, entry.perturbation],
-    )
+    if entry.condition_from is not None and entry.condition_from[0] in columns:
+        source, pattern = entry.condition_from
+        adata.obs[spec.condition_key] = pd.Categorical(
+            adata.obs[source].astype(str).str.replace(pattern, "", regex=True)
+        )
+    elif entry.perturbation is not None and spec.dose_key in columns:
+        is_control = np.isclose(adata.obs[spec.dose_key].to_numpy(dtype=float), spec.control_dose)
+        adata.obs[spec.condition_key] = pd.Categorical(
+            np.where(is_control, spec.control, entry.perturbation),
+            categories=[spec.control, entry.perturbation],
+        )

@@ -1,15 +1,20 @@
 """Out-of-distribution splits: what a model may train on, and what it is scored on.
 
-Three protocols of the field, all with one target per (group, condition, dose):
+Four protocols of the field, all with one target per (group, condition, dose):
 
 * :func:`holdout_group` -- hold out every perturbed cell of one group, at every dose: a cell type,
   or the value of any other grouping column, e.g. a species (``group_key='species'``) for
-  cross-species transfer. The group's control cells stay visible: they are the input from which
-  the model predicts the group's response.
+  cross-species transfer, or a replicate (``group_key='replicate'``) to predict held-out cells of
+  perturbations seen in training (the protocol of SAMS-VAE and GPO-VAE). The group's control
+  cells stay visible: they are the input from which the model predicts the group's response.
 * :func:`holdout_condition` -- hold out one condition at one dose in every group, to test
   interpolation (or extrapolation) to a dose never seen in training. The input of each target is
   again its group's control cells (dose ``spec.control_dose``), which stay in training; a model
   with a continuous dose encoding is asked for the unseen dose.
+* :func:`holdout_combinations` -- hold out a random share of the combinations of a genetic screen
+  (``"A+B"``) whose parts were applied alone, and train on the singles and the other combinations
+  (the GEARS/CPA protocol), under several split seeds.
+* :func:`train_val` -- nothing held out, for fitting a model to use rather than to score.
 
 A (group, condition, dose) with fewer than ``min_cells`` cells is not scored, but its perturbed
 cells are held out all the same; :attr:`Split.heldout` lists every held-out cell.
@@ -226,6 +231,70 @@ def holdout_condition(
     train, val = _train_val(adata, spec, ~held, val_fraction, seed, key)
     label = condition if dose is None else f"{condition} @ {dose:g}"
     return Split(train, val, tuple(targets), f"hold out condition {label}", pd.Index(adata.obs_names[held]))
+
+
+def predictable_combinations(adata: AnnData, spec: DatasetSpec, *, min_cells: int = DEFAULT_MIN_CELLS) -> list[str]:
+    """Combinations (labels with several parts) that have ``min_cells`` cells and each of whose
+    parts was also applied alone to ``min_cells`` cells: those a model can be asked for after
+    seeing only the parts (the "seen 2/2" combinations of GEARS)."""
+    check_min_cells(min_cells)
+    if spec.combination_separator is None:
+        raise DataError(
+            "The spec has no combination_separator, so no condition is a combination; set "
+            "DatasetSpec(combination_separator='+') (CLI: --separator) if labels such as 'A+B' combine perturbations."
+        )
+    perturbed = ~spec.is_control(adata)
+    sizes = adata.obs.loc[perturbed, spec.condition_key].astype(str).value_counts()
+    enough = set(sizes.index[sizes >= min_cells])
+    return sorted(c for c in enough if len(spec.parts(c)) > 1 and all(p in enough for p in spec.parts(c)))
+
+
+def holdout_combinations(
+    adata: AnnData,
+    spec: DatasetSpec,
+    *,
+    split_seed: int,
+    fraction: float = 0.5,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    min_cells: int = DEFAULT_MIN_CELLS,
+) -> Split:
+    """Hold out a random ``fraction`` of the predictable combinations (drawn by ``split_seed``),
+    in every group; train on the rest: every single perturbation and the other combinations.
+
+    The protocol of GEARS and CPA for unseen combinations, asked of several split seeds: one
+    target per held-out combination and group with ``min_cells`` cells, predicted from the group's
+    control cells. Only combinations whose parts were each applied alone
+    (:func:`predictable_combinations`) are held out, so every model, the additive baseline
+    included, can be asked for them; the others stay in training.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise DataError(f"fraction must be in (0, 1), the share of combinations held out; got {fraction}.")
+    spec.validate(adata)
+    candidates = predictable_combinations(adata, spec, min_cells=min_cells)
+    if len(candidates) < 2:
+        raise DataError(
+            f"Holding out combinations needs at least two with {min_cells} cells whose parts were each applied "
+            f"alone to {min_cells} cells; found {candidates}. Lower --min-cells, or use another split."
+        )
+    n_held = min(len(candidates) - 1, max(1, round(fraction * len(candidates))))  # some stay to learn from
+    chosen = sorted(np.random.default_rng(split_seed).choice(candidates, n_held, replace=False))
+    condition = adata.obs[spec.condition_key].astype(str).to_numpy()
+    held = np.isin(condition, chosen)
+    group = _group_labels(adata, spec.cell_type_key)
+    control = spec.is_control(adata)
+    targets = []
+    for name in sorted(np.unique(group[held])):
+        ctrl = pd.Index(adata.obs_names[control & (group == name)])
+        for combination in chosen:
+            truth = pd.Index(adata.obs_names[(condition == combination) & (group == name)])
+            if len(truth) >= min_cells and len(ctrl) >= min_cells:
+                targets.append(Target(name, combination, None, ctrl, truth))
+    if not targets:
+        raise DataError(f"No group has {min_cells} control cells and {min_cells} cells of a held-out combination.")
+    train, val = _train_val(adata, spec, ~held, val_fraction, seed, spec.cell_type_key)
+    description = f"hold out {len(chosen)} of {len(candidates)} combinations (split seed {split_seed})"
+    return Split(train, val, tuple(targets), description, pd.Index(adata.obs_names[held]))
 
 
 def single_dose(adata: AnnData, spec: DatasetSpec, dose: float) -> tuple[AnnData, DatasetSpec]:

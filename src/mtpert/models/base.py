@@ -78,6 +78,9 @@ class PerturbationModel(ABC):
 
     name: str
     predicts_unseen_doses: bool = False
+    predicts_unseen_combinations: bool = False
+    """Whether the model can be asked for a combination (``"A+B"``) never seen in training, from
+    its parts; a benchmark holding combinations out needs it."""
 
     def __init__(self, spec: DatasetSpec, **hparams: Any) -> None:
         self.spec = spec

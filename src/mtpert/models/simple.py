@@ -28,6 +28,7 @@ class ControlPredictor(PerturbationModel):
 
     name = "control"
     predicts_unseen_doses = True
+    predicts_unseen_combinations = True
 
     def __init__(self, spec: DatasetSpec) -> None:
         super().__init__(spec)
