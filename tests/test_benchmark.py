@@ -342,7 +342,7 @@ def test_report_tables_say_what_the_results_say(finished) -> None:
 
     assert row_names("Mean over held-out targets and seeds") == ["mtae", "mean_shift", "control", NOISE_CEILING]
     assert row_names("Held-out targets on which each model beats mean_shift") == ["mtae", "control"]
-    assert re.findall(r"^- (\w+) ", section("Against mean shift"), re.MULTILINE) == ["mtae", "control"]
+    assert re.findall(r"^- (\w+) ", section("Against mean_shift"), re.MULTILINE) == ["mtae", "control"]
     for name in ("metrics_by_model", "heatmap", "pca_*_seed1", "scatter_*_seed1", "dotplot_*_seed1"):  # per target: named after it
         (png,) = (finished / "report" / "figures").glob(f"{name}.png")
         assert png.stat().st_size > 10_000

@@ -107,3 +107,35 @@ def test_the_verdict_of_a_model_that_beats_the_baseline_on_some_metrics() -> Non
         "the targets) on r2_top100 (8/9 targets), deg_overlap_top100 (6/9 targets), but not on "
         "e_distance_rel (3/9 targets). Of the other models, control beats mean_shift on deg_overlap_top100."
     )
+
+
+def test_a_screen_report_has_a_row_per_perturbation_and_every_baseline(tmp_path) -> None:
+    """A screen (tens of perturbations): per-perturbation tables and a heatmap per model, the
+    comparison with each baseline that ran, and the cell-level figures of a few perturbations only."""
+    from mtpert.benchmark.report import MAX_SHOWN_CONDITIONS
+    from mtpert.data import simulate_screen
+
+    adata = simulate_screen(n_lines=3, n_genes=80, n_regulators=6, n_pairs=3, n_cells=30, seed=2)
+    data = tmp_path / "screen.h5ad"
+    adata.write_h5ad(data)
+    spec = adata.uns["simulation"]["spec"]
+    settings = BenchmarkConfig(
+        data=str(data), models=("control", "mean_shift", "global_mean", "additive"), holdout=("line_0",), seeds=(1,),
+        n_hvg=0, noise_ceiling_repeats=0, spec=dict(spec), min_cells=10,
+    )  # fmt: skip
+    run_benchmark(settings, tmp_path / "out")
+    written = write_report(tmp_path / "out", formats=("png",))
+    summary = written["markdown"].read_text()
+    conditions = sorted(ResultStore(tmp_path / "out").results()["condition"].unique())
+    assert len(conditions) > MAX_SHOWN_CONDITIONS
+    table = summary.split("## r2_top100 per perturbation (mean over seeds)")[1].split("\n## ")[0]
+    rows = [line for line in table.splitlines() if line.startswith("|")]
+    assert [c.strip() for c in rows[0].strip("|").split("|")] == ["perturbation", *settings.models]  # a column per model
+    assert sorted(r.split("|")[1].strip() for r in rows[2:]) == conditions  # a row per perturbation
+    verdict = summary.split("## Figures")[0]
+    assert "mean_shift" in verdict and "Against global_mean" in verdict and "Against additive" in verdict
+    for baseline in ("mean_shift", "global_mean", "additive"):
+        assert f"## Against {baseline}" in summary
+    figures = {p.stem for p in (tmp_path / "out" / "report" / "figures").iterdir()}
+    assert {f"perturbations_{m}" for m in settings.models} <= figures
+    assert len([f for f in figures if f.startswith("pca_")]) == MAX_SHOWN_CONDITIONS

@@ -43,6 +43,7 @@ from mtpert.pl import (
     metric_by_model,
     metric_heatmap,
     pca_overlay,
+    perturbation_heatmap,
 )
 from mtpert.pl._text import literal
 from mtpert.pl.dose import dose_response
@@ -56,7 +57,23 @@ the five distances relative to predicting no change (< 1 beats it), and, where a
 several conditions or doses, the rank of each prediction among them (0 best, 0.5 ignores them).
 Those absent from the results are left out; metrics added by users or plugins follow them."""
 
-BASELINE = "mean_shift"
+SCREEN_HEADLINE = (
+    "pearson_delta_all", "pearson_delta_top20", "r2_top20", "r2_top100", "mse_top20", "direction_top20",
+    "discrimination", "gi_pearson_top20", "gi_mse_top20", "e_distance_rel", "mmd_rel", "effect_false_positive",
+)  # fmt: skip
+"""The headline of a screen (many perturbations): the change predicted per perturbation (Pearson,
+R², MSE and direction on its DEGs), whether predictions tell perturbations apart
+(``discrimination``), the genetic interaction of combinations (``gi_*``), two distances, and how
+much change a model invents where the truth has none (``effect_false_positive``)."""
+
+BASELINES = ("mean_shift", "additive", "global_mean", "linear")
+"""The baselines models are compared with, where the benchmark ran them: mean shift (held-out
+groups), the additive model (combinations), the mean change of all training perturbations and
+the linear model on perturbation embeddings (screens). The first one present leads the verdict."""
+BASELINE = BASELINES[0]
+MAX_SHOWN_CONDITIONS = 3
+"""Conditions of the showcase group drawn as PCA, scatter and dot plot: those with the largest
+true effect (a screen has tens; the per-perturbation heatmaps cover them all)."""
 HEATMAP_METRICS = ("r2_top100", "e_distance_rel")
 N_DEGS = 20
 """Top true DEGs labelled in the scatter and shown in the dot plot."""
@@ -259,18 +276,21 @@ def write_report(
         results = results[results["model"].isin([*models, NOISE_CEILING])]
     config = store.config()
     found = list(dict.fromkeys(results["metric"]))
-    metrics = [m for m in metrics or (*HEADLINE, *(m for m in found if m not in BUILTIN)) if m in found]
+    default = SCREEN_HEADLINE if _many_conditions(results) else HEADLINE
+    metrics = [m for m in metrics or (*default, *(m for m in found if m not in BUILTIN)) if m in found]
     order = _model_order(results, config.models if config else ())
     mean, spread = headline(results, metrics)
     mean, spread = mean.reindex(order), spread.reindex(order)
     marks = best_models(mean, results.groupby("metric")["higher_is_better"].first())
-    comparison = against_baseline(results, metrics=metrics) if BASELINE in order else pd.DataFrame()
-    if len(comparison):  # sentences and table list the models in the report's order, not alphabetically
-        comparison = comparison.sort_values("model", key=lambda m: m.map(order.index), kind="stable")
-    lines = verdicts(comparison) if len(comparison) else [f"No '{BASELINE}' runs, so no comparison with it."]
+    comparisons = {b: against_baseline(results, b, metrics) for b in BASELINES if b in order}
+    comparisons = {  # sentences and tables list the models in the report's order, not alphabetically
+        b: c.sort_values("model", key=lambda m: m.map(order.index), kind="stable") for b, c in comparisons.items() if len(c)
+    }
+    primary = next(iter(comparisons), BASELINE)
     seeds = sorted(results["seed"].unique())
     n_targets = len(results[["group", "condition", "dose"]].drop_duplicates())
-    verdict = overall_verdict(mean, marks, comparison, n_targets=n_targets, seeds=seeds)
+    verdict = overall_verdict(mean, marks, comparisons.get(primary, pd.DataFrame()), n_targets=n_targets, seeds=seeds, baseline=primary)
+    verdict = " ".join([verdict, *(_leader_against(mean, marks, c, b) for b, c in list(comparisons.items())[1:]), _detectable(results)])
     written: dict[str, Path] = {}
     figures = _figures(results, store, config, order, metrics, _runs_label(n_targets, seeds))
     pngs = {}  # each figure rendered once per format; the PNG is also embedded in the HTML
@@ -283,13 +303,19 @@ def write_report(
             if fmt in formats:
                 written[f"{f.name}.{fmt}"] = atomic_write(folder / "figures" / f"{f.name}.{fmt}", lambda fh, b=buffer: fh.write(b.getvalue()))
         plt.close(f.figure)
-    sections = _sections(results, mean, spread, marks, comparison, lines, costs(results).reindex(order), store)
+    sections = _sections(results, mean, spread, marks, comparisons, costs(results).reindex(order), store)
     title = f"mtpert benchmark: {config.data if config else store.root.name}"
     html_text = _html(title, verdict, sections, figures, pngs)
     markdown_text = _markdown(title, verdict, sections, figures, formats)
     written["html"] = atomic_write(folder / "report.html", lambda fh: fh.write(html_text.encode()))
     written["markdown"] = atomic_write(folder / "summary.md", lambda fh: fh.write(markdown_text.encode()))
     return written
+
+
+@dataclass(frozen=True)
+class _Sentences:
+    title: str
+    lines: list[str]
 
 
 @dataclass(frozen=True)
@@ -300,12 +326,12 @@ class _Table:
     bold: pd.DataFrame | None = None
 
 
-def _sections(results, mean, spread, marks, comparison, lines, cost, store) -> list[_Table | list[str]]:
+def _sections(results, mean, spread, marks, comparisons, cost, store) -> list[_Table | _Sentences]:
     """The report's content in order: tables (rendered to HTML and Markdown alike) and sentences."""
     seeds = sorted(results["seed"].unique())
     targets = results[["group", "condition", "dose"]].drop_duplicates()
     cells = mean.map(_fmt) + np.where(spread.notna(), " ± " + spread.map(_fmt), "")
-    out: list[_Table | list[str]] = [
+    out: list[_Table | _Sentences] = [
         _Table(
             "Mean over held-out targets and seeds",
             f"{len(targets)} held-out targets x {len(seeds)} seeds ({', '.join(map(str, seeds))}); ± the std "
@@ -318,16 +344,18 @@ def _sections(results, mean, spread, marks, comparison, lines, cost, store) -> l
             cells,
             marks,
         ),
-        lines,
     ]
-    if len(comparison):
+    if not comparisons:
+        out.append(_Sentences("Against the baselines", [f"No runs of a baseline ({', '.join(BASELINES)}), so no comparison with one."]))
+    for baseline, comparison in comparisons.items():
+        out.append(_Sentences(f"Against {baseline}", verdicts(comparison, baseline)))
         table = comparison.assign(
             cell=comparison["targets_better"].astype(str) + "/" + comparison["targets"].astype(str)
             + np.where(comparison["beats"], " ✓", "")
         ).pivot(index="model", columns="metric", values="cell")
         out.append(
             _Table(
-                f"Held-out targets on which each model beats {BASELINE}",
+                f"Held-out targets on which each model beats {baseline}",
                 "✓: better on average and on more than half of the targets (each averaged over seeds).",
                 table.reindex([m for m in mean.index if m in table.index])[[m for m in mean.columns if m in table.columns]],
             )
@@ -338,8 +366,14 @@ def _sections(results, mean, spread, marks, comparison, lines, cost, store) -> l
             per_dose = results[results["metric"] == metric].pivot_table(index="model", columns="dose", values="value", aggfunc="mean")
             out.append(_Table(f"{metric} per dose (mean over held-out groups and seeds)", "", per_dose.reindex(mean.index).map(_fmt)))
     for metric in mean.columns:
-        per_target = results[results["metric"] == metric].pivot_table(index="model", columns="group", values="value", aggfunc="mean")
-        out.append(_Table(f"{metric} per held-out target (mean over seeds)", "", per_target.reindex(mean.index).map(_fmt)))
+        data = results[results["metric"] == metric]
+        if _many_conditions(results):  # a screen: one row per perturbation, one column per model
+            per_target = data.assign(target=_target_labels(data)).pivot_table(index="target", columns="model", values="value", aggfunc="mean")
+            table = per_target.reindex(columns=[m for m in mean.index if m in per_target.columns]).map(_fmt)
+            out.append(_Table(f"{metric} per perturbation (mean over seeds)", "", table.rename_axis("perturbation")))
+        else:
+            per_target = data.pivot_table(index="model", columns="group", values="value", aggfunc="mean")
+            out.append(_Table(f"{metric} per held-out target (mean over seeds)", "", per_target.reindex(mean.index).map(_fmt)))
     skipped = store.root / "skipped.csv"
     if skipped.is_file():
         table = pd.read_csv(skipped, index_col=0)
@@ -347,6 +381,47 @@ def _sections(results, mean, spread, marks, comparison, lines, cost, store) -> l
             out.append(_Table("Groups not held out (too few cells)", "", table.astype(str)))
     out.append(_Table("Provenance", "The code that made the runs (each run file records it, with the data's sha256).", provenance(results).fillna("").astype(str)))
     return out
+
+
+def _leader_against(mean: pd.DataFrame, marks: pd.DataFrame, comparison: pd.DataFrame, baseline: str) -> str:
+    """One sentence: how the model best on the most metrics fares against another ``baseline``."""
+    models = [m for m in mean.index if m not in (NOISE_CEILING, baseline)]
+    if not models:
+        return ""
+    leader = max(models, key=lambda m: int(marks.loc[m].sum()))
+    rows = comparison[comparison["model"] == leader]
+    won, lost = (", ".join(f"{r.metric} ({r.targets_better}/{r.targets})" for r in part.itertuples()) for part in (rows[rows["beats"]], rows[~rows["beats"]]))
+    if not won:
+        return f"Against {baseline}, {leader} wins on no metric."
+    return f"Against {baseline}, {leader} wins on {won}" + (f"; not on {lost}." if lost else ".")
+
+
+def _detectable(results: pd.DataFrame) -> str:
+    """How many held-out targets have a true change beyond the noise (metric ``detectable``), and
+    what that means for reading the scores; empty where the metric was not computed."""
+    flags = results[results["metric"] == "detectable"].groupby(["group", "condition", "dose"], dropna=False)["value"].first()
+    if flags.empty or flags.all():
+        return ""
+    undetected = int((flags == 0).sum())
+    return (
+        f"{len(flags) - undetected} of {len(flags)} held-out targets have a detectable true change (a permutation test "
+        f"against control); on the other {undetected}, a model can only do harm: effect_false_positive scores the change it "
+        "invents there (0 best)."
+    )
+
+
+def _many_conditions(results: pd.DataFrame) -> bool:
+    """Whether the held-out targets span several conditions of one group (a screen), rather than
+    one condition per group (or doses of one)."""
+    return bool((results.groupby("group")["condition"].nunique() > 1).any())
+
+
+def _target_labels(results: pd.DataFrame) -> pd.Series:
+    """``condition`` (``group | condition`` with several groups), with ``@dose`` where there are doses."""
+    label = results["condition"].astype(str)
+    if results["dose"].notna().any():
+        label = label + "@" + results["dose"].map(lambda d: "" if pd.isna(d) else f"{d:g}")
+    return (results["group"].astype(str) + " | " + label) if results["group"].nunique() > 1 else label
 
 
 def _needs_description(metric: str) -> bool:
@@ -395,9 +470,18 @@ def _figures(results, store, config, order, metrics, span: str) -> list[Figure]:
         metric_heatmap(results, metric, ax=ax, order=order)
     fig.suptitle(f"Mean over seeds: {span}")
     figures.append(Figure("heatmap", f"Models x held-out targets, mean over seeds ({span}).", fig))
+    if _many_conditions(results):
+        for model in [m for m in order if m != NOISE_CEILING]:
+            fig, ax = plt.subplots(figsize=(2.0 + 0.6 * len(metrics), 1.6 + 0.28 * len(_target_labels(results).unique())), layout="constrained")
+            perturbation_heatmap(results[results["model"].isin(order) & (results["model"] != NOISE_CEILING)], model, metrics, ax=ax)
+            fig.suptitle(literal(f"Each perturbation and metric, {span}"))
+            caption = (f"{model}: its score on each held-out perturbation (rows) and metric, mean over seeds ({span}); "
+                       "colour: between the worst (red) and the best (green) any model reached on that metric.")  # fmt: skip
+            figures.append(Figure(f"perturbations_{_file_label(model)}", caption, fig))
     showcase = config.showcase if config and config.showcase else None
     runs = results[(results["group"] == showcase) & results["model"].isin(order)] if showcase else results.iloc[:0]
-    for condition, rows in runs.groupby("condition", sort=False):
+    shown = _largest_effects(runs, MAX_SHOWN_CONDITIONS)
+    for condition, rows in runs[runs["condition"].isin(shown)].groupby("condition", sort=False):
         kept = {}  # (control, truth, predictions) per dose, lowest first
         for dose in sorted(rows["dose"].dropna().unique()) or [None]:
             try:
@@ -429,6 +513,19 @@ def _figures(results, store, config, order, metrics, span: str) -> list[Figure]:
             name = f"dose_response_{_file_label(showcase)}_{_file_label(condition)}_seed{seed}"
             figures.append(_dose_response(kept, config, showcase, condition, seed, order, name))
     return figures
+
+
+def _largest_effects(results: pd.DataFrame, n: int) -> list[str]:
+    """The ``n`` conditions whose true cells lie farthest from the control cells (E-distance:
+    a model's ``e_distance`` over its ``e_distance_rel``), in the results' order where unknown."""
+    conditions = list(dict.fromkeys(results["condition"]))
+    wide = results[results["metric"].isin(["e_distance", "e_distance_rel"])].pivot_table(
+        index=["condition", "model", "seed"], columns="metric", values="value"
+    )
+    if len(conditions) <= n or not {"e_distance", "e_distance_rel"} <= set(wide.columns):
+        return conditions[:n]
+    effect = (wide["e_distance"] / wide["e_distance_rel"]).groupby(level="condition").mean()
+    return effect.sort_values(ascending=False).index[:n].tolist()
 
 
 def _dose_response(kept: dict, config, group: str, condition: str, seed: int, order: Sequence[str], name: str) -> Figure:
@@ -498,8 +595,9 @@ def _html(title: str, verdict: str, sections, figures: list[Figure], pngs: dict[
         data = base64.b64encode(pngs[f.name]).decode()
         parts.append(f"<figure id='{html.escape(f.name)}'><img alt='{html.escape(f.name)}' src='data:image/png;base64,{data}'><figcaption>{html.escape(f.caption)}</figcaption></figure>")
     for section in sections:
-        if isinstance(section, list):
-            parts.append("<h2>Against mean shift</h2><ul class='verdicts'>" + "".join(f"<li>{html.escape(s)}</li>" for s in section) + "</ul>")
+        if isinstance(section, _Sentences):
+            items = "".join(f"<li>{html.escape(s)}</li>" for s in section.lines)
+            parts.append(f"<h2>{html.escape(section.title)}</h2><ul class='verdicts'>{items}</ul>")
             continue
         parts.append(f"<h2>{html.escape(section.title)}</h2>" + (f"<p class='note'>{html.escape(section.note)}</p>" if section.note else ""))
         parts.append(_html_table(section))
@@ -546,8 +644,8 @@ def _markdown(title: str, verdict: str, sections, figures: list[Figure], formats
         image = f"![{_md(f.name)}](figures/{f.name}.png)\n\n" if "png" in formats else ""
         parts.append(f"{image}{_md(f.caption)} ({files})\n")
     for section in sections:
-        if isinstance(section, list):
-            parts.append("## Against mean shift\n\n" + "\n".join(f"- {_md(s)}" for s in section) + "\n")
+        if isinstance(section, _Sentences):
+            parts.append(f"## {_md(section.title)}\n\n" + "\n".join(f"- {_md(s)}" for s in section.lines) + "\n")
             continue
         note = f"{_md(section.note)}\n\n" if section.note else ""
         parts.append(f"## {_md(section.title)}\n\n{note}{_markdown_table(section)}\n")

@@ -9,7 +9,7 @@ from mtpert.data.registry import (
     load_dataset,
     read_h5ad,
 )
-from mtpert.data.simulate import simulate, true_log_means, true_response
+from mtpert.data.simulate import simulate, simulate_screen, true_log_means, true_response
 from mtpert.data.spec import DEFAULT_MIN_CELLS, DatasetSpec
 from mtpert.data.split import (
     Split,
@@ -46,6 +46,7 @@ __all__ = [
     "require_kind",
     "select_hvgs",
     "simulate",
+    "simulate_screen",
     "single_dose",
     "true_log_means",
     "true_response",

@@ -40,6 +40,13 @@ def welch_t(control: np.ndarray, perturbed: np.ndarray, *, s0: float | None = No
         raise ValueError(f"A t-test needs at least 2 cells per group (got {n_c} control, {n_p} perturbed).")
     diff = perturbed.mean(0) - control.mean(0)
     se = np.sqrt(perturbed.var(0, ddof=1) / n_p + control.var(0, ddof=1) / n_c)
+    return moderated_t(diff, se, s0=s0)
+
+
+def moderated_t(diff: np.ndarray, se: np.ndarray, *, s0: float | None = None) -> np.ndarray:
+    """``diff / (se + s0)`` per gene, 0 where ``diff`` is 0: a difference of means (or any
+    contrast of them) over its standard error, moderated by SAM's fudge constant ``s0`` (the
+    median positive ``se`` when None)."""
     if s0 is None:
         positive = se[se > 0]
         s0 = float(np.median(positive)) if positive.size else 1.0
@@ -55,9 +62,14 @@ def rank_genes(control: np.ndarray, perturbed: np.ndarray) -> np.ndarray:
     out, so a prediction identical to control has no DEGs (and a DEG overlap of 0), rather than
     an arbitrary top-k taken in gene order.
     """
-    t = np.abs(welch_t(control, perturbed))
-    order = np.argsort(-t, kind="stable")
-    return order[t[order] > 0]
+    return by_strength(welch_t(control, perturbed))
+
+
+def by_strength(t: np.ndarray) -> np.ndarray:
+    """Indices of the genes with ``t != 0``, by ``|t|`` from largest, ties in gene order."""
+    strength = np.abs(t)
+    order = np.argsort(-strength, kind="stable")
+    return order[strength[order] > 0]
 
 
 def top_degs(

@@ -5,12 +5,13 @@ Per-target metrics score each target's prediction on its own (:func:`evaluate`,
 against all its true conditions (:func:`evaluate_across`, :func:`rank_prediction`). Results are
 long tables, one row per metric (and per group), with the metric's best value and direction
 alongside, so they concatenate across models, targets and seeds without reshaping.
+:func:`detectable_effects` says, from the data alone, which conditions change expression at all.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from functools import partial
 
 import numpy as np
@@ -20,7 +21,8 @@ from numpy.typing import ArrayLike
 
 from mtpert.data.spec import DatasetSpec
 from mtpert.errors import DataError
-from mtpert.metrics.inputs import Cells
+from mtpert.metrics.effect import effect_test
+from mtpert.metrics.inputs import Cells, Condition, load_sets
 from mtpert.metrics.pair import DEFAULT_N_PCS, EvalPair
 from mtpert.metrics.rank import Distance, condition_rank
 from mtpert.metrics.registry import METRICS, SCOPE_WORDS, SCORED_BY, Metric, Scope
@@ -84,17 +86,6 @@ def evaluate(
     """
     pair = EvalPair(control, truth, pred, genes=genes, n_pcs=n_pcs, seed=seed)
     return score(pair, metrics)
-
-
-@dataclass(frozen=True, order=True)
-class _Group:
-    cell_type: str
-    condition: str
-    dose: float | None
-
-    def label(self) -> str:
-        dose = "" if self.dose is None else f" @ dose {self.dose:g}"
-        return f"'{self.cell_type}' -> '{self.condition}'{dose}"
 
 
 def evaluate_prediction(
@@ -192,6 +183,44 @@ def evaluate_across(
     return _score_across(adata_truth, adata_pred, spec, groups, select_metrics(metrics, scope="across_targets"))
 
 
+def detectable_effects(
+    adata: AnnData, spec: DatasetSpec, *, groups: Iterable[str] | None = None
+) -> pd.DataFrame:
+    """Which conditions of the data change expression detectably, each against its cell type's
+    control cells (the permutation test of :mod:`mtpert.metrics.effect`, as metric
+    ``detectable`` applies it to a held-out target).
+
+    Args:
+        adata: log-normalized control and perturbed cells labelled by ``spec``.
+        spec: its obs keys.
+        groups: cell types to test; all when None.
+
+    Returns:
+        One row per (cell type, condition[, dose]) with control cells: ``cell_type``,
+        ``condition``, ``dose`` (when the spec has doses), ``n_control``, ``n_truth``,
+        ``distance`` (of the mean from the control mean), ``noise`` (its root mean square under
+        relabelling), ``ratio`` (distance over noise), ``p_value`` and ``detectable``.
+    """
+    rows = []
+    for group in _predicted_groups(adata, spec, groups):
+        control = adata[_of_type(adata, spec, group.cell_type) & spec.is_control(adata)]
+        if control.n_obs == 0:
+            continue
+        truth = adata[_in_group(adata, spec, group)]
+        _, data = load_sets({f"control of '{group.cell_type}'": control, group.label(): truth})
+        test = effect_test(*data.values())
+        ids = {"cell_type": group.cell_type, "condition": group.condition}
+        if spec.dose_key is not None:
+            ids["dose"] = group.dose
+        rows.append(
+            ids
+            | {"n_control": control.n_obs, "n_truth": truth.n_obs, "distance": test.distance}
+            | {"noise": test.noise, "ratio": test.ratio, "p_value": test.p_value}
+            | {"detectable": test.detectable}
+        )
+    return pd.DataFrame(rows)
+
+
 def rank_prediction(
     adata_truth: AnnData,
     adata_pred: AnnData,
@@ -245,7 +274,7 @@ def _score_across(
 
 def _predicted_groups(
     adata_pred: AnnData, spec: DatasetSpec, groups: Iterable[str] | None
-) -> list[_Group]:
+) -> list[Condition]:
     """Distinct (cell type, condition[, dose]) of the non-control predicted cells, sorted."""
     obs = adata_pred.obs.loc[~spec.is_control(adata_pred)]
     if obs.empty:
@@ -271,7 +300,7 @@ def _predicted_groups(
         }
     ).drop_duplicates()
     return sorted(
-        _Group(ct, cond, None if spec.dose_key is None else float(dose))
+        Condition(ct, cond, None if spec.dose_key is None else float(dose), spec.parts(cond))
         for ct, cond, dose in keys.itertuples(index=False)
     )
 
@@ -280,7 +309,7 @@ def _of_type(adata: AnnData, spec: DatasetSpec, cell_type: str) -> np.ndarray:
     return (adata.obs[spec.cell_type_key].astype(str) == cell_type).to_numpy()
 
 
-def _in_group(adata: AnnData, spec: DatasetSpec, group: _Group) -> np.ndarray:
+def _in_group(adata: AnnData, spec: DatasetSpec, group: Condition) -> np.ndarray:
     """Mask of the cells of ``group``'s cell type, condition and (if any) dose."""
     mask = _of_type(adata, spec, group.cell_type)
     mask &= (adata.obs[spec.condition_key].astype(str) == group.condition).to_numpy()

@@ -10,6 +10,11 @@
   (``pred - control`` vs ``truth - control`` in means). Unlike R² of means, which is high even
   for a model that predicts no change (control and stimulated means correlate strongly), it
   rewards only the response itself.
+* :func:`mse` -- mean squared error of per-gene means, pred vs truth (GEARS reports it over the
+  top-20 DEGs): the size of the error, which correlations ignore.
+* :func:`direction_accuracy` -- the fraction of the top true DEGs whose predicted change from
+  control has the true sign: 1 for every direction right, about 0.5 for random signs, 0 for a
+  prediction of no change (a change of exactly 0 has no direction).
 
 A correlation with a constant vector is undefined and returned as NaN, silently; e.g. the
 control itself used as the prediction has ``pearson_delta`` NaN.
@@ -60,3 +65,20 @@ def pearson_delta(pair: EvalPair, top: int | None = None) -> float:
     genes = _genes(pair, top)
     control = pair.means["control"][genes]
     return float(pearson(pair.means["pred"][genes] - control, pair.means["truth"][genes] - control))
+
+
+def mse(pair: EvalPair, top: int | None = None) -> float:
+    """Mean squared error of per-gene means, pred vs truth (all genes or the ``top`` DEGs)."""
+    genes = _genes(pair, top)
+    return float(np.mean((pair.means["pred"][genes] - pair.means["truth"][genes]) ** 2))
+
+
+def direction_accuracy(pair: EvalPair, top: int) -> float:
+    """Fraction of the ``top`` true DEGs whose predicted mean change from control has the sign of
+    the true change; all DEGs when there are fewer, NaN when truth equals control everywhere."""
+    genes = _genes(pair, top)
+    if not len(genes):
+        return float("nan")
+    control = pair.means["control"][genes]
+    true_sign = np.sign(pair.means["truth"][genes] - control)
+    return float(np.mean(np.sign(pair.means["pred"][genes] - control) == true_sign))

@@ -3,9 +3,12 @@
 Metrics accept AnnData (dense or sparse ``X``) or plain arrays. AnnData must look
 log-normalized (:func:`mtpert.data.detect_kind`); arrays are only checked to be finite, so
 hand-made arrays work. Every set is put in the gene order of the first set that has gene names.
+Across-target metrics receive their sets keyed by :class:`Condition`.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -22,6 +25,33 @@ Cells = AnnData | np.ndarray | sp.spmatrix | sp.sparray
 
 MIN_CELLS = 2
 """Fewest cells per set: variances, t statistics and PCA need two."""
+
+
+@dataclass(frozen=True, order=True)
+class Condition:
+    """What a set of cells is, as :func:`~mtpert.metrics.evaluate_across` keys them.
+
+    Attributes:
+        cell_type: the group (cell type, cell line) the cells belong to.
+        condition: the condition label, e.g. ``"KLF1+MAP2K6"``.
+        dose: the dose, or None when the data have no doses.
+        parts: the single perturbations ``condition`` combines
+            (:meth:`~mtpert.data.DatasetSpec.parts`); ``(condition,)`` when not given.
+    """
+
+    cell_type: str
+    condition: str
+    dose: float | None = None
+    parts: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.parts:
+            object.__setattr__(self, "parts", (self.condition,))
+
+    def label(self) -> str:
+        """``'cell type' -> 'condition' @ dose d``, for messages."""
+        dose = "" if self.dose is None else f" @ dose {self.dose:g}"
+        return f"'{self.cell_type}' -> '{self.condition}'{dose}"
 
 
 def load_sets(

@@ -4,9 +4,9 @@ An :class:`EvalPair` holds three sets of cells over the same genes -- ``control`
 unperturbed cells), ``truth`` (its real perturbed cells) and ``pred`` (predicted perturbed
 cells) -- as dense arrays of log-normalized expression. It is built once per target; what the
 metrics derive from it (per-gene means, DEG rankings, PCA coordinates, the MMD bandwidth,
-bootstrap means) is computed on first use and cached. The PCA and the bandwidth are fitted on
-control ∪ truth only, so the prediction is measured in a space it had no say in, and the
-distance of ``pred`` and of ``control`` to ``truth`` share one scale.
+bootstrap means, the test of the true effect) is computed on first use and cached. The PCA and
+the bandwidth are fitted on control ∪ truth only, so the prediction is measured in a space it
+had no say in, and the distance of ``pred`` and of ``control`` to ``truth`` share one scale.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from threadpoolctl import threadpool_limits
 from mtpert.errors import DataError
 from mtpert.metrics.de import rank_genes
 from mtpert.metrics.distances import ToTruth, median_heuristic_gamma
+from mtpert.metrics.effect import EffectTest, effect_test
 from mtpert.metrics.inputs import Cells, load_sets
 
 Which = Literal["control", "truth", "pred"]
@@ -103,6 +104,12 @@ class EvalPair:
     def pred_degs(self) -> np.ndarray:
         """Every gene index, ranked by |Welch t| of pred vs control."""
         return rank_genes(self.data["control"], self.data["pred"])
+
+    @cached_property
+    def effect(self) -> EffectTest:
+        """Size and permutation test of the true change from control (:mod:`mtpert.metrics.effect`),
+        with a fixed seed, not ``seed``: whether an effect is detectable depends on the cells only."""
+        return effect_test(self.data["control"], self.data["truth"])
 
     @cached_property
     def pcs(self) -> Mapping[Which, np.ndarray]:

@@ -17,9 +17,18 @@ direction only, for distinct perturbations. Genes: all genes given (e.g. the HVG
 trained on), or the union of the top ``n_degs`` DEGs of every true condition against control, so
 that every condition is measured on one gene set.
 
-It needs several predictions at once, so it is registered as metric ``rank`` with scope
-``across_targets``: :func:`~mtpert.metrics.evaluate_across` and
-:func:`~mtpert.metrics.rank_prediction` score it on a prediction file, in the long result format.
+Registered twice: ``rank`` (euclidean, all genes), made for dose series, and ``discrimination``
+(:func:`discrimination`: cosine of the changes, all genes), which is how PerturBench ranks
+distinct perturbations (cosine of log fold changes), e.g. the tens of knock-outs of a screen.
+Euclidean distances mix the direction of a change with its size, so a prediction of the right
+direction but half the size can land nearer a weak perturbation than its own; a perturbation is
+told apart by what its change does, so ``discrimination`` compares directions only. A
+prediction of exactly no change is equally far (cosine distance 1) from every truth and scores
+exactly 0.5.
+
+Both need several predictions at once, so they have scope ``across_targets``:
+:func:`~mtpert.metrics.evaluate_across` scores them on a prediction file, in the long result
+format, and :func:`~mtpert.metrics.rank_prediction` scores ``rank`` with the options above.
 """
 
 from __future__ import annotations
@@ -108,6 +117,22 @@ def condition_rank(
         tied = np.isclose(others, d[own])
         ranks[key] = ((others < d[own]) & ~tied).sum() + 0.5 * tied.sum()
     return pd.Series(ranks, name="rank", dtype=float) / (len(truths) - 1)
+
+
+def discrimination(
+    truths: Mapping[Hashable, Cells],
+    preds: Mapping[Hashable, Cells],
+    *,
+    control: Cells | None = None,
+    genes: ArrayLike | None = None,
+) -> dict[Hashable, float]:
+    """Rank of each predicted change from control among the true changes of every condition, by
+    cosine distance over all genes (:func:`condition_rank` with ``distance="cosine"``); 0 best,
+    0.5 for a prediction that ignores the perturbation. NaN for every prediction when the group
+    has no control cells, since there is no change to measure."""
+    if control is None:
+        return dict.fromkeys(preds, float("nan"))
+    return condition_rank(truths, preds, control=control, genes=genes, distance="cosine").to_dict()
 
 
 def _cosine_distance(truth: np.ndarray, pred: np.ndarray) -> np.ndarray:

@@ -20,13 +20,15 @@ import pandas as pd
 
 from mtpert.metrics import distances as dist
 from mtpert.metrics.de import deg_overlap
-from mtpert.metrics.expression import pearson_delta, r2, r2_bootstrap
+from mtpert.metrics.effect import detectable, effect_false_positive
+from mtpert.metrics.expression import direction_accuracy, mse, pearson_delta, r2, r2_bootstrap
+from mtpert.metrics.interaction import genetic_interaction
 from mtpert.metrics.pair import EvalPair
-from mtpert.metrics.rank import condition_rank
+from mtpert.metrics.rank import condition_rank, discrimination
 from mtpert.plugins import PluginRegistry
 
-MetricKind = Literal["expression", "de", "distance", "rank", "other"]
-KINDS: tuple[MetricKind, ...] = ("expression", "de", "distance", "rank", "other")
+MetricKind = Literal["expression", "de", "distance", "rank", "effect", "other"]
+KINDS: tuple[MetricKind, ...] = ("expression", "de", "distance", "rank", "effect", "other")
 Scope = Literal["per_target", "across_targets"]
 SCOPES: tuple[Scope, ...] = ("per_target", "across_targets")
 SCOPE_WORDS: Mapping[Scope, str] = {
@@ -54,11 +56,15 @@ class Metric:
             -> {key: value}``: the true cells of every condition (dose) of one group, the
             predictions of some of them (same keys) and the group's control cells (None when it
             has none), as :func:`~mtpert.metrics.condition_rank` takes them; one value per key
-            of ``preds``.
+            of ``preds``. :func:`~mtpert.metrics.evaluate_across` keys them by
+            :class:`~mtpert.metrics.Condition` (cell type, condition, dose and the single
+            perturbations the condition combines).
         best: value of a perfect prediction (for ``mean_pairwise``, a bound no prediction reaches).
         higher_is_better: direction of improvement.
         description: one line for tables, docs and the report.
-        kind: ``"expression"``, ``"de"``, ``"distance"``, ``"rank"`` or ``"other"``.
+        kind: ``"expression"``, ``"de"``, ``"distance"``, ``"rank"``, ``"effect"`` (whether
+            the true change is detectable, and what a model predicts where it is not) or
+            ``"other"``.
         scope: ``"per_target"`` (computed from one target's cells) or ``"across_targets"``
             (computed from all predictions of a group at once, like ``rank``).
     """
@@ -167,6 +173,31 @@ _ALL: tuple[Metric, ...] = (
         "pearson_delta over the top-100 true DEGs",
     ),
     Metric(
+        "mse_top20",
+        partial(mse, top=20),
+        0.0,
+        False,
+        "Mean squared error of per-gene means, truth vs pred, over the top-20 true DEGs",
+        "expression",
+    ),
+    Metric(
+        "direction_top20",
+        partial(direction_accuracy, top=20),
+        1.0,
+        True,
+        "Fraction of the top-20 true DEGs whose predicted change from control has the true sign "
+        "(0.5 random signs, 0 no change)",
+        "de",
+    ),
+    Metric(
+        "direction_top100",
+        partial(direction_accuracy, top=100),
+        1.0,
+        True,
+        "direction_top20 over the top-100 true DEGs",
+        "de",
+    ),
+    Metric(
         "deg_overlap_top100",
         partial(deg_overlap, top=100),
         100.0,
@@ -184,6 +215,25 @@ _ALL: tuple[Metric, ...] = (
     ),
     *_distances("mmd", dist.mmd_to_truth, "Biased RBF MMD², bandwidth fixed from control ∪ truth"),
     Metric(
+        "detectable",
+        detectable,
+        1.0,
+        True,
+        "1 if the true mean change from control exceeds what random relabelling of control and "
+        "true cells gives (permutation test, p < 0.05), 0 for no detectable effect; a property "
+        "of the data, the same for every model",
+        "effect",
+    ),
+    Metric(
+        "effect_false_positive",
+        effect_false_positive,
+        0.0,
+        False,
+        "Where the true effect is not detectable: the predicted mean change in units of the "
+        "sampling noise of the true one (0 no change, ~1 noise-sized; NaN where detectable)",
+        "effect",
+    ),
+    Metric(
         "rank",
         condition_rank,
         0.0,
@@ -191,6 +241,38 @@ _ALL: tuple[Metric, ...] = (
         "Fraction of the group's other true doses (conditions) whose mean expression is closer "
         "to the prediction than its own (0 best; 0.5 is what a dose-blind prediction scores)",
         "rank",
+        "across_targets",
+    ),
+    Metric(
+        "discrimination",
+        discrimination,
+        0.0,
+        False,
+        "Fraction of the group's other true perturbations whose change from control is closer "
+        "in direction (cosine) to the predicted change than its own (0 best; 0.5 for a "
+        "prediction that ignores the perturbation)",
+        "rank",
+        "across_targets",
+    ),
+    Metric(
+        "gi_pearson_top20",
+        partial(genetic_interaction, measure="pearson"),
+        1.0,
+        True,
+        "Combinations: Pearson r of predicted vs true genetic interaction (change minus the sum "
+        "of the measured singles' changes) over the 20 genes of strongest true interaction "
+        "(0 for the additive model)",
+        "expression",
+        "across_targets",
+    ),
+    Metric(
+        "gi_mse_top20",
+        partial(genetic_interaction, measure="mse"),
+        0.0,
+        False,
+        "Combinations: mean squared error of predicted vs true genetic interaction over the 20 "
+        "genes of strongest true interaction (the additive model scores the true GI's mean square)",
+        "expression",
         "across_targets",
     ),
 )

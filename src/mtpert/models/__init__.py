@@ -6,6 +6,7 @@ entry point in the group ``mtpert.models`` (see :mod:`mtpert.models.registry`).
 
 from mtpert.models.base import NotFittedError, PerturbationModel
 from mtpert.models.latent_shift import LatentShiftModel
+from mtpert.models.linear import LinearModel
 from mtpert.models.multitask import MultiTaskModel
 from mtpert.models.registry import (
     MODELS,
@@ -17,14 +18,17 @@ from mtpert.models.registry import (
 )
 from mtpert.models.scbutterfly import ScButterfly
 from mtpert.models.scpregan import ScPreGAN
-from mtpert.models.simple import ControlPredictor, MeanShift
+from mtpert.models.simple import Additive, ControlPredictor, GlobalMean, MeanShift
 from mtpert.models.trained import Hyperparameters, TrainedModel
 
 __all__ = [
     "MODELS",
+    "Additive",
     "ControlPredictor",
+    "GlobalMean",
     "Hyperparameters",
     "LatentShiftModel",
+    "LinearModel",
     "MeanShift",
     "ModelPreset",
     "ModelRegistry",

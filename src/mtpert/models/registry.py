@@ -27,10 +27,11 @@ from mtpert.data.spec import DatasetSpec
 from mtpert.errors import ConfigError, UnknownNameError
 from mtpert.models.base import PerturbationModel
 from mtpert.models.latent_shift import LatentShiftModel
+from mtpert.models.linear import LinearModel
 from mtpert.models.multitask import MultiTaskModel
 from mtpert.models.scbutterfly import ScButterfly
 from mtpert.models.scpregan import ScPreGAN
-from mtpert.models.simple import ControlPredictor, MeanShift
+from mtpert.models.simple import Additive, ControlPredictor, GlobalMean, MeanShift
 from mtpert.plugins import PluginRegistry
 
 ENTRY_POINT_GROUP = "mtpert.models"
@@ -90,6 +91,9 @@ class ModelPreset:
 BUILTIN_MODELS: tuple[ModelPreset, ...] = (
     ModelPreset("control", ControlPredictor),
     ModelPreset("mean_shift", MeanShift),
+    ModelPreset("global_mean", GlobalMean),
+    ModelPreset("additive", Additive),
+    ModelPreset("linear", LinearModel),
     ModelPreset("mtae", MultiTaskModel),
     ModelPreset("mtvae", MultiTaskModel, {"latent": "variational"}),
     ModelPreset("mtae_adv", MultiTaskModel, {"regularizer": "adversarial"}),

@@ -11,6 +11,7 @@ from mtpert.pl.plots import (
     metric_by_model,
     metric_heatmap,
     pca_overlay,
+    perturbation_heatmap,
 )
 from mtpert.pl.training import loss_curves
 
@@ -22,4 +23,5 @@ __all__ = [
     "metric_by_model",
     "metric_heatmap",
     "pca_overlay",
+    "perturbation_heatmap",
 ]

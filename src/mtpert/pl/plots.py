@@ -139,6 +139,49 @@ def metric_heatmap(
     return ax
 
 
+def perturbation_heatmap(
+    results: pd.DataFrame,
+    model: str,
+    metrics: Sequence[str],
+    *,
+    ax: Axes | None = None,
+    annotate: bool = True,
+) -> Axes:
+    """One model's score on each held-out perturbation (rows: ``group | condition`` where there
+    are several groups) and metric (columns), averaged over seeds.
+
+    A cell's colour says where its score lies between the worst and the best that any model in
+    ``results`` reached on that metric for any perturbation (green: best), so the panels of
+    several models compare; the score itself is written in it.
+    """
+    data = results[results["metric"].isin(metrics)]
+    if data.empty:
+        raise ValueError(f"No rows for metrics {list(metrics)}; available: {sorted(results['metric'].unique())}.")
+    several = data["group"].nunique() > 1
+    label = (data["group"].astype(str) + " | " + data["condition"].astype(str)) if several else data["condition"].astype(str)
+    table = data.assign(target=label).pivot_table(index=["target", "model"], columns="metric", values="value", aggfunc="mean")
+    higher = data.groupby("metric")["higher_is_better"].first().astype(bool) if "higher_is_better" in data else pd.Series(True, index=table.columns)
+    columns = [m for m in metrics if m in table.columns]
+    low, high = table[columns].min(), table[columns].max()
+    mine = table.xs(model, level="model")[columns] if model in table.index.get_level_values("model") else None
+    if mine is None:
+        raise ValueError(f"No rows for model '{model}'.")
+    span = (high - low).replace(0, np.nan)
+    goodness = ((mine - low) / span).where(higher[columns], (high - mine) / span)
+    ax = _axes(ax, (1.5 + 0.75 * len(columns), 1.0 + 0.3 * len(mine)))
+    image = ax.imshow(goodness.to_numpy(dtype=float), cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
+    ax.set_xticks(range(len(columns)), [literal(m) for m in columns], rotation=40, ha="right")
+    ax.set_yticks(range(len(mine)), [literal(t) for t in mine.index])
+    if annotate:
+        for (i, j), value in np.ndenumerate(mine.to_numpy(dtype=float)):
+            if np.isfinite(value):
+                shade = goodness.iat[i, j]
+                color = _text_color_on(image.cmap(image.norm(shade if np.isfinite(shade) else 0.5)))
+                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7, color=color)
+    ax.set_title(literal(model))
+    return ax
+
+
 def pca_overlay(
     control: AnnData,
     truth: AnnData,
