@@ -105,21 +105,21 @@ def test_groups_too_small_to_score_are_skipped_with_the_reason(sim_path) -> None
 
 
 def test_named_variants_of_one_model_run_and_are_reported_under_their_names(sim_path, tmp_path) -> None:
-    models = {"mtae": TINY_MTAE, "mtae_residual": {"model": "mtae", "prediction": "residual", **TINY_MTAE}}
+    models = {"mtae": TINY_MTAE, "mtae_decoded": {"model": "mtae", "prediction": "decoded", **TINY_MTAE}}
     settings = BenchmarkConfig.from_dict({"data": str(sim_path), "models": models, "holdout": ["type_0"], "seeds": [1],
                                           "n_hvg": 100, "noise_ceiling_repeats": 0, "save_predictions": "all"})  # fmt: skip
-    assert settings.models == ("mtae", "mtae_residual") and dict(settings.variants) == {"mtae_residual": "mtae"}
+    assert settings.models == ("mtae", "mtae_decoded") and dict(settings.variants) == {"mtae_decoded": "mtae"}
     store = run_benchmark(settings, tmp_path)
     results = store.results()
-    assert set(results["model"]) == {"mtae", "mtae_residual"} and results["run_id"].nunique() == 2
+    assert set(results["model"]) == {"mtae", "mtae_decoded"} and results["run_id"].nunique() == 2
     _, _, preds = store.predictions("type_0", "stimulated")
-    decoded, residual = preds["mtae", 1].X, preds["mtae_residual", 1].X
-    assert not np.allclose(decoded, residual)  # the setting took effect
-    assert ResultStore(tmp_path).config().variants == {"mtae_residual": "mtae"}  # kept for resuming
+    residual, decoded = preds["mtae", 1].X, preds["mtae_decoded", 1].X
+    assert not np.allclose(residual, decoded)  # the setting took effect
+    assert ResultStore(tmp_path).config().variants == {"mtae_decoded": "mtae"}  # kept for resuming
     summary = write_report(tmp_path, formats=("png",))["markdown"].read_text()
-    assert "| mtae_residual " in summary
-    with pytest.raises(ConfigError, match="registered model of mtae_residual"):  # one name, one setting per directory
-        run_benchmark(BenchmarkConfig.from_dict({**settings.to_dict(), "variants": {"mtae_residual": "mtvae"}}), tmp_path)
+    assert "| mtae_decoded " in summary
+    with pytest.raises(ConfigError, match="registered model of mtae_decoded"):  # one name, one setting per directory
+        run_benchmark(BenchmarkConfig.from_dict({**settings.to_dict(), "variants": {"mtae_decoded": "mtvae"}}), tmp_path)
 
 
 # ---------------------------------------------------------------------------- store

@@ -7,6 +7,9 @@ thread so that parallel test runs do not slow each other down.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -182,8 +185,68 @@ def test_residual_prediction_keeps_each_cells_variation(single_dose) -> None:
         )
         pred = dense(model.predict(data[split.targets[0].control], "stimulated").X)
         spread[prediction] = pred.var(0).mean() / control.var(0).mean()
-    assert model.name == "mtae_residual"
+        assert model.name == {"decoded": "mtae_decoded", "residual": "mtae"}[prediction]
     assert spread["decoded"] < 0.8 < spread["residual"] < 1.2, spread
+
+
+# ---------------------------------------------------------------------- saved before sets of perturbations
+SAVED = Path(__file__).parent / "data" / "multitask_saved"
+"""Tiny multi-task models saved, with their predictions, by mtpert 0.1.0 at commit 5ddf6bf (before
+conditions were encoded as sets of perturbations), each fitted on :func:`saved_fold` with the
+hyperparameters in its ``config.json`` after ``seed_everything(0)``."""
+
+
+def saved_fold(spec: DatasetSpec) -> tuple[AnnData, Split]:
+    """The data the saved models were fitted on: two perturbations, doses where the spec has them."""
+    doses = (0.5, 1.0) if spec.dose_key else (1.0,)
+    sim = simulate(
+        n_cell_types=3, n_genes=40, n_cells=30, perturbations=("drug_a", "drug_b"), doses=doses, seed=0
+    )
+    data, split, _, _ = fold(sim, spec)
+    return data, split
+
+
+@pytest.mark.parametrize("saved", sorted(p.name for p in SAVED.iterdir()))
+def test_models_saved_before_sets_load_and_train_as_before(saved: str) -> None:
+    """Plain conditions (no combination separator) train and predict as before the set encoding:
+    the saved model loads and predicts its saved predictions, and the same model fitted now
+    (``bound_change``, added since, off) predicts them too (max abs difference 0 on the machine
+    that saved them; the tolerance allows for another CPU's float rounding)."""
+    config = json.loads((SAVED / saved / "config.json").read_text())
+    spec = DatasetSpec.from_dict(config["spec"])
+    data, split = saved_fold(spec)
+    expected = np.load(SAVED / saved / "predictions.npz")
+    loaded = PerturbationModel.load(SAVED / saved, device="cpu")
+    seed_everything(0)
+    options = {**config["hparams"], "bound_change": False}
+    refitted = MultiTaskModel(spec, **options, progress=False, num_threads=1, device="cpu")
+    refitted.fit(split.subset(data, "train"), split.subset(data, "val"))
+    assert loaded.name == refitted.name
+    assert not loaded.params.bound_change and loaded.change_bounds is None
+    assert len(split.targets) == len(expected.files)
+    for target in split.targets:
+        key = target.condition if target.dose is None else f"{target.condition}@{target.dose}"
+        for model in (loaded, refitted):
+            pred = model.predict(data[target.control], target.condition, target.dose).X
+            np.testing.assert_allclose(pred, expected[key], rtol=0, atol=1e-5)
+
+
+def test_bound_change_scales_a_larger_mean_change_down_to_the_bound(single_dose) -> None:
+    _, data, split, train, val = single_dose
+    control = data[split.targets[0].control]
+    cells = dense(control.X)
+    free, bounded = (
+        build("mtae", SPEC, max_epochs=5, seed=0, bound_change=on).fit(train, val) for on in (False, True)
+    )
+    assert free.change_bounds is None and free.name == "mtae_unbounded"
+    assert set(bounded.change_bounds) == {"stimulated"} and bounded.change_bounds["stimulated"] > 0
+    unbounded = dense(free.predict(control, "stimulated").X)
+    change = np.sqrt(((unbounded.mean(0) - cells.mean(0)) ** 2).mean())
+    bounded.change_bounds["stimulated"] = change / 4
+    pred = dense(bounded.predict(control, "stimulated").X)
+    np.testing.assert_allclose(pred, cells + (unbounded - cells) / 4, atol=1e-5)
+    bounded.change_bounds["stimulated"] = change * 2  # within the bound: unchanged
+    np.testing.assert_array_equal(bounded.predict(control, "stimulated").X, unbounded)
 
 
 # ---------------------------------------------------------------------- options all train

@@ -1,6 +1,6 @@
 """Building blocks of the multi-task autoencoders: condition encoding and conditioned MLPs.
 
-A condition (perturbation label, optionally with a dose) becomes a vector ``c``; a
+A condition (a set of perturbations, optionally with a dose) becomes a vector ``c``; a
 :class:`ConditionedMLP` lets ``c`` steer its hidden layers by one of four mechanisms, chosen by a
 parameter so they compare on equal terms (same widths, same training):
 
@@ -29,17 +29,24 @@ CONDITIONINGS: tuple[str, ...] = get_args(Conditioning)
 
 
 class ConditionEncoder(nn.Module):
-    """Condition index (and dose) -> condition vector: a one-hot code, then a learned dose embedding.
+    """Perturbation set (and dose) -> condition vector: a multi-hot code, then a learned dose embedding.
 
-    Control is a condition of its own, so reconstructing a control cell uses the control code.
+    A condition is the set of single perturbations it combines (a genetic screen's ``A+B`` is
+    ``{A, B}``; a plain label, or control, is a set of one). Its code counts each known
+    perturbation in the set, so a plain condition gets the one-hot code. Every mechanism of
+    :class:`ConditionedMLP` reads ``c`` through a linear layer first, which on this code is the
+    sum of one learned embedding per perturbation: a combination never seen together is encoded
+    from its parts, and the nonlinearity after that layer lets the parts interact.
+
+    Control is a perturbation of its own, so reconstructing a control cell uses the control code.
     With ``dose_dim > 0`` the (already scaled) dose passes through a small MLP whose output is
-    appended to the one-hot code; being a smooth function of the dose, it can be asked for a dose
-    that was never seen in training.
+    appended to the code; being a smooth function of the dose, it can be asked for a dose that was
+    never seen in training.
     """
 
-    def __init__(self, n_conditions: int, dose_dim: int = 0) -> None:
+    def __init__(self, n_perturbations: int, dose_dim: int = 0) -> None:
         super().__init__()
-        self.n_conditions = n_conditions
+        self.n_perturbations = n_perturbations
         self.dose_dim = dose_dim
         self.dose = (
             nn.Sequential(nn.Linear(1, dose_dim), nn.SiLU(), nn.Linear(dose_dim, dose_dim))
@@ -50,10 +57,10 @@ class ConditionEncoder(nn.Module):
     @property
     def dim(self) -> int:
         """Length of the condition vector."""
-        return self.n_conditions + self.dose_dim
+        return self.n_perturbations + self.dose_dim
 
-    def forward(self, condition: Tensor, dose: Tensor | None = None) -> Tensor:
-        code = nn.functional.one_hot(condition, self.n_conditions).float()
+    def forward(self, code: Tensor, dose: Tensor | None = None) -> Tensor:
+        """``code``: (n, n_perturbations) multi-hot set codes; ``dose``: (n,) scaled doses."""
         if self.dose is None:
             return code
         if dose is None:
