@@ -21,7 +21,7 @@ import html
 import io
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -292,9 +292,9 @@ def write_report(
     verdict = overall_verdict(mean, marks, comparisons.get(primary, pd.DataFrame()), n_targets=n_targets, seeds=seeds, baseline=primary)
     verdict = " ".join([verdict, *(_leader_against(mean, marks, c, b) for b, c in list(comparisons.items())[1:]), _detectable(results)])
     written: dict[str, Path] = {}
-    figures = _figures(results, store, config, order, metrics, _runs_label(n_targets, seeds))
+    figures = []
     pngs = {}  # each figure rendered once per format; the PNG is also embedded in the HTML
-    for f in figures:
+    for f in _figures(results, store, config, order, metrics, _runs_label(n_targets, seeds)):
         title = f.figure.get_suptitle().replace(r"\$", "$")  # the file's Title too, as written
         for fmt in dict.fromkeys(["png", *formats]):
             buffer = io.BytesIO()
@@ -303,6 +303,7 @@ def write_report(
             if fmt in formats:
                 written[f"{f.name}.{fmt}"] = atomic_write(folder / "figures" / f"{f.name}.{fmt}", lambda fh, b=buffer: fh.write(b.getvalue()))
         plt.close(f.figure)
+        figures.append(f)
     sections = _sections(results, mean, spread, marks, comparisons, costs(results).reindex(order), store)
     title = f"mtpert benchmark: {config.data if config else store.root.name}"
     html_text = _html(title, verdict, sections, figures, pngs)
@@ -451,10 +452,9 @@ def _file_label(label: str) -> str:
     return label if re.fullmatch(r"[A-Za-z0-9_@-][A-Za-z0-9_.@-]*", label) else safe_name(label)
 
 
-def _figures(results, store, config, order, metrics, span: str) -> list[Figure]:
-    """The report's figures: two over every run (``span`` says which), then, for the showcase
+def _figures(results, store, config, order, metrics, span: str) -> Iterator[Figure]:
+    """The report's figures, one at a time (each is drawn, saved and closed before the next): two over every run (``span`` says which), then, for the showcase
     group, one per figure kind for its first kept seed, named after that target and seed."""
-    figures = []
     n = len(metrics)
     fig, axes = plt.subplots(2, (n + 1) // 2, figsize=(3.0 * ((n + 1) // 2), 7.5), layout="constrained")
     for ax, metric in zip(axes.ravel(), metrics, strict=False):
@@ -462,14 +462,14 @@ def _figures(results, store, config, order, metrics, span: str) -> list[Figure]:
     for ax in axes.ravel()[n:]:
         ax.set_visible(False)
     fig.suptitle(f"Each metric per model: {span}")
-    figures.append(Figure("metrics_by_model", f"Each metric per model: one dot per held-out target and seed ({span}).", fig))
+    yield Figure("metrics_by_model", f"Each metric per model: one dot per held-out target and seed ({span}).", fig)
     present = [m for m in HEATMAP_METRICS if m in set(results["metric"])]
     n_groups = results["group"].nunique()
     fig, axes = plt.subplots(1, len(present), figsize=(len(present) * (2.5 + 0.7 * n_groups), 1.5 + 0.4 * len(order)), layout="constrained", squeeze=False)
     for ax, metric in zip(axes[0], present, strict=True):
         metric_heatmap(results, metric, ax=ax, order=order)
     fig.suptitle(f"Mean over seeds: {span}")
-    figures.append(Figure("heatmap", f"Models x held-out targets, mean over seeds ({span}).", fig))
+    yield Figure("heatmap", f"Models x held-out targets, mean over seeds ({span}).", fig)
     if _many_conditions(results):
         for model in [m for m in order if m != NOISE_CEILING]:
             fig, ax = plt.subplots(figsize=(2.0 + 0.6 * len(metrics), 1.6 + 0.28 * len(_target_labels(results).unique())), layout="constrained")
@@ -477,7 +477,7 @@ def _figures(results, store, config, order, metrics, span: str) -> list[Figure]:
             fig.suptitle(literal(f"Each perturbation and metric, {span}"))
             caption = (f"{model}: its score on each held-out perturbation (rows) and metric, mean over seeds ({span}); "
                        "colour: between the worst (red) and the best (green) any model reached on that metric.")  # fmt: skip
-            figures.append(Figure(f"perturbations_{_file_label(model)}", caption, fig))
+            yield Figure(f"perturbations_{_file_label(model)}", caption, fig)
     showcase = config.showcase if config and config.showcase else None
     runs = results[(results["group"] == showcase) & results["model"].isin(order)] if showcase else results.iloc[:0]
     shown = _largest_effects(runs, MAX_SHOWN_CONDITIONS)
@@ -500,19 +500,18 @@ def _figures(results, store, config, order, metrics, span: str) -> list[Figure]:
         fig, axes = _panel_grid(len(chosen), title=label)
         for ax, (model, pred) in zip(axes, chosen.items(), strict=False):
             pca_overlay(control, truth, pred, ax=ax, title=model)
-        figures.append(Figure(f"pca{suffix}", f"PCA of control, true and predicted cells ({label}); axes fitted on the real cells.", fig))
+        yield Figure(f"pca{suffix}", f"PCA of control, true and predicted cells ({label}); axes fitted on the real cells.", fig)
         fig, axes = _panel_grid(len(chosen), title=label)
         for ax, (model, pred) in zip(axes, chosen.items(), strict=False):
             mean_expression_scatter(truth, pred, highlight=degs, ax=ax, title=model)
-        figures.append(Figure(f"scatter{suffix}", f"Mean expression per gene, prediction vs truth ({label}); red: top {N_DEGS} true DEGs.", fig))
+        yield Figure(f"scatter{suffix}", f"Mean expression per gene, prediction vs truth ({label}); red: top {N_DEGS} true DEGs.", fig)
         fig, ax = plt.subplots(figsize=(2.5 + 0.32 * len(degs), 1.2 + 0.35 * (len(chosen) + 2)), layout="constrained")
         deg_dotplot(control, truth, chosen, degs, ax=ax)
         fig.suptitle(literal(label))
-        figures.append(Figure(f"dotplot{suffix}", f"Top {N_DEGS} true DEGs across control, truth and each prediction ({label}).", fig))
+        yield Figure(f"dotplot{suffix}", f"Top {N_DEGS} true DEGs across control, truth and each prediction ({label}).", fig)
         if dose is not None:
             name = f"dose_response_{_file_label(showcase)}_{_file_label(condition)}_seed{seed}"
-            figures.append(_dose_response(kept, config, showcase, condition, seed, order, name))
-    return figures
+            yield _dose_response(kept, config, showcase, condition, seed, order, name)
 
 
 def _largest_effects(results: pd.DataFrame, n: int) -> list[str]:

@@ -1,6 +1,7 @@
 """Data layer: dataset spec, preprocessing, OOD splits, public datasets and the simulator."""
 
 from mtpert.data.pp import detect_kind, log_normalize, prepare, require_kind, select_hvgs
+from mtpert.data.priors import PriorNetwork, read_prior
 from mtpert.data.registry import (
     DATASETS,
     RemoteDataset,
@@ -29,6 +30,7 @@ __all__ = [
     "DATASETS",
     "DEFAULT_MIN_CELLS",
     "DatasetSpec",
+    "PriorNetwork",
     "RemoteDataset",
     "Split",
     "Target",
@@ -47,6 +49,7 @@ __all__ = [
     "predictable_combinations",
     "prepare",
     "read_h5ad",
+    "read_prior",
     "require_kind",
     "select_hvgs",
     "simulate",

@@ -16,6 +16,7 @@ from mtpert.models.registry import (
     list_models,
     register_model,
 )
+from mtpert.models.sams import SamsVAE
 from mtpert.models.scbutterfly import ScButterfly
 from mtpert.models.scpregan import ScPreGAN
 from mtpert.models.simple import Additive, ControlPredictor, GlobalMean, MeanShift
@@ -35,6 +36,7 @@ __all__ = [
     "MultiTaskModel",
     "NotFittedError",
     "PerturbationModel",
+    "SamsVAE",
     "ScButterfly",
     "ScPreGAN",
     "TrainedModel",

@@ -29,6 +29,7 @@ from mtpert.models.base import PerturbationModel
 from mtpert.models.latent_shift import LatentShiftModel
 from mtpert.models.linear import LinearModel
 from mtpert.models.multitask import MultiTaskModel
+from mtpert.models.sams import SamsVAE
 from mtpert.models.scbutterfly import ScButterfly
 from mtpert.models.scpregan import ScPreGAN
 from mtpert.models.simple import Additive, ControlPredictor, GlobalMean, MeanShift
@@ -107,6 +108,8 @@ BUILTIN_MODELS: tuple[ModelPreset, ...] = (
     ModelPreset("scvidr_multi", LatentShiftModel, {"shift": "regression", "dose_scaling": "log"}),
     ModelPreset("scpregan", ScPreGAN),
     ModelPreset("scbutterfly", ScButterfly),
+    ModelPreset("gpo_vae", SamsVAE),
+    ModelPreset("sams_vae", SamsVAE, {"alignment": "none"}),
 )
 """The models mtpert ships."""
 

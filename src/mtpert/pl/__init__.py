@@ -5,6 +5,7 @@ parsed as mathtext: a ``$`` in a cell type shows as ``$``.
 """
 
 from mtpert.pl.dose import dose_response
+from mtpert.pl.graph import regulatory_graph
 from mtpert.pl.plots import (
     deg_dotplot,
     mean_expression_scatter,
@@ -24,4 +25,5 @@ __all__ = [
     "metric_heatmap",
     "pca_overlay",
     "perturbation_heatmap",
+    "regulatory_graph",
 ]
