@@ -139,3 +139,26 @@ def test_a_screen_report_has_a_row_per_perturbation_and_every_baseline(tmp_path)
     figures = {p.stem for p in (tmp_path / "out" / "report" / "figures").iterdir()}
     assert {f"perturbations_{m}" for m in settings.models} <= figures
     assert len([f for f in figures if f.startswith("pca_")]) == MAX_SHOWN_CONDITIONS
+
+
+def test_an_unfinished_grid_is_named_and_empty_comparisons_are_left_out(tmp_path) -> None:
+    """Single perturbations only: the additive baseline equals mean shift there, so no section
+    compares with it, and the combination metrics (no value on any target) get no column; a model
+    with fewer finished runs than the others is named before the verdict."""
+    data = tmp_path / "sim.h5ad"
+    simulate(seed=1, n_cells=30, n_genes=80).write_h5ad(data)
+    settings = BenchmarkConfig(data=str(data), models=("control", "mean_shift", "additive", "global_mean"), seeds=(1, 2),
+                               holdout=("type_0",), n_hvg=0, noise_ceiling_repeats=0)  # fmt: skip
+    store = run_benchmark(settings, tmp_path / "bench")
+    results = store.results()
+    assert results.loc[results["metric"] == "gi_pearson_top20", "value"].isna().all()
+    unfinished = results.loc[(results["model"] == "additive") & (results["seed"] == 2), "run_id"].iloc[0]
+    (store.root / "runs" / f"{unfinished}.parquet").unlink()
+    summary = write_report(tmp_path / "bench", formats=("png",))["markdown"].read_text()
+    verdict = summary.split("## Figures")[0]
+    assert "Not every model finished: additive 1 of 2 target-seed runs" in verdict
+    assert "## Against mean_shift" in summary and "## Against global_mean" in summary
+    assert "## Against additive" not in summary
+    table = summary.split("## Mean over held-out targets and seeds")[1].split("\n## ")[0]
+    header = next(line for line in table.splitlines() if line.startswith("| model"))
+    assert "r2_top100" in header and "gi_pearson_top20" not in header

@@ -30,7 +30,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from mtpert.benchmark.grid import NOISE_CEILING
+from mtpert.benchmark.grid import NOISE_CEILING, BenchmarkConfig
 from mtpert.benchmark.store import PROVENANCE, ResultStore
 from mtpert.data.split import condition_label
 from mtpert.errors import ConfigError
@@ -275,14 +275,15 @@ def write_report(
             )
         results = results[results["model"].isin([*models, NOISE_CEILING])]
     config = store.config()
-    found = list(dict.fromkeys(results["metric"]))
+    found = list(dict.fromkeys(results.dropna(subset=["value"])["metric"]))  # a metric no target has is no column
     default = SCREEN_HEADLINE if _many_conditions(results) else HEADLINE
     metrics = [m for m in metrics or (*default, *(m for m in found if m not in BUILTIN)) if m in found]
     order = _model_order(results, config.models if config else ())
     mean, spread = headline(results, metrics)
     mean, spread = mean.reindex(order), spread.reindex(order)
     marks = best_models(mean, results.groupby("metric")["higher_is_better"].first())
-    comparisons = {b: against_baseline(results, b, metrics) for b in BASELINES if b in order}
+    baselines = [b for b in BASELINES if b in order and (b != "additive" or _has_combinations(results, config))]
+    comparisons = {b: against_baseline(results, b, metrics) for b in baselines}
     comparisons = {  # sentences and tables list the models in the report's order, not alphabetically
         b: c.sort_values("model", key=lambda m: m.map(order.index), kind="stable") for b, c in comparisons.items() if len(c)
     }
@@ -290,7 +291,9 @@ def write_report(
     seeds = sorted(results["seed"].unique())
     n_targets = len(results[["group", "condition", "dose"]].drop_duplicates())
     verdict = overall_verdict(mean, marks, comparisons.get(primary, pd.DataFrame()), n_targets=n_targets, seeds=seeds, baseline=primary)
-    verdict = " ".join([verdict, *(_leader_against(mean, marks, c, b) for b, c in list(comparisons.items())[1:]), _detectable(results)])
+    verdict = " ".join(
+        [_incomplete(results), verdict, *(_leader_against(mean, marks, c, b) for b, c in list(comparisons.items())[1:]), _detectable(results)]
+    ).strip()
     written: dict[str, Path] = {}
     figures = []
     pngs = {}  # each figure rendered once per format; the PNG is also embedded in the HTML
@@ -409,6 +412,29 @@ def _detectable(results: pd.DataFrame) -> str:
         f"against control); on the other {undetected}, a model can only do harm: effect_false_positive scores the change it "
         "invents there (0 best)."
     )
+
+
+def _incomplete(results: pd.DataFrame) -> str:
+    """Which models lack runs the others have (an unfinished grid), so their means are not read as
+    comparable with the rest; empty when every model covers the same held-out targets and seeds."""
+    runs = results[results["model"] != NOISE_CEILING].drop_duplicates(["model", "group", "condition", "dose", "seed"])
+    counts = runs.groupby("model").size()
+    if counts.empty or counts.nunique() == 1:
+        return ""
+    short = ", ".join(f"{m} {n} of {counts.max()}" for m, n in counts[counts < counts.max()].items())
+    return (
+        f"Not every model finished: {short} target-seed runs. Their means cover fewer held-out targets or "
+        "seeds than the others', so compare them target by target (the per-perturbation tables), not by the means."
+    )
+
+
+def _has_combinations(results: pd.DataFrame, config: BenchmarkConfig | None) -> bool:
+    """Whether a held-out target combines perturbations: only there does the additive baseline
+    differ from mean shift."""
+    spec = config.spec if config is not None else None
+    if spec is None or spec.combination_separator is None:
+        return False
+    return any(len(spec.parts(c)) > 1 for c in results["condition"].astype(str).unique())
 
 
 def _many_conditions(results: pd.DataFrame) -> bool:
