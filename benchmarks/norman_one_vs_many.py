@@ -1,6 +1,6 @@
 """One multi-task model for every perturbation vs one model per perturbation, on Norman 2019.
 
-Run: taskset -c 1 nice -n 10 python benchmarks/norman_one_vs_many.py [--seeds 1,2,19193] [--model mtae]
+Run: taskset -c 1 nice -n 10 python benchmarks/norman_one_vs_many.py [--seeds 1,2,19193] [--model mtae] [--short 5,10,20]
 
 The Norman 2019 K562 CRISPRa subset (33 conditions: 18 single activations and 15 pairs, 80-100
 cells each, 100 control cells; ../shared/data or $MTPERT_DATA_DIR). Per seed, a random fifth of
@@ -12,7 +12,10 @@ on one CPU thread:
 * ``one``: one ``--model`` trained on every condition's training cells at once;
 * ``per_perturbation``: the same model and settings, one per condition, each trained on the
   control cells and that condition's cells only (a single-perturbation model, as scGen-era
-  baselines are).
+  baselines are);
+* ``one_<n>_epochs``, for each ``n`` of ``--short``: ``one`` trained for at most ``n`` epochs, so
+  that its fit time comes near one single-perturbation model's (time to accuracy: an epoch of the
+  multi-task model passes over every condition's cells, about 17 times a single model's).
 
 Recorded per approach and seed: fit seconds (all models of the approach; for ``per_perturbation``
 also the mean of one), stored parameters (all models), and the mean over conditions of R² of the
@@ -73,7 +76,7 @@ def n_params(model) -> int:
     return int(model.fit_summary()["n_params"])
 
 
-def run(seed: int, name: str, options: dict) -> list[dict]:
+def run(seed: int, name: str, options: dict, short: tuple[int, ...] = ()) -> list[dict]:
     fold = make_fold(with_folds(load_norman(), seed), SPEC, Holdout("test", group_key="fold"), seed=seed, n_hvg=0, min_cells=MIN_CELLS)
     data, split = fold.data, fold.split
     params = {"num_threads": 1, "progress": False, **options}
@@ -83,13 +86,14 @@ def run(seed: int, name: str, options: dict) -> list[dict]:
         table = evaluate(data[target.control], data[target.truth], pred, metrics=METRICS, seed=seed)
         return {"approach": approach, "seed": seed, "condition": condition, **dict(zip(table["metric"], table["value"], strict=True))}
 
-    seed_everything(seed)
-    start = time.perf_counter()
-    one = get_model(name)(SPEC, **params).fit(split.subset(data, "train"), split.subset(data, "val"))
-    one_seconds = time.perf_counter() - start
-    for target in split.targets:
-        rows.append(score("one", target.condition, one.predict(data[target.control], target.condition), target) | {
-            "fit_seconds": one_seconds, "n_params": n_params(one), "n_models": 1})  # fmt: skip
+    for approach, epochs in [("one", {}), *((f"one_{n}_epochs", {"max_epochs": n}) for n in short)]:
+        seed_everything(seed)
+        start = time.perf_counter()
+        one = get_model(name)(SPEC, **params, **epochs).fit(split.subset(data, "train"), split.subset(data, "val"))
+        one_seconds = time.perf_counter() - start
+        for target in split.targets:
+            rows.append(score(approach, target.condition, one.predict(data[target.control], target.condition), target) | {
+                "fit_seconds": one_seconds, "n_params": n_params(one), "n_models": 1, "epochs": len(one.history)})  # fmt: skip
     condition = data.obs[SPEC.condition_key].astype(str)
     per_seconds, per_params = [], []
     for target in split.targets:
@@ -100,7 +104,8 @@ def run(seed: int, name: str, options: dict) -> list[dict]:
         model = get_model(name)(SPEC, **params).fit(train, val)
         per_seconds.append(time.perf_counter() - start)
         per_params.append(n_params(model))
-        rows.append(score("per_perturbation", target.condition, model.predict(data[target.control], target.condition), target))
+        rows.append(score("per_perturbation", target.condition, model.predict(data[target.control], target.condition), target)
+                    | {"epochs": len(model.history)})  # fmt: skip
     for row in rows:
         if row["approach"] == "per_perturbation":
             row |= {"fit_seconds": sum(per_seconds), "fit_seconds_one_model": float(np.mean(per_seconds)),
@@ -110,7 +115,7 @@ def run(seed: int, name: str, options: dict) -> list[dict]:
 
 def report(table: pd.DataFrame, name: str, command: str, seconds: float) -> str:
     summary = table.groupby("approach").agg(
-        n_models=("n_models", "first"), fit_seconds=("fit_seconds", "mean"), n_params=("n_params", "mean"),
+        n_models=("n_models", "first"), fit_seconds=("fit_seconds", "mean"), epochs=("epochs", "mean"), n_params=("n_params", "mean"),
         **{m: (m, "mean") for m in METRICS},
     )  # fmt: skip
     one, many = summary.loc["one"], summary.loc["per_perturbation"]
@@ -127,6 +132,11 @@ def report(table: pd.DataFrame, name: str, command: str, seconds: float) -> str:
         f"- parameters: {one['n_params']:,.0f} vs {many['n_params']:,.0f} ({many['n_params'] / one['n_params']:.1f}x).",
         "- accuracy (one minus per-perturbation): " + ", ".join(f"{m} {one[m] - many[m]:+.3f}" for m in METRICS)
         + " (higher is better except e_distance_rel).",
+        *(
+            f"- {approach}: fit {row['fit_seconds']:.1f} s ({row['fit_seconds'] / single:.2f}x one single-perturbation model), "
+            + ", ".join(f"{m} {row[m] - many[m]:+.3f}" for m in METRICS) + " against per-perturbation."
+            for approach, row in summary.iterrows() if approach.startswith("one_")
+        ),
     ]
     return "\n".join(lines) + "\n"
 
@@ -136,10 +146,12 @@ def main() -> None:
     parser.add_argument("--seeds", default="1,2,19193")
     parser.add_argument("--model", default="mtae")
     parser.add_argument("--params", type=json.loads, default={}, help="JSON hyperparameters of --model, for both approaches")
+    parser.add_argument("--short", default="", help="comma-separated epoch limits of the one model (time to accuracy)")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    short = tuple(int(n) for n in args.short.split(",") if n)
     start = time.perf_counter()
-    rows = [row for seed in (int(s) for s in args.seeds.split(",")) for row in run(seed, args.model, args.params)]
+    rows = [row for seed in (int(s) for s in args.seeds.split(",")) for row in run(seed, args.model, args.params, short)]
     table = pd.DataFrame(rows)
     write_table(table, RESULTS / "norman_one_vs_many.csv")
     command = "taskset -c 1 nice -n 10 python benchmarks/norman_one_vs_many.py " + " ".join(sys.argv[1:])

@@ -119,6 +119,8 @@ def against_baseline(results: pd.DataFrame, baseline: str = BASELINE, metrics: S
     for model in per_target.columns.drop([baseline, NOISE_CEILING], errors="ignore"):
         for metric in [m for m in metrics if m in higher.index]:
             both = per_target.xs(metric, level="metric")[[model, baseline]].dropna()
+            if both.empty:  # e.g. effect_false_positive where every true change is detectable
+                continue
             sign = 1.0 if higher[metric] else -1.0
             better = int((sign * (both[model] - both[baseline]) > 0).sum())
             mean, base = both[model].mean(), both[baseline].mean()
