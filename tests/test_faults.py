@@ -41,6 +41,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import anndata as ad
@@ -431,3 +432,48 @@ def test_an_internal_error_shows_its_traceback_and_asks_for_a_bug_report(sim_pat
     result = runner.invoke(app, ["benchmark", "--data", str(sim_path), "--models", "control", "--out", str(tmp_path / "out")])
     assert result.exit_code == 1
     assert "ZeroDivisionError" in result.output and "Traceback" in result.output and "this is a bug" in result.output
+
+
+def _children(pid: int) -> set[int]:
+    """Ids of the live processes whose parent is ``pid`` (read from Linux's /proc)."""
+    found = set()
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
+        except OSError:  # the process ended while we looked
+            continue
+        if fields.get("PPid", "").strip() == str(pid) and not fields.get("State", "").strip().startswith("Z"):
+            found.add(int(status.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "\nState:\tZ" not in state
+
+
+@pytest.mark.subprocess
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads process parents from /proc (Linux)")
+def test_the_workers_of_a_killed_benchmark_exit(sim_path, tmp_path) -> None:
+    """SIGKILL (or SIGTERM) runs no clean-up in `mtpert benchmark --jobs 2`; its worker processes
+    notice their parent is gone and exit instead of computing runs nobody will save."""
+    command = [sys.executable, "-c", "from mtpert.cli import app; app()", "benchmark", "--data", str(sim_path),
+               "--models", "mtae", "--seeds", "1,2,3,4", "--out", str(tmp_path / "out"), "--jobs", "2"]  # fmt: skip
+    parent = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and not list((tmp_path / "out").glob("runs/*")) and parent.poll() is None:
+            workers = _children(parent.pid)
+            time.sleep(0.5)
+        assert parent.poll() is None, "the benchmark ended before it could be killed"
+        assert len(workers) >= 2  # the pool's workers (and the board's manager)
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(_alive(pid) for pid in workers):
+        time.sleep(0.5)
+    assert not [pid for pid in workers if _alive(pid)]

@@ -10,6 +10,7 @@ import inspect
 import multiprocessing
 import os
 import resource
+import threading
 import time
 import traceback
 from collections.abc import Iterable, Iterator, Mapping, MutableMapping
@@ -17,6 +18,7 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
+from multiprocessing.managers import SyncManager
 from types import MappingProxyType
 from typing import Protocol
 
@@ -261,9 +263,11 @@ class LocalExecutor:
                 _start_worker(before, None)
             return
         context = multiprocessing.get_context("spawn")
-        with context.Manager() as manager:
+        manager = SyncManager(ctx=context)
+        manager.start(exit_when_orphaned)  # the board's process exits, like the workers, when orphaned
+        with manager:
             self.board = manager.dict()
-            pool = ProcessPoolExecutor(self.jobs, mp_context=context, initializer=_start_worker, initargs=(self.threads, self.board))
+            pool = ProcessPoolExecutor(self.jobs, mp_context=context, initializer=_start_worker, initargs=(self.threads, self.board, True))
             try:
                 pending = {pool.submit(execute_or_fail, t) for t in tasks}
                 while pending:
@@ -275,11 +279,31 @@ class LocalExecutor:
                 self.board = {}
 
 
-def _start_worker(threads: int, board: MutableMapping[str, str] | None) -> None:
-    """Set up a process that executes runs: its torch threads, and the board its runs post on."""
+def _start_worker(threads: int, board: MutableMapping[str, str] | None, orphan_exit: bool = False) -> None:
+    """Set up a process that executes runs: its torch threads, and the board its runs post on.
+
+    ``orphan_exit`` (pool workers): exit as soon as the process that started this one is gone.
+    A benchmark killed with SIGTERM or SIGKILL runs no clean-up, and its workers would otherwise
+    go on computing runs nobody will save, holding the cores of the rerun that resumes it.
+    """
     global _BOARD
     torch.set_num_threads(threads)
     _BOARD = board
+    if orphan_exit:
+        exit_when_orphaned()
+
+
+def exit_when_orphaned(every: float = 1.0) -> None:
+    """Watch, from a daemon thread, the id of this process's parent; once it changes (the parent
+    died), exit at once."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="mtpert-orphan-exit").start()
 
 
 class RayExecutor:
