@@ -4,6 +4,7 @@ Models are taken by name from :data:`MODELS`; add your own with :func:`register_
 entry point in the group ``mtpert.models`` (see :mod:`mtpert.models.registry`).
 """
 
+from mtpert.models.attribution import attribute
 from mtpert.models.base import NotFittedError, PerturbationModel
 from mtpert.models.latent_shift import LatentShiftModel
 from mtpert.models.linear import LinearModel
@@ -40,6 +41,7 @@ __all__ = [
     "ScButterfly",
     "ScPreGAN",
     "TrainedModel",
+    "attribute",
     "get_model",
     "list_models",
     "register_model",

@@ -36,6 +36,7 @@ mean expression 0.53 against 0.96 for predicting no change (``benchmarks/results
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Literal, get_args
 
@@ -512,6 +513,20 @@ class MultiTaskModel(TrainedModel):
         self, X: np.ndarray | sp.csr_matrix, condition: str, dose: float | None
     ) -> np.ndarray:
         """The prediction for control cells ``X`` before ``bound_change``."""
+        predict = self.prediction_function(condition, dose)
+        cells = CellData(X, np.zeros(X.shape[0], dtype=np.int64))
+        with torch.no_grad():
+            out = [
+                predict(batch.x).clamp_min(0.0).cpu().numpy()
+                for batch in cells.batches(PREDICT_BATCH, device=self.device)
+            ]
+        return np.concatenate(out)
+
+    def prediction_function(self, condition: str, dose: float | None = None) -> Callable[[Tensor], Tensor]:
+        """The prediction under ``condition`` as a differentiable function of control cells'
+        expression, (n, genes) -> (n, genes) on the model's device, before the clipping at 0 and
+        ``bound_change`` (one factor on the whole change): what
+        :func:`mtpert.models.attribution.attribute` takes gradients of."""
         code, index = self._target(condition)
         if self.spec.dose_key is None and dose is not None:
             raise DataError(
@@ -519,26 +534,23 @@ class MultiTaskModel(TrainedModel):
             )
         if dose is not None and dose < 0:
             raise DataError(f"dose must be >= 0, got {dose}.")
-        net = self._fitted_net()
-        cells = CellData(X, np.zeros(X.shape[0], dtype=np.int64))
-        code = code.to(self.device)
-        out = []
-        with torch.no_grad():
-            for batch in cells.batches(PREDICT_BATCH, device=self.device):
-                n = len(batch)
-                z, _ = net.encode_control(batch.x)
-                target = Conditions(
-                    code.expand(n, -1),
-                    None
-                    if dose is None
-                    else torch.full((n,), self._scale_dose(dose), device=self.device),
-                    None if index is None else torch.full((n,), index, device=self.device),
-                )
-                pred = net.decode(z, target)
-                if self.params.prediction == "residual":  # the cell itself plus the decoded change
-                    pred = batch.x + pred - net.decode(z, net.control(n, self.device))
-                out.append(pred.clamp_min(0.0).cpu().numpy())
-        return np.concatenate(out)
+        net, device = self._fitted_net(), self.device
+        code = code.to(device)
+
+        def predict(x: Tensor) -> Tensor:
+            n = x.shape[0]
+            z, _ = net.encode_control(x)
+            target = Conditions(
+                code.expand(n, -1),
+                None if dose is None else torch.full((n,), self._scale_dose(dose), device=device),
+                None if index is None else torch.full((n,), index, device=device),
+            )
+            pred = net.decode(z, target)
+            if self.params.prediction == "residual":  # the cell itself plus the decoded change
+                pred = x + pred - net.decode(z, net.control(n, device))
+            return pred
+
+        return predict
 
     def change_bound(self, condition: str) -> float | None:
         """The largest mean change (RMS over genes) a prediction of ``condition`` may have: the

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
@@ -285,6 +286,19 @@ class SamsVAE(TrainedModel):
             self._histories = [self._train(self.net, data, val_data, generator)]
 
     def _predict(self, control: AnnData, condition: str, dose: float | None) -> np.ndarray:
+        predict = self.prediction_function(condition, dose)
+        cells = self._cell_data(control, with_counts=False, labelled=False)
+        with torch.no_grad():
+            out = [
+                predict(batch.x).clamp_min(0.0).cpu().numpy()
+                for batch in cells.batches(PREDICT_BATCH, device=self.device)
+            ]
+        return np.concatenate(out)
+
+    def prediction_function(self, condition: str, dose: float | None = None) -> Callable[[Tensor], Tensor]:
+        """The prediction under ``condition`` as a differentiable function of control cells' log
+        expression, (n, genes) -> (n, genes) on the model's device, before the clipping at 0:
+        what :func:`mtpert.models.attribution.attribute` takes gradients of."""
         net = self._fitted_net()
         code = torch.as_tensor(self._code(condition), device=self.device)
         if self.spec.dose_key is None and dose is not None:
@@ -293,20 +307,18 @@ class SamsVAE(TrainedModel):
             if dose < 0:
                 raise DataError(f"dose must be >= 0, got {dose}.")
             code = code * float(np.log1p(dose) / self.dose_scale)  # type: ignore[operator]
-        cells = self._cell_data(control, with_counts=False, labelled=False)
-        out = []
-        with torch.no_grad():
-            for batch in cells.batches(PREDICT_BATCH, device=self.device):
-                n = len(batch)
-                basal, _ = net.encode(batch.x, torch.zeros(n, net.n_pert, device=self.device))
-                mask = net.mask_probabilities()
-                target = net.fractions(net.shift(basal, code.expand(n, -1), mask))
-                total = torch.expm1(batch.x).sum(-1, keepdim=True)  # normalized total over our genes
-                pred = torch.log1p(total * target)
-                if self.params.prediction == "residual":
-                    pred = batch.x + pred - torch.log1p(total * net.fractions(basal))  # d = 0
-                out.append(pred.clamp_min(0.0).cpu().numpy())
-        return np.concatenate(out)
+
+        def predict(x: Tensor) -> Tensor:
+            n = x.shape[0]
+            basal, _ = net.encode(x, torch.zeros(n, net.n_pert, device=x.device))
+            target = net.fractions(net.shift(basal, code.expand(n, -1), net.mask_probabilities()))
+            total = torch.expm1(x).sum(-1, keepdim=True)  # normalized total over our genes
+            pred = torch.log1p(total * target)
+            if self.params.prediction == "residual":
+                pred = x + pred - torch.log1p(total * net.fractions(basal))  # d = 0
+            return pred
+
+        return predict
 
     def regulatory_graph(self, *, self_loops: bool = False) -> pd.DataFrame:
         """The learned perturbed-gene -> perturbed-gene graph, one row per ordered pair.
