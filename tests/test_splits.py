@@ -80,6 +80,8 @@ def test_the_benchmark_runs_the_combination_split_per_split_seed(screen, tmp_pat
     results = run_benchmark(settings, tmp_path / "out").results()
     per_seed = results.drop_duplicates(["run_id", "condition"]).groupby("run_id")["condition"].apply(set)
     assert len(per_seed) == 2 and all(len(c) == 2 for c in per_seed)  # two held-out pairs per split seed, in two lines
+    assert set(results["split_seed"]) == {1, 2}  # each row says which draw held its pair out
+    assert (results.groupby("run_id")["split_seed"].nunique() == 1).all()
     assert set(results["condition"]) <= set(predictable_combinations(screen, SPEC, min_cells=20))
     with pytest.raises(ConfigError, match="cannot predict a combination"):
         run_benchmark(BenchmarkConfig(**{**settings.to_dict(), "models": ["mean_shift"]}), tmp_path / "other")

@@ -130,6 +130,8 @@ def _execute(task: Task) -> RunResult:
         "torch_threads": torch.get_num_threads(),
     }
     ids = {"run_id": run.id, "dataset": run.dataset, "split": run.split, "model": run.model, "seed": run.seed, "params": run.params}
+    if run.split == "combination":  # which draw of held-out combinations (a pair may be held out by several)
+        ids["split_seed"] = int(run.target)
     table = scores.assign(**ids, **costs)
     table = table[[*ids, *(c for c in table.columns if c not in ids)]]
     return RunResult(run, table, predictions, models if task.keep_model else {})
