@@ -513,14 +513,8 @@ class MultiTaskModel(TrainedModel):
         self, X: np.ndarray | sp.csr_matrix, condition: str, dose: float | None
     ) -> np.ndarray:
         """The prediction for control cells ``X`` before ``bound_change``."""
-        predict = self.prediction_function(condition, dose)
         cells = CellData(X, np.zeros(X.shape[0], dtype=np.int64))
-        with torch.no_grad():
-            out = [
-                predict(batch.x).clamp_min(0.0).cpu().numpy()
-                for batch in cells.batches(PREDICT_BATCH, device=self.device)
-            ]
-        return np.concatenate(out)
+        return self._predict_cells(self.prediction_function(condition, dose), cells)
 
     def prediction_function(self, condition: str, dose: float | None = None) -> Callable[[Tensor], Tensor]:
         """The prediction under ``condition`` as a differentiable function of control cells'

@@ -60,7 +60,7 @@ from torch import Tensor, nn
 from mtpert.data.pp import COUNTS_LAYER
 from mtpert.data.priors import read_prior
 from mtpert.errors import DataError
-from mtpert.models.base import PREDICT_BATCH, NotFittedError, check_choice, check_weights
+from mtpert.models.base import NotFittedError, check_choice, check_weights
 from mtpert.models.simple import mean_changes
 from mtpert.models.trained import Hyperparameters, TrainedModel
 from mtpert.train.data import Batch, CellData
@@ -286,14 +286,8 @@ class SamsVAE(TrainedModel):
             self._histories = [self._train(self.net, data, val_data, generator)]
 
     def _predict(self, control: AnnData, condition: str, dose: float | None) -> np.ndarray:
-        predict = self.prediction_function(condition, dose)
         cells = self._cell_data(control, with_counts=False, labelled=False)
-        with torch.no_grad():
-            out = [
-                predict(batch.x).clamp_min(0.0).cpu().numpy()
-                for batch in cells.batches(PREDICT_BATCH, device=self.device)
-            ]
-        return np.concatenate(out)
+        return self._predict_cells(self.prediction_function(condition, dose), cells)
 
     def prediction_function(self, condition: str, dose: float | None = None) -> Callable[[Tensor], Tensor]:
         """The prediction under ``condition`` as a differentiable function of control cells' log

@@ -18,17 +18,18 @@ not what it learns: they are given to ``fit`` (or as defaults to the constructor
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar, get_type_hints
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
 from mtpert.data.spec import DatasetSpec
-from mtpert.models.base import NotFittedError, PerturbationModel
+from mtpert.models.base import PREDICT_BATCH, NotFittedError, PerturbationModel
 from mtpert.train.data import CellData
 from mtpert.train.loop import TrainConfig, cpu_threads, resolve_device, train
 
@@ -160,6 +161,13 @@ class TrainedModel(PerturbationModel):
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
             yield torch.Generator().manual_seed(seed)
+
+    def _predict_cells(self, predict: Callable[[torch.Tensor], torch.Tensor], cells: CellData) -> np.ndarray:
+        """``predict`` (a model's ``prediction_function``) applied to ``cells`` batch by batch on the
+        model's device, without gradients, clipped at 0 (expression is never negative)."""
+        with torch.no_grad():
+            out = [predict(b.x).clamp_min(0.0).cpu().numpy() for b in cells.batches(PREDICT_BATCH, device=self.device)]
+        return np.concatenate(out)
 
     def _train(
         self,
