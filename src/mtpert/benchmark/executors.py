@@ -7,6 +7,7 @@ only the process that drives the benchmark writes to its directory.
 from __future__ import annotations
 
 import inspect
+import json
 import multiprocessing
 import os
 import resource
@@ -19,8 +20,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from multiprocessing.managers import SyncManager
+from pathlib import Path
 from types import MappingProxyType
-from typing import Protocol
+from typing import Any, Protocol
 
 import pandas as pd
 import torch
@@ -35,8 +37,10 @@ from mtpert.benchmark.holdout import (
     rank_scores,
 )
 from mtpert.benchmark.store import RunResult
+from mtpert.benchmark.tuning import TUNE, TuningResult, tune
 from mtpert.data.registry import load_dataset
 from mtpert.data.spec import DatasetSpec
+from mtpert.data.split import Split
 from mtpert.errors import ConfigError, MissingDependencyError
 from mtpert.models.base import PerturbationModel
 from mtpert.models.registry import get_model
@@ -54,6 +58,8 @@ class Task:
     data: str
     keep_prediction: bool = False
     keep_model: bool = False
+    tuning_dir: str | None = None
+    """Folder of the tuning studies of runs that tune (one journal per run id); None: in memory."""
 
 
 @dataclass(frozen=True)
@@ -108,19 +114,24 @@ def _execute(task: Task) -> RunResult:
     split = run.holdout.split(data, run.spec, seed=run.seed, min_cells=min_cells)
     _reset_peak_rss()
     start = time.perf_counter()
-    costs: dict[str, float] = {}
+    costs: dict[str, Any] = {}
     predictions, models = (), {}
     if run.model == NOISE_CEILING:
         scores = noise_ceiling(data, split, run.seed, **run.model_params)
     else:
         params = {**run.model_params, **_quiet(run.registered_model)}
+        if TUNE in params:
+            tuning = _tune(task, data, split, params)
+            params = tuning.best_params
+            costs |= {"tune_seconds": tuning.seconds, "tune_trials": float(len(tuning.trials)), "tune_value": tuning.best_value}
+            costs["tuned_params"] = json.dumps({k: v for k, v in params.items() if k not in QUIET}, default=str)
         result = fit_and_score(
             data, split, run.spec, run.model, run.seed, params, one_dose_at_a_time=run.one_dose_at_a_time, registered=run.registered_model
         )
         ranks = rank_scores(data, run.spec, result.predictions, group_key=run.group_key, min_cells=min_cells)
         scores = pd.concat([result.scores, ranks], ignore_index=True) if len(ranks) else result.scores
         models = result.models
-        costs = {"fit_seconds": result.fit_seconds, "predict_seconds": result.predict_seconds, **_fit_summary(models.values())}
+        costs |= {"fit_seconds": result.fit_seconds, "predict_seconds": result.predict_seconds, **_fit_summary(models.values())}
         predictions = result.predictions if task.keep_prediction else ()
     costs |= {
         "run_seconds": time.perf_counter() - start,
@@ -135,6 +146,19 @@ def _execute(task: Task) -> RunResult:
     table = scores.assign(**ids, **costs)
     table = table[[*ids, *(c for c in table.columns if c not in ids)]]
     return RunResult(run, table, predictions, models if task.keep_model else {})
+
+
+def _tune(task: Task, data: AnnData, split: Split, params: dict[str, Any]) -> TuningResult:
+    """Tune the run's model on the cells it may train on (never its held-out cells), its study in
+    ``task.tuning_dir`` so that a killed run resumes it."""
+    run = task.run
+    settings = params.pop(TUNE)
+    storage = None if task.tuning_dir is None else Path(task.tuning_dir) / f"{run.id}.journal"
+    return tune(
+        data[split.train.union(split.val)], run.spec, run.model, settings=settings, params=params,
+        registered=run.registered_model, kind=run.split, group_key=run.group_key, fraction=run.holdout.fraction,
+        seed=run.seed, min_cells=run.prep["min_cells"], storage=storage,
+    )  # fmt: skip
 
 
 _BOARD: MutableMapping[str, str] | None = None

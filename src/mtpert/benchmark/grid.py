@@ -27,6 +27,7 @@ from anndata import AnnData
 from pydantic import BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError
 
 from mtpert.benchmark.holdout import Holdout, SplitKind
+from mtpert.benchmark.tuning import TUNE, TuneSettings
 from mtpert.data.pp import require_counts_or_log
 from mtpert.data.spec import DEFAULT_MIN_CELLS, MIN_CELLS_FLOOR, DatasetSpec
 from mtpert.data.split import (
@@ -69,7 +70,9 @@ class BenchmarkConfig:
             reported under to its registered ``model`` and hyperparameters, e.g.
             ``{mtae: {}, mtae_residual: {model: mtae, prediction: residual}}``, so one directory
             compares settings of one model. Read into ``models`` (the names), ``variants`` and
-            ``model_params``.
+            ``model_params``. A ``tune`` entry (``{mtae_tuned: {model: mtae, tune: {trials:
+            30}}}``, see :class:`~mtpert.benchmark.tuning.TuneSettings`) tunes the model before
+            each run on that run's training cells only, its study kept under ``tuning/``.
         holdout: what to hold out, or ``"all"`` (everything with ``min_cells`` cells to score;
             the others are skipped with the reason): with ``split="group"`` groups of
             ``group_key``; with ``split="condition"`` (condition, dose) labels such as
@@ -154,12 +157,27 @@ class BenchmarkConfig:
             extra = set(getattr(self, setting) or ()) - set(self.models)
             if extra:
                 raise ConfigError(f"{setting} names models not in the benchmark: {sorted(extra)}.")
-        params = {
-            name: MODELS[self.registered(name)].check_params(values, where=f"model_params.{name}")
-            for name, values in self.model_params.items()
-        }
+        params = {name: self._checked_params(name, values) for name, values in self.model_params.items()}
         object.__setattr__(self, "model_params", MappingProxyType({k: MappingProxyType(v) for k, v in params.items()}))
         object.__setattr__(self, "variants", MappingProxyType({k: v for k, v in self.variants.items() if k != v}))
+
+    def _checked_params(self, name: str, values: Mapping[str, Any]) -> dict[str, Any]:
+        """Model ``name``'s hyperparameters checked against its constructor, and its ``tune``
+        settings (:class:`~mtpert.benchmark.tuning.TuneSettings`) in their canonical form."""
+        values = dict(values)
+        tune = values.pop(TUNE, None)
+        checked = MODELS[self.registered(name)].check_params(values, where=f"model_params.{name}")
+        if tune is not None:
+            settings = TuneSettings.read(tune)
+            declared = MODELS[self.registered(name)](self.spec or DatasetSpec(), **checked).search_space()
+            if not declared and not settings.space:
+                raise ConfigError(f"'{name}' has nothing to tune (it declares no search space); give ranges under tune.space, or leave tune out.")
+            checked[TUNE] = settings.to_dict()
+        return checked
+
+    def hyperparameters(self, name: str) -> dict[str, Any]:
+        """The hyperparameters model ``name`` is built with (its ``tune`` settings left out)."""
+        return {k: v for k, v in self.model_params.get(name, {}).items() if k != TUNE}
 
     def _read_variants(self) -> None:
         """``models`` given as a mapping: names, the registered model of each, and its parameters
@@ -365,7 +383,7 @@ def expand(config: BenchmarkConfig, adata: AnnData) -> Grid:
         raise ConfigError(f"showcase '{showcase}' is not among the scored groups {shown}.")
     for name in config.models:  # fail on a bad hyperparameter now, not after hours of runs
         try:
-            model = get_model(config.registered(name))(spec, **config.model_params.get(name, {}))
+            model = get_model(config.registered(name))(spec, **config.hyperparameters(name))
         except (TypeError, ValueError) as error:
             raise ConfigError(f"model_params for '{name}': {error}") from error
         if config.split == "combination" and not model.predicts_unseen_combinations:
@@ -378,6 +396,8 @@ def expand(config: BenchmarkConfig, adata: AnnData) -> Grid:
                 f"'{name}' cannot predict a dose it was not trained on, which split 'condition' asks for; "
                 "leave it out (e.g. scvidr_multi, mtae and control can), or use split 'group'."
             )
+        if TUNE in config.model_params.get(name, {}) and spec.dose_key is not None and config.fits_per_dose(name):
+            raise ConfigError(f"'{name}' fits one model per dose, which tuning does not support; tune it on one dose's data, or leave tune out.")
     preparation = {"n_hvg": config.n_hvg, "hvg_on_all_cells": config.hvg_on_all_cells, "min_cells": config.min_cells}
     if config.split == "combination":  # only then: the ids of other runs stay as they were
         preparation["combination_fraction"] = config.combination_fraction

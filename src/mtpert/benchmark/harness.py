@@ -25,6 +25,9 @@ Store = ResultStore | MemoryStore
 
 log = logging.getLogger("mtpert.benchmark")
 
+TUNING_DIR = "tuning"
+"""Folder of a benchmark directory holding the tuning studies of runs that tune."""
+
 
 @dataclass(frozen=True)
 class Plan:
@@ -75,8 +78,9 @@ def run_benchmark(
     store = ResultStore(out) if isinstance(out, str | os.PathLike) else out
     key = config.data if adata is None else f"in-memory:{digest}"
     with store.open(dataclasses.replace(config, showcase=grid.showcase), digest) as merged, _provided(adata, key):
+        tuning = str(store.root / TUNING_DIR) if isinstance(store, ResultStore) else None
         todo = tuple(
-            Task(run, key, grid.keeps_prediction(run, config), config.save_models)
+            Task(run, key, grid.keeps_prediction(run, config), config.save_models, tuning)
             for run in grid.runs
             if not store.done(run)
         )

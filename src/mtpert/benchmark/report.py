@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 import os
 import re
 from collections.abc import Iterator, Sequence
@@ -135,14 +136,28 @@ def against_baseline(results: pd.DataFrame, baseline: str = BASELINE, metrics: S
 
 
 def costs(results: pd.DataFrame) -> pd.DataFrame:
-    """Per model: mean fit and predict seconds per run, largest peak memory, parameters, epochs."""
+    """Per model: mean fit and predict seconds per run, largest peak memory, parameters, epochs,
+    and for tuned models the tuning's seconds and trials (besides the final fit)."""
     runs = results.drop_duplicates("run_id")
     wanted = {
         "fit_s": ("fit_seconds", "mean"), "predict_s": ("predict_seconds", "mean"), "run_s": ("run_seconds", "mean"),
         "peak_rss_mb": ("peak_rss_mb", "max"), "n_params": ("n_params", "mean"), "epochs": ("epochs", "mean"),
-        "runs": ("run_id", "size"),
+        "tune_s": ("tune_seconds", "mean"), "tune_trials": ("tune_trials", "mean"), "runs": ("run_id", "size"),
     }  # fmt: skip
     return runs.groupby("model").agg(**{k: v for k, v in wanted.items() if v[0] in runs.columns})
+
+
+def tuned(results: pd.DataFrame) -> pd.DataFrame:
+    """One row per tuned run: its held-out target, seed, trials, best inner score and the
+    hyperparameters it chose (one column each)."""
+    runs = results.dropna(subset=["tuned_params"]).drop_duplicates("run_id")
+    chosen = pd.DataFrame([json.loads(p) for p in runs["tuned_params"]], index=runs.index).map(
+        lambda v: f"{v:.3g}" if isinstance(v, float) else str(v)
+    )
+    ids = runs[["model", "group", "seed"]].assign(
+        trials=runs["tune_trials"].map(lambda v: f"{v:.0f}"), inner_score=runs["tune_value"].map(_fmt)
+    )
+    return pd.concat([ids, chosen], axis=1).sort_values(["model", "group", "seed"]).set_index("model")
 
 
 def provenance(results: pd.DataFrame) -> pd.DataFrame:
@@ -367,6 +382,8 @@ def _sections(results, mean, spread, marks, comparisons, cost, store) -> list[_T
             )
         )
     out.append(_Table("Cost per run", "Seconds per run; peak resident memory of the worker process during a run (MiB).", _cost_cells(cost)))
+    if "tuned_params" in results.columns and results["tuned_params"].notna().any():
+        out.append(_Table("Tuned hyperparameters", "What each tuned run chose on its training groups alone, and its mean inner score.", tuned(results)))
     if results["dose"].notna().any():
         for metric in mean.columns:
             per_dose = results[results["metric"] == metric].pivot_table(index="model", columns="dose", values="value", aggfunc="mean")

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from mtpert.cli import benchmark, data, demo, evaluate, fit, models
+from mtpert.cli import benchmark, data, demo, evaluate, fit, models, tune
 from mtpert.cli.options import console, fit_consoles_to_output
 
 VERSIONS_OF = ("python", "torch", "anndata", "scanpy", "numpy")
@@ -59,6 +59,7 @@ app.add_typer(data.app, name="data")
 app.command("fit")(fit.fit)
 app.command("predict")(fit.predict)
 app.command("evaluate")(evaluate.evaluate)
+app.command("tune")(tune.tune)
 app.command("benchmark")(benchmark.benchmark)
 app.command("report")(benchmark.report)
 app.command("demo")(demo.demo)

@@ -37,6 +37,7 @@ from mtpert.data.pp import require_kind
 from mtpert.data.spec import DatasetSpec
 from mtpert.errors import CheckpointError, DataError, MtpertError
 from mtpert.io import atomic_write
+from mtpert.models.search import Distribution
 from mtpert.train.loop import resolve_device
 
 CONFIG_FILE = "config.json"
@@ -212,6 +213,12 @@ class PerturbationModel(ABC):
             for name, p in inspect.signature(cls.__init__).parameters.items()
             if p.kind in (p.KEYWORD_ONLY, p.VAR_KEYWORD)
         }
+
+    def search_space(self) -> dict[str, Distribution]:
+        """The hyperparameters worth tuning for this model as configured, with their ranges (see
+        :mod:`mtpert.models.search`); empty for a model with nothing to tune. A family declares
+        only what its options use (no KL weight for a deterministic latent)."""
+        return {}
 
     def fit_summary(self) -> dict[str, float]:
         """Numbers a benchmark records about the fitted model: ``n_params`` (fitted values) here;

@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from mtpert.errors import DataError
 from mtpert.models.base import PREDICT_BATCH, NotFittedError, check_choice, check_weights
+from mtpert.models.search import Choice, Distribution, FloatRange
 from mtpert.models.trained import Hyperparameters, TrainedModel
 from mtpert.train.data import Batch, CellData, cell_matrix
 from mtpert.train.loop import cpu_threads
@@ -219,6 +220,14 @@ class LatentShiftModel(TrainedModel):
         return self.params.dose_scaling == "log"
 
     # ------------------------------------------------------------------ fit
+    def search_space(self) -> dict[str, Distribution]:
+        """Learning rate, latent size, dropout and the KL weight (scGen's and scVIDR's own knobs)."""
+        return super().search_space() | {
+            "latent_dim": Choice((25, 50, 100, 200)),
+            "dropout": FloatRange(0.0, 0.3),
+            "kl_weight": FloatRange(1e-6, 1e-3, log=True),
+        }
+
     def _fit(self, train_data: AnnData, val: AnnData | None) -> None:
         if self.params.dose_scaling == "log" and self.spec.dose_key is None:
             raise DataError(

@@ -20,6 +20,7 @@ from mtpert._array import dense
 from mtpert.data.spec import DatasetSpec
 from mtpert.errors import ConfigError, DataError
 from mtpert.models.base import PerturbationModel, check_weights
+from mtpert.models.search import Choice, Distribution, FloatRange
 from mtpert.models.simple import ConditionKey, key_string, mean_changes, parts_alone, some
 
 
@@ -76,6 +77,10 @@ class LinearModel(PerturbationModel):
         self.weights = np.empty((0, 0))
         self.perturbation_embedding = np.empty((0, 0))
         self.intercept = np.empty(0)
+
+    def search_space(self) -> dict[str, Distribution]:
+        """The embedding size K and the ridge penalty λ."""
+        return {"n_components": Choice((2, 5, 10, 20)), "ridge": FloatRange(1e-3, 10.0, log=True)}
 
     def _fit(self, train: AnnData, val: AnnData | None) -> None:
         table = mean_changes(train, self.spec, self.min_cells, model=self.name)

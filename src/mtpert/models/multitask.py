@@ -53,6 +53,7 @@ from mtpert.data.backed import OnDisk
 from mtpert.errors import DataError
 from mtpert.models.base import PREDICT_BATCH, NotFittedError, check_choice, check_weights
 from mtpert.models.film import CONDITIONINGS, ConditionedMLP, ConditionEncoder, Conditioning
+from mtpert.models.search import Choice, Distribution, FloatRange
 from mtpert.models.trained import Hyperparameters, TrainedModel
 from mtpert.train.data import Batch, CellData, cell_matrix
 from mtpert.train.loop import cpu_threads
@@ -461,6 +462,20 @@ class MultiTaskModel(TrainedModel):
         by the spec's ``combination_separator``): the columns of the condition code."""
         parts = {p for c in self.conditions[1:] for p in self.spec.parts(c)}
         return [self.spec.control, *sorted(parts - {self.spec.control})]
+
+    def search_space(self) -> dict[str, Distribution]:
+        """Learning rate, width and depth, latent size and dropout; the KL weight of a variational
+        latent and the adversary's weight where they are used."""
+        space: dict[str, Distribution] = super().search_space() | {
+            "hidden": Choice(((128,), (256, 128), (512, 256))),
+            "latent_dim": Choice((16, 32, 64, 128)),
+            "dropout": FloatRange(0.0, 0.3),
+        }
+        if self.params.latent == "variational":
+            space["kl_weight"] = FloatRange(1e-5, 1e-1, log=True)
+        if self.params.regularizer != "none":
+            space["adv_weight"] = FloatRange(1e-3, 1.0, log=True)
+        return space
 
     # ------------------------------------------------------------------ fit / predict
     def _fit(self, train_data: AnnData, val: AnnData | None) -> None:

@@ -61,6 +61,7 @@ from mtpert.data.pp import COUNTS_LAYER
 from mtpert.data.priors import read_prior
 from mtpert.errors import DataError
 from mtpert.models.base import NotFittedError, check_choice, check_weights
+from mtpert.models.search import Choice, Distribution, FloatRange
 from mtpert.models.simple import mean_changes
 from mtpert.models.trained import Hyperparameters, TrainedModel
 from mtpert.train.data import Batch, CellData
@@ -263,6 +264,18 @@ class SamsVAE(TrainedModel):
         return "sams_vae" if self.params.alignment == "none" else "gpo_vae"
 
     # ------------------------------------------------------------------ fit / predict
+    def search_space(self) -> dict[str, Distribution]:
+        """Learning rate, the basal state's KL weight and size, the mask's sparsity, and the
+        alignment's weight where the model aligns."""
+        space: dict[str, Distribution] = super().search_space() | {
+            "kl_weight": FloatRange(1.0, 10.0),
+            "basal_dim": Choice((4, 8, 16)),
+            "sparsity_weight": FloatRange(1e-3, 0.5, log=True),
+        }
+        if self.params.alignment != "none":
+            space["alignment_weight"] = FloatRange(0.1, 10.0, log=True)
+        return space
+
     def _fit(self, train: AnnData, val: AnnData | None) -> None:
         spec = self.spec
         if train.isbacked or (val is not None and val.isbacked):

@@ -30,6 +30,7 @@ from torch import nn
 
 from mtpert.data.spec import DatasetSpec
 from mtpert.models.base import PREDICT_BATCH, NotFittedError, PerturbationModel
+from mtpert.models.search import Distribution, FloatRange
 from mtpert.train.data import CellData
 from mtpert.train.loop import TrainConfig, cpu_threads, resolve_device, train
 
@@ -198,6 +199,10 @@ class TrainedModel(PerturbationModel):
     def _run_on(self, device: str) -> torch.device:
         self.device = resolve_device(device)
         return self.device
+
+    def search_space(self) -> dict[str, Distribution]:
+        """The learning rate, a decade either side of the family's default; families add their own."""
+        return {"lr": FloatRange(self.params.lr / 10, self.params.lr * 10, log=True)}
 
     def _learned(self) -> dict[str, Any]:
         """The training histories; subclasses add what else they learned."""
