@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from mtpert.data.spec import DatasetSpec
+from mtpert.errors import ConfigError
 from mtpert.models.base import PREDICT_BATCH, NotFittedError, PerturbationModel
 from mtpert.models.search import Distribution, FloatRange
 from mtpert.train.data import CellData
@@ -199,6 +200,31 @@ class TrainedModel(PerturbationModel):
     def _run_on(self, device: str) -> torch.device:
         self.device = resolve_device(device)
         return self.device
+
+    @contextmanager
+    def sampling_dropout(self, seed: int = 0) -> Iterator[None]:
+        """Predict with dropout on (Monte Carlo dropout, Gal & Ghahramani 2016): within the block,
+        each prediction is one random draw of the network's dropout masks, from ``seed`` on.
+
+        Raises:
+            ConfigError: the fitted networks have no dropout (or its rate is 0).
+        """
+        layers = [
+            m for net in vars(self).values() if isinstance(net, nn.Module)
+            for m in net.modules() if isinstance(m, nn.Dropout) and m.p > 0
+        ]  # fmt: skip
+        if not layers:
+            raise ConfigError(f"{self.name} has no dropout to sample (fit it with dropout > 0, or use an ensemble over seeds).")
+        state = torch.get_rng_state()
+        torch.manual_seed(seed)
+        for layer in layers:
+            layer.train()
+        try:
+            yield
+        finally:
+            for layer in layers:
+                layer.eval()
+            torch.set_rng_state(state)
 
     def search_space(self) -> dict[str, Distribution]:
         """The learning rate, a decade either side of the family's default; families add their own."""

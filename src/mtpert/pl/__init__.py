@@ -15,8 +15,11 @@ from mtpert.pl.plots import (
     perturbation_heatmap,
 )
 from mtpert.pl.training import loss_curves
+from mtpert.pl.uncertainty import calibration_curve, change_intervals
 
 __all__ = [
+    "calibration_curve",
+    "change_intervals",
     "deg_dotplot",
     "dose_response",
     "loss_curves",
