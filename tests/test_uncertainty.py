@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from mtpert import pl
-from mtpert.benchmark import make_fold
+from mtpert.benchmark import BenchmarkConfig, make_fold, run_benchmark, write_report
 from mtpert.benchmark.uncertainty import (
     Calibration,
     ChangeDraws,
@@ -50,9 +50,8 @@ def test_conformal_intervals_cover_exchangeable_targets_at_the_stated_level() ->
         draws = centre + spread * rng.normal(size=(5, 200))
         return ChangeDraws(genes, draws), centre + 3 * spread * rng.normal(size=200)
 
-    calibration_targets = [target() for _ in range(20)]
-    scores = np.concatenate([Calibration(np.empty(0), ()).score(d, t) for d, t in calibration_targets])
-    calibration = Calibration(scores, tuple(map(str, range(20))), floor=0.01)
+    calibration = Calibration.from_draws({str(i): target() for i in range(20)}, floor=0.01)
+    assert len(calibration.scores) == 20 * 200
     tables = pd.concat([interval_table(t, d, {"conformal": calibration}) for d, t in (target() for _ in range(20))])
     mean = tables.groupby(["method", "level"])["coverage"].mean()
     for level in (0.5, 0.8, 0.95):
@@ -114,3 +113,32 @@ def test_plots_draw_calibration_and_intervals() -> None:
     assert labels == ["misses it (4)"]  # every interval lies above its truth
     ax = pl.change_intervals(truth, truth, truth - 0.1, truth + 0.1, ["a", "b", "c", "d"])
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["covers the truth (4)"]
+
+
+def test_a_benchmark_states_calibrated_intervals_and_the_report_shows_them(tmp_path) -> None:
+    raw = simulate(n_cell_types=4, n_genes=60, n_cells=40, seed=4)
+    path = tmp_path / "sim.h5ad"
+    raw.write_h5ad(path)
+    models = {"mtae": {**FAST, "uncertainty": {"members": 2, "folds": 2}}, "control": {}}
+    config = BenchmarkConfig(data=str(path), models=models, holdout=["type_0", "type_1", "type_2"], seeds=[1], n_hvg=0, noise_ceiling_repeats=0)
+    results = run_benchmark(config, tmp_path / "bench").results()
+    rows = results[results["metric"].str.startswith("uq_")]
+    assert set(rows["model"]) == {"mtae"} and rows["group"].nunique() == 3
+    coverage = rows[rows["metric"].str.match(r"uq_(draws_)?coverage")]["value"]
+    assert coverage.between(0, 1).all()
+    assert (results.loc[results["model"] == "mtae", "uq_seconds"] > 0).all()
+    summary = write_report(tmp_path / "bench", formats=("png",))["markdown"].read_text()
+    section = summary.split("## Uncertainty")[1].split("\n## ")[0]
+    assert "| mtae" in section and "coverage_80" in section and "| control" not in section
+    headline = summary.split("## Mean over")[1].split("\n## ")[0]
+    assert "uq_" not in headline  # intervals are not metrics of the headline table
+    assert (tmp_path / "bench" / "report" / "figures" / "calibration.png").is_file()
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [({"members": 1}, "greater than or equal to 2"), ({"member": 3}, "unknown settings"), ({"levels": [0.8, 1.2]}, "between 0 and 1")],
+)
+def test_bad_uncertainty_settings_are_refused(settings, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        BenchmarkConfig(data="x.h5ad", models={"mtae": {"uncertainty": settings}})

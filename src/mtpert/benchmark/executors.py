@@ -35,9 +35,17 @@ from mtpert.benchmark.holdout import (
     fold_data,
     noise_ceiling,
     rank_scores,
+    target_scores,
 )
 from mtpert.benchmark.store import RunResult
 from mtpert.benchmark.tuning import TUNE, TuningResult, tune
+from mtpert.benchmark.uncertainty import (
+    UNCERTAINTY,
+    UncertaintySettings,
+    calibrate,
+    fit_ensemble,
+    interval_scores,
+)
 from mtpert.data.registry import load_dataset
 from mtpert.data.spec import DatasetSpec
 from mtpert.data.split import Split
@@ -120,6 +128,7 @@ def _execute(task: Task) -> RunResult:
         scores = noise_ceiling(data, split, run.seed, **run.model_params)
     else:
         params = {**run.model_params, **_quiet(run.registered_model)}
+        uncertainty = params.pop(UNCERTAINTY, None)
         if TUNE in params:
             tuning = _tune(task, data, split, params)
             params = tuning.best_params
@@ -130,6 +139,10 @@ def _execute(task: Task) -> RunResult:
         )
         ranks = rank_scores(data, run.spec, result.predictions, group_key=run.group_key, min_cells=min_cells)
         scores = pd.concat([result.scores, ranks], ignore_index=True) if len(ranks) else result.scores
+        if uncertainty is not None:
+            started = time.perf_counter()
+            scores = pd.concat([scores, _intervals(task, data, split, params, result.models[None], uncertainty)], ignore_index=True)
+            costs["uq_seconds"] = time.perf_counter() - started
         models = result.models
         costs |= {"fit_seconds": result.fit_seconds, "predict_seconds": result.predict_seconds, **_fit_summary(models.values())}
         predictions = result.predictions if task.keep_prediction else ()
@@ -159,6 +172,24 @@ def _tune(task: Task, data: AnnData, split: Split, params: dict[str, Any]) -> Tu
         registered=run.registered_model, kind=run.split, group_key=run.group_key, fraction=run.holdout.fraction,
         seed=run.seed, min_cells=run.prep["min_cells"], storage=storage,
     )  # fmt: skip
+
+
+def _intervals(task: Task, data: AnnData, split: Split, params: dict[str, Any], model: PerturbationModel, settings: dict[str, Any]) -> pd.DataFrame:
+    """Calibrated intervals for each of the run's targets: a deep ensemble (the run's model and
+    more seeds), calibrated on held-out training groups of the cells it may train on."""
+    run, uq = task.run, UncertaintySettings.read(settings)
+    seeds = [run.seed + 1000 * k for k in range(uq.members)]
+    val = split.subset(data, "val")
+    more = fit_ensemble(run.registered_model, run.spec, split.subset(data, "train"), val if val.n_obs else None, seeds=seeds[1:], params=params)
+    calibration = calibrate(
+        data[split.train.union(split.val)], run.spec, run.registered_model, seeds=seeds, params=params, kind=run.split,
+        group_key=run.group_key, folds=uq.folds, dropout_draws=uq.dropout_draws, seed=run.seed, min_cells=run.prep["min_cells"],
+    )  # fmt: skip
+    blocks = [
+        target_scores(t, interval_scores([model, *more], calibration, data[t.control], data[t.truth], t.condition, t.dose, uq, seed=run.seed))
+        for t in split.targets
+    ]
+    return pd.concat(blocks, ignore_index=True)
 
 
 _BOARD: MutableMapping[str, str] | None = None

@@ -28,6 +28,7 @@ from pydantic import BeforeValidator, ConfigDict, Field, TypeAdapter, Validation
 
 from mtpert.benchmark.holdout import Holdout, SplitKind
 from mtpert.benchmark.tuning import TUNE, TuneSettings
+from mtpert.benchmark.uncertainty import UNCERTAINTY, UncertaintySettings
 from mtpert.data.pp import require_counts_or_log
 from mtpert.data.spec import DEFAULT_MIN_CELLS, MIN_CELLS_FLOOR, DatasetSpec
 from mtpert.data.split import (
@@ -72,7 +73,10 @@ class BenchmarkConfig:
             compares settings of one model. Read into ``models`` (the names), ``variants`` and
             ``model_params``. A ``tune`` entry (``{mtae_tuned: {model: mtae, tune: {trials:
             30}}}``, see :class:`~mtpert.benchmark.tuning.TuneSettings`) tunes the model before
-            each run on that run's training cells only, its study kept under ``tuning/``.
+            each run on that run's training cells only, its study kept under ``tuning/``; an
+            ``uncertainty`` entry (``{members: 5, folds: 3}``, see
+            :class:`~mtpert.benchmark.uncertainty.UncertaintySettings`) adds calibrated
+            intervals for each target's change, scored in the report's uncertainty section.
         holdout: what to hold out, or ``"all"`` (everything with ``min_cells`` cells to score;
             the others are skipped with the reason): with ``split="group"`` groups of
             ``group_key``; with ``split="condition"`` (condition, dose) labels such as
@@ -165,8 +169,10 @@ class BenchmarkConfig:
         """Model ``name``'s hyperparameters checked against its constructor, and its ``tune``
         settings (:class:`~mtpert.benchmark.tuning.TuneSettings`) in their canonical form."""
         values = dict(values)
-        tune = values.pop(TUNE, None)
+        tune, uncertainty = values.pop(TUNE, None), values.pop(UNCERTAINTY, None)
         checked = MODELS[self.registered(name)].check_params(values, where=f"model_params.{name}")
+        if uncertainty is not None:
+            checked[UNCERTAINTY] = UncertaintySettings.read(uncertainty).to_dict()
         if tune is not None:
             settings = TuneSettings.read(tune)
             declared = MODELS[self.registered(name)](self.spec or DatasetSpec(), **checked).search_space()
@@ -176,8 +182,9 @@ class BenchmarkConfig:
         return checked
 
     def hyperparameters(self, name: str) -> dict[str, Any]:
-        """The hyperparameters model ``name`` is built with (its ``tune`` settings left out)."""
-        return {k: v for k, v in self.model_params.get(name, {}).items() if k != TUNE}
+        """The hyperparameters model ``name`` is built with (its ``tune`` and ``uncertainty``
+        settings left out)."""
+        return {k: v for k, v in self.model_params.get(name, {}).items() if k not in (TUNE, UNCERTAINTY)}
 
     def _read_variants(self) -> None:
         """``models`` given as a mapping: names, the registered model of each, and its parameters
@@ -396,8 +403,9 @@ def expand(config: BenchmarkConfig, adata: AnnData) -> Grid:
                 f"'{name}' cannot predict a dose it was not trained on, which split 'condition' asks for; "
                 "leave it out (e.g. scvidr_multi, mtae and control can), or use split 'group'."
             )
-        if TUNE in config.model_params.get(name, {}) and spec.dose_key is not None and config.fits_per_dose(name):
-            raise ConfigError(f"'{name}' fits one model per dose, which tuning does not support; tune it on one dose's data, or leave tune out.")
+        for setting in (TUNE, UNCERTAINTY):
+            if setting in config.model_params.get(name, {}) and spec.dose_key is not None and config.fits_per_dose(name):
+                raise ConfigError(f"'{name}' fits one model per dose, which {setting} does not support; leave {setting} out for it.")
     preparation = {"n_hvg": config.n_hvg, "hvg_on_all_cells": config.hvg_on_all_cells, "min_cells": config.min_cells}
     if config.split == "combination":  # only then: the ids of other runs stay as they were
         preparation["combination_fraction"] = config.combination_fraction

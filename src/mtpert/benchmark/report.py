@@ -33,12 +33,14 @@ import pandas as pd
 
 from mtpert.benchmark.grid import NOISE_CEILING, BenchmarkConfig
 from mtpert.benchmark.store import PROVENANCE, ResultStore
+from mtpert.benchmark.uncertainty import PREFIX as UQ_PREFIX
 from mtpert.data.split import condition_label
 from mtpert.errors import ConfigError
 from mtpert.io import atomic_write, safe_name
 from mtpert.metrics import METRICS, top_degs
 from mtpert.metrics.registry import BUILTIN
 from mtpert.pl import (
+    calibration_curve,
     deg_dotplot,
     mean_expression_scatter,
     metric_by_model,
@@ -142,9 +144,44 @@ def costs(results: pd.DataFrame) -> pd.DataFrame:
     wanted = {
         "fit_s": ("fit_seconds", "mean"), "predict_s": ("predict_seconds", "mean"), "run_s": ("run_seconds", "mean"),
         "peak_rss_mb": ("peak_rss_mb", "max"), "n_params": ("n_params", "mean"), "epochs": ("epochs", "mean"),
-        "tune_s": ("tune_seconds", "mean"), "tune_trials": ("tune_trials", "mean"), "runs": ("run_id", "size"),
+        "tune_s": ("tune_seconds", "mean"), "tune_trials": ("tune_trials", "mean"), "uq_s": ("uq_seconds", "mean"),
+        "runs": ("run_id", "size"),
     }  # fmt: skip
     return runs.groupby("model").agg(**{k: v for k, v in wanted.items() if v[0] in runs.columns})
+
+
+def uncertainty(results: pd.DataFrame) -> pd.DataFrame:
+    """Per model with intervals: coverage, top-20 coverage, width and uncalibrated coverage at
+    each level (mean over targets and seeds), and the Spearman correlation across targets of the
+    ensemble's disagreement with its error (``mse_top20``). Empty without interval rows."""
+    rows = results[results["metric"].str.startswith(UQ_PREFIX)]
+    if rows.empty:
+        return pd.DataFrame()
+    table = rows.pivot_table(index="model", columns="metric", values="value", aggfunc="mean")
+    table.columns = [c.removeprefix(UQ_PREFIX) for c in table.columns]
+    levels = sorted({c.rsplit("_", 1)[1] for c in table.columns if c.startswith("coverage_") and c.count("_") == 1}, key=float)
+    kinds = ("coverage", "coverage_top20", "width", "draws_coverage")
+    table = table[[f"{kind}_{level}" for level in levels for kind in kinds if f"{kind}_{level}" in table.columns]]
+    keys = ["model", "seed", "group", "condition", "dose"]
+    spread = rows[rows["metric"] == f"{UQ_PREFIX}uncertainty"].set_index(keys)["value"]
+    error = results[results["metric"] == "mse_top20"].set_index(keys)["value"]
+    both = pd.concat({"spread": spread, "error": error}, axis=1, join="inner").dropna()
+    table["spearman"] = both.groupby(level="model").apply(
+        lambda d: d["spread"].corr(d["error"], method="spearman") if len(d) >= 3 else np.nan
+    ).reindex(table.index)
+    return table
+
+
+def calibration_long(results: pd.DataFrame) -> pd.DataFrame:
+    """The interval rows as :func:`mtpert.pl.calibration_curve` takes them: one row per model's
+    method (calibrated, or the ensemble's own spread), level and target."""
+    rows = results[results["metric"].str.match(rf"{UQ_PREFIX}(draws_)?coverage_[0-9.]+$")]
+    own = rows["metric"].str.contains("draws_")
+    return pd.DataFrame({
+        "method": rows["model"] + np.where(own, " (own spread)", " (calibrated)"),
+        "level": rows["metric"].str.rsplit("_", n=1).str[1].astype(float) / 100,
+        "coverage": rows["value"],
+    })  # fmt: skip
 
 
 def tuned(results: pd.DataFrame) -> pd.DataFrame:
@@ -292,7 +329,9 @@ def write_report(
             )
         results = results[results["model"].isin([*models, NOISE_CEILING])]
     config = store.config()
-    found = list(dict.fromkeys(results.dropna(subset=["value"])["metric"]))  # a metric no target has is no column
+    found = [  # a metric no target has is no column; intervals have their own section
+        m for m in dict.fromkeys(results.dropna(subset=["value"])["metric"]) if not m.startswith(UQ_PREFIX)
+    ]
     default = SCREEN_HEADLINE if _many_conditions(results) else HEADLINE
     metrics = [m for m in metrics or (*default, *(m for m in found if m not in BUILTIN)) if m in found]
     order = _model_order(results, config.models if config else ())
@@ -382,6 +421,16 @@ def _sections(results, mean, spread, marks, comparisons, cost, store) -> list[_T
             )
         )
     out.append(_Table("Cost per run", "Seconds per run; peak resident memory of the worker process during a run (MiB).", _cost_cells(cost)))
+    intervals = uncertainty(results)
+    if len(intervals):
+        out.append(_Table(
+            "Uncertainty: calibrated intervals for each target's change",
+            "Deep ensembles, intervals calibrated on training groups held out in turn (split conformal): coverage of the true "
+            "mean change over all genes (should match the level), over the 20 genes of largest true change, mean width, and the "
+            "coverage of the ensemble's own spread (uncalibrated). Mean over targets and seeds. spearman: rank correlation, "
+            "across targets, of the ensemble's disagreement with its error (mse_top20); above 0, disagreement flags the worse predictions.",
+            intervals.map(lambda v: v if isinstance(v, str) else _fmt(v)),
+        ))  # fmt: skip
     if "tuned_params" in results.columns and results["tuned_params"].notna().any():
         out.append(_Table("Tuned hyperparameters", "What each tuned run chose on its training groups alone, and its mean inner score.", tuned(results)))
     if results["dose"].notna().any():
@@ -515,6 +564,12 @@ def _figures(results, store, config, order, metrics, span: str) -> Iterator[Figu
         metric_heatmap(results, metric, ax=ax, order=order)
     fig.suptitle(f"Mean over seeds: {span}")
     yield Figure("heatmap", f"Models x held-out targets, mean over seeds ({span}).", fig)
+    coverage = calibration_long(results)
+    if len(coverage):
+        fig, ax = plt.subplots(figsize=(5.0, 5.0), layout="constrained")
+        calibration_curve(coverage, ax=ax)
+        fig.suptitle(f"Coverage of the true change: {span}")
+        yield Figure("calibration", f"Empirical against nominal coverage of each model's intervals, calibrated and not; band: ± one std over targets ({span}).", fig)
     if _many_conditions(results):
         for model in [m for m in order if m != NOISE_CEILING]:
             fig, ax = plt.subplots(figsize=(2.0 + 0.6 * len(metrics), 1.6 + 0.28 * len(_target_labels(results).unique())), layout="constrained")

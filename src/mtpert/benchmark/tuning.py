@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, get_type_hints
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar, get_type_hints
 
 import numpy as np
 import pandas as pd
@@ -46,6 +46,8 @@ from mtpert.models.search import Choice, Distribution, FloatRange, IntRange, rea
 
 if TYPE_CHECKING:
     import optuna
+
+_Settings = TypeVar("_Settings")
 
 TUNE = "tune"
 """The key of a benchmark model's tuning settings among its parameters:
@@ -94,26 +96,32 @@ class TuneSettings:
             return value
         if isinstance(value, int) and not isinstance(value, bool):
             value = {"trials": value}
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"tune must be a mapping such as {{trials: 20}} or a number of trials, got {value!r}.")
-        hints = get_type_hints(cls, include_extras=True)
-        unknown = sorted(set(value) - set(hints))
-        if unknown:
-            raise ConfigError(f"tune: unknown settings {unknown}; the settings are {sorted(hints)}.")
-        checked, problems = {}, []
-        for name, given in value.items():
-            try:
-                checked[name] = TypeAdapter(hints[name]).validate_python(given)
-            except ValidationError as error:
-                problems += [f"tune.{name}: {given!r} is not valid: {e['msg']}" for e in error.errors()]
-        if problems:
-            raise ConfigError("; ".join(problems))
-        return cls(**checked)
+        return read_settings(cls, value, where=TUNE, example="{trials: 20} or a number of trials")
 
     def to_dict(self) -> dict[str, Any]:
         return {"trials": self.trials, "metric": self.metric, "inner_folds": self.inner_folds,
                 "space": dict(self.space), "pruning": self.pruning, "timeout": self.timeout}  # fmt: skip
 
+
+
+def read_settings(cls: type[_Settings], value: Any, *, where: str, example: str = "{}") -> _Settings:
+    """Dataclass ``cls`` from a config's mapping, each value checked against its field's type
+    (converted where that is lossless); one :class:`ConfigError` naming every bad key."""
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where} must be a mapping such as {example}, got {value!r}.")
+    hints = get_type_hints(cls, include_extras=True)
+    unknown = sorted(set(value) - set(hints))
+    if unknown:
+        raise ConfigError(f"{where}: unknown settings {unknown}; the settings are {sorted(hints)}.")
+    checked, problems = {}, []
+    for name, given in value.items():
+        try:
+            checked[name] = TypeAdapter(hints[name]).validate_python(given)
+        except ValidationError as error:
+            problems += [f"{where}.{name}: {given!r} is not valid: {e['msg']}" for e in error.errors()]
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return cls(**checked)
 
 
 @dataclass(frozen=True)

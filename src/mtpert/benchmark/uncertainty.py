@@ -25,16 +25,18 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import pandas as pd
 from anndata import AnnData
+from pydantic import Field
 
 from mtpert._array import dense
 from mtpert.benchmark.holdout import SplitKind, seed_everything
-from mtpert.benchmark.tuning import inner_splits
+from mtpert.benchmark.tuning import inner_splits, read_settings
 from mtpert.data.spec import DEFAULT_MIN_CELLS, DatasetSpec
+from mtpert.data.split import Target, condition_label
 from mtpert.errors import ConfigError
 from mtpert.models.base import PerturbationModel
 from mtpert.models.registry import get_model
@@ -42,6 +44,44 @@ from mtpert.models.registry import get_model
 Scale = Literal["spread", "constant"]
 LEVELS = (0.5, 0.8, 0.95)
 """Nominal coverages reported by default."""
+
+UNCERTAINTY = "uncertainty"
+"""The key of a benchmark model's uncertainty settings among its parameters:
+``models: {mtae: {uncertainty: {members: 5}}}``."""
+PREFIX = "uq_"
+"""Result rows of intervals are named ``uq_<quantity>_<level %>`` (``uq_coverage_80``): kept out
+of the report's metric tables, gathered in its uncertainty section."""
+
+
+@dataclass(frozen=True)
+class UncertaintySettings:
+    """How a benchmark run states its uncertainty, as a config's ``uncertainty:`` reads it.
+
+    Attributes:
+        members: models in the deep ensemble (the run's own model and ``members - 1`` more seeds).
+        folds: training groups (or conditions, combination draws) held out in turn to calibrate.
+        dropout_draws: MC-dropout draws per member instead of one prediction (0: none).
+        levels: nominal coverages of the intervals.
+    """
+
+    members: Annotated[int, Field(ge=2)] = 5
+    folds: Annotated[int, Field(ge=1)] = 3
+    dropout_draws: Annotated[int, Field(ge=0)] = 0
+    levels: tuple[float, ...] = LEVELS
+
+    def __post_init__(self) -> None:
+        if not self.levels or not all(0 < level < 1 for level in self.levels):
+            raise ConfigError(f"uncertainty.levels must lie between 0 and 1, got {self.levels}.")
+
+    @classmethod
+    def read(cls, value: Mapping[str, Any] | UncertaintySettings) -> UncertaintySettings:
+        """Settings from a config's mapping (``{}`` for the defaults)."""
+        if isinstance(value, UncertaintySettings):
+            return value
+        return read_settings(cls, value, where=UNCERTAINTY)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"members": self.members, "folds": self.folds, "dropout_draws": self.dropout_draws, "levels": list(self.levels)}
 
 
 @dataclass(frozen=True)
@@ -126,6 +166,19 @@ class Calibration:
     scale: Scale = "spread"
     floor: float = 0.01
 
+    @classmethod
+    def from_draws(
+        cls, targets: Mapping[str, tuple[ChangeDraws, np.ndarray]], *, scale: Scale = "spread", floor: float = 0.01
+    ) -> Calibration:
+        """Scores of each calibration target's draws against its true change, by target name."""
+        if scale not in ("spread", "constant"):
+            raise ConfigError(f"scale must be 'spread' or 'constant', got {scale!r}.")
+        if not targets:
+            raise ConfigError("Calibration needs at least one target with a known change.")
+        empty = cls(np.empty(0), (), scale, floor)
+        scores = [empty.score(draws, truth) for draws, truth in targets.values()]
+        return cls(np.concatenate(scores), tuple(targets), scale, floor)
+
     def factor(self, level: float) -> float:
         """The conformal quantile: the ``ceil((n + 1) level)``-th smallest of the n scores
         (infinite when there are too few scores for ``level``)."""
@@ -171,26 +224,61 @@ def calibrate(
     """Split-conformal calibration on ``data`` (log-normalized, without the held-out cells): hold
     out ``folds`` training groups in turn (or conditions, or combinations: ``kind``), fit the
     ensemble on the rest, and score its draws on every held-out target."""
-    if scale not in ("spread", "constant"):
-        raise ConfigError(f"scale must be 'spread' or 'constant', got {scale!r}.")
     if scale == "spread" and len(seeds) < 2 and not dropout_draws:
         raise ConfigError("scale='spread' needs a spread: give two or more seeds, or dropout_draws.")
-    calibration = Calibration(np.empty(0), (), scale, floor)
-    scores, targets = [], []
+    targets = {}
     for _, split in inner_splits(data, spec, kind, folds, group_key=group_key, seed=seed, min_cells=min_cells):
         val = split.subset(data, "val")
         members = fit_ensemble(model, spec, split.subset(data, "train"), val if val.n_obs else None, seeds=seeds, params=params)
         for target in split.targets:
             control, truth = data[target.control], data[target.truth]
             draws = predict_draws(members, control, target.condition, target.dose, dropout_draws=dropout_draws, seed=seed)
-            scores.append(calibration.score(draws, true_change(control, truth)))
-            targets.append(f"{target.group}/{target.condition}")
-    return Calibration(np.concatenate(scores), tuple(targets), scale, floor)
+            targets[target_name(target)] = (draws, true_change(control, truth))
+    return Calibration.from_draws(targets, scale=scale, floor=floor)
+
+
+def target_name(target: Target) -> str:
+    """``group/condition`` (``@dose`` where there is one): how calibration names its targets."""
+    return f"{target.group}/{condition_label(target.condition, target.dose)}"
 
 
 def coverage(truth: np.ndarray, low: np.ndarray, high: np.ndarray) -> float:
     """Share of genes whose true change lies in [low, high]."""
     return float(np.mean((truth >= low) & (truth <= high)))
+
+
+def interval_scores(
+    members: Sequence[PerturbationModel],
+    calibration: Calibration,
+    control: AnnData,
+    truth: AnnData,
+    condition: str,
+    dose: float | None,
+    settings: UncertaintySettings,
+    *,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """One target's interval rows for a benchmark's long table (``metric``, ``value``, ...): per
+    level, the calibrated intervals' coverage of the true change (all genes, and the 20 of largest
+    true change), their mean width, and the coverage of the members' own quantiles; and the
+    members' disagreement (``uq_uncertainty``)."""
+    draws = predict_draws(members, control, condition, dose, dropout_draws=settings.dropout_draws, seed=seed)
+    change = true_change(control, truth)
+    top = np.argsort(-np.abs(change))[:20]
+    values = {f"{PREFIX}uncertainty": draws.uncertainty()}
+    for level in settings.levels:
+        pct = f"{100 * level:g}"
+        low, high = calibration.interval(draws, level)
+        own = draws.quantiles(level)
+        values |= {
+            f"{PREFIX}coverage_{pct}": coverage(change, low, high),
+            f"{PREFIX}coverage_top20_{pct}": coverage(change[top], low[top], high[top]),
+            f"{PREFIX}width_{pct}": float(np.mean(high - low)),
+            f"{PREFIX}draws_coverage_{pct}": coverage(change, *own),
+        }
+    return pd.DataFrame(
+        {"metric": list(values), "value": list(values.values()), "spread": np.nan, "best": np.nan, "higher_is_better": True}
+    )
 
 
 def interval_table(
