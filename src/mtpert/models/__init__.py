@@ -20,15 +20,19 @@ from mtpert.models.registry import (
 from mtpert.models.sams import SamsVAE
 from mtpert.models.scbutterfly import ScButterfly
 from mtpert.models.scpregan import ScPreGAN
+from mtpert.models.search import Choice, FloatRange, IntRange
 from mtpert.models.simple import Additive, ControlPredictor, GlobalMean, MeanShift
 from mtpert.models.trained import Hyperparameters, TrainedModel
 
 __all__ = [
     "MODELS",
     "Additive",
+    "Choice",
     "ControlPredictor",
+    "FloatRange",
     "GlobalMean",
     "Hyperparameters",
+    "IntRange",
     "LatentShiftModel",
     "LinearModel",
     "MeanShift",
