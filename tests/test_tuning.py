@@ -198,3 +198,20 @@ def test_parallel_trials_share_one_study(data, tmp_path) -> None:
     assert len(result.trials) == 2
     assert result.trials["lr"].nunique() == 2  # the two processes sample with their own seeds
     assert np.isfinite(result.best_value)
+
+
+def test_tuning_on_a_screen_holds_out_training_combinations() -> None:
+    from mtpert.data import holdout_combinations, simulate_screen
+
+    sim = simulate_screen(n_lines=1, n_genes=60, n_regulators=8, n_targets=4, n_pairs=8, n_cells=30, seed=0)
+    spec = DatasetSpec(**sim.uns["simulation"]["spec"])
+    data = prepare(sim, spec, n_hvg=0)
+    outer = holdout_combinations(data, spec, split_seed=1, fraction=0.25, seed=1)
+    visible = data[outer.train.union(outer.val)]
+    result = tune(visible, spec, "linear", settings={"trials": 3, "inner_folds": 2}, kind="combination", seed=1)
+    held_out_pairs = {t.condition for t in outer.targets}
+    assert len(result.trials) == 3 and result.inner_targets == ("1", "2")
+    inner = inner_splits(visible, spec, "combination", 2, seed=1)
+    inner_pairs = {t.condition for _, split in inner for t in split.targets}
+    assert inner_pairs and not inner_pairs & held_out_pairs  # tuning predicts training pairs only
+    assert set(result.best_params) == {"n_components", "ridge"}
