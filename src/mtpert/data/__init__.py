@@ -1,5 +1,6 @@
 """Data layer: dataset spec, preprocessing, OOD splits, public datasets and the simulator."""
 
+from mtpert.data.modalities import clr, coding_genes, paired, read_modality
 from mtpert.data.pp import detect_kind, log_normalize, prepare, require_kind, select_hvgs
 from mtpert.data.priors import PriorNetwork, read_prior
 from mtpert.data.registry import (
@@ -10,7 +11,13 @@ from mtpert.data.registry import (
     load_dataset,
     read_h5ad,
 )
-from mtpert.data.simulate import simulate, simulate_screen, true_log_means, true_response
+from mtpert.data.simulate import (
+    add_proteins,
+    simulate,
+    simulate_screen,
+    true_log_means,
+    true_response,
+)
 from mtpert.data.spec import DEFAULT_MIN_CELLS, DatasetSpec
 from mtpert.data.split import (
     Split,
@@ -34,6 +41,9 @@ __all__ = [
     "RemoteDataset",
     "Split",
     "Target",
+    "add_proteins",
+    "clr",
+    "coding_genes",
     "condition_label",
     "detect_kind",
     "download_dataset",
@@ -46,9 +56,11 @@ __all__ = [
     "list_datasets",
     "load_dataset",
     "log_normalize",
+    "paired",
     "predictable_combinations",
     "prepare",
     "read_h5ad",
+    "read_modality",
     "read_prior",
     "require_kind",
     "select_hvgs",

@@ -835,3 +835,61 @@ def _group(truth: dict, cell_type: str, condition: str, dose: float | None) -> i
             f"'{condition}' was not simulated at dose {dose:g}; doses: {sorted(doses)}."
         )
     return groups.index.get_loc(match.index[np.flatnonzero(hit)[0]])
+
+
+def add_proteins(
+    adata: AnnData,
+    *,
+    n_proteins: int = 20,
+    attenuation: float = 0.5,
+    coupling: float = 0.5,
+    background: float = 5.0,
+    scale: float = 30.0,
+    dispersion: float = 0.1,
+    seed: int = 0,
+) -> AnnData:
+    """A copy of simulated ``adata`` (raw counts, e.g. from :func:`simulate`) with a second
+    modality: surface-protein counts in ``obsm['protein_counts']``, each protein driven by one gene.
+
+    Protein ``p`` of gene ``g`` (the ``n_proteins`` genes whose mean differs most between the
+    groups of cell type and condition) has, in a cell of group ``G`` whose cell type's control
+    mean log expression of ``g`` is ``c``: the signal ``s = c + (1 - attenuation) (mean_G - c)
+    + coupling (x - mean_G)``, with ``x`` the cell's own log-normalized expression of ``g``, and
+    negative-binomial counts of mean ``background + scale * exp(s)``. ``attenuation`` is how much
+    of a perturbation's change in the gene the protein has not followed yet (proteins lag their
+    mRNA); ``coupling``, how much a cell's own transcript count shows in its protein level.
+
+    ``uns['protein_names']`` names the proteins (``prot_<gene>``), and ``uns['simulation']``
+    gains ``proteins`` (protein -> gene, the truth an attribution should find) and these settings.
+    """
+    if UNS_KEY not in adata.uns or "spec" not in adata.uns[UNS_KEY]:
+        raise DataError("add_proteins needs simulated counts (mtpert.data.simulate), whose uns['simulation'] names the groups.")
+    if not 0 <= attenuation <= 1 or coupling < 0:
+        raise DataError(f"attenuation must lie in [0, 1] and coupling be >= 0; got {attenuation}, {coupling}.")
+    if not 1 <= n_proteins <= adata.n_vars:
+        raise DataError(f"n_proteins must be between 1 and the {adata.n_vars} genes; got {n_proteins}.")
+    rng = np.random.default_rng(seed)
+    spec = DatasetSpec(**adata.uns[UNS_KEY]["spec"])
+    counts = adata.X.toarray() if sp.issparse(adata.X) else np.asarray(adata.X)
+    logged = np.log1p(counts / counts.sum(1, keepdims=True) * 1e4)
+    obs = adata.obs
+    group = (obs[spec.cell_type_key].astype(str) + "|" + obs[spec.condition_key].astype(str)).to_numpy()
+    means = pd.DataFrame(logged).groupby(group).mean()
+    genes = np.argsort(-means.var(0).to_numpy(), kind="stable")[:n_proteins]
+    group_mean = means.loc[group].to_numpy()[:, genes]
+    control = obs[spec.condition_key].astype(str).to_numpy() == spec.control
+    type_of = obs[spec.cell_type_key].astype(str).to_numpy()
+    control_mean = pd.DataFrame(logged[control][:, genes]).groupby(type_of[control]).mean().loc[type_of].to_numpy()
+    signal = control_mean + (1 - attenuation) * (group_mean - control_mean) + coupling * (logged[:, genes] - group_mean)
+    mu = background + scale * np.exp(signal)
+    protein = rng.negative_binomial(1 / dispersion, 1 / (1 + dispersion * mu)).astype(np.float32)
+    out = adata.copy()
+    names = [f"prot_{adata.var_names[g]}" for g in genes]
+    out.obsm["protein_counts"] = sp.csr_matrix(protein)
+    out.uns["protein_names"] = np.asarray(names, dtype=object)
+    out.uns[UNS_KEY] = dict(out.uns[UNS_KEY]) | {
+        "proteins": {n: str(adata.var_names[g]) for n, g in zip(names, genes, strict=True)},
+        "protein_params": {"attenuation": attenuation, "coupling": coupling, "background": background,
+                           "scale": scale, "dispersion": dispersion, "seed": seed},
+    }  # fmt: skip
+    return out

@@ -4,8 +4,9 @@ Models are taken by name from :data:`MODELS`; add your own with :func:`register_
 entry point in the group ``mtpert.models`` (see :mod:`mtpert.models.registry`).
 """
 
-from mtpert.models.attribution import attribute
+from mtpert.models.attribution import attribute, attribute_crossmodal, own_feature_ranks
 from mtpert.models.base import NotFittedError, PerturbationModel
+from mtpert.models.crossmodal import CrossModalModel, MultimodalAE, NeighbourMean, OwnGene, RidgeMap
 from mtpert.models.latent_shift import LatentShiftModel
 from mtpert.models.linear import LinearModel
 from mtpert.models.multitask import MultiTaskModel
@@ -29,6 +30,7 @@ __all__ = [
     "Additive",
     "Choice",
     "ControlPredictor",
+    "CrossModalModel",
     "FloatRange",
     "GlobalMean",
     "Hyperparameters",
@@ -39,14 +41,20 @@ __all__ = [
     "ModelPreset",
     "ModelRegistry",
     "MultiTaskModel",
+    "MultimodalAE",
+    "NeighbourMean",
     "NotFittedError",
+    "OwnGene",
     "PerturbationModel",
+    "RidgeMap",
     "SamsVAE",
     "ScButterfly",
     "ScPreGAN",
     "TrainedModel",
     "attribute",
+    "attribute_crossmodal",
     "get_model",
     "list_models",
+    "own_feature_ranks",
     "register_model",
 ]

@@ -12,8 +12,8 @@ whose prediction does not depend on the control cells' expression through a netw
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -66,10 +66,6 @@ def attribute(
         raise ConfigError(f"baseline must be 'zeros' or 'mean', got {baseline!r}.")
     if control.n_obs == 0:
         raise DataError("No control cells to attribute the prediction of.")
-    try:
-        from captum.attr import IntegratedGradients
-    except ImportError:
-        raise MissingDependencyError("Attributions need Captum: pip install 'mtpert[explain]' (or pip install captum).") from None
     genes = list(model.genes)  # type: ignore[attr-defined]
     if list(control.var_names) != genes:
         raise DataError(f"control's genes differ from the {len(genes)} genes {model.name} was trained on; subset it to model.genes.")
@@ -83,19 +79,77 @@ def attribute(
     with torch.no_grad():
         mean_change = change(x).mean(0).cpu().numpy()
     chosen = _targets(targets, genes, mean_change)
+    return _integrated_gradients(change, x, genes, {g: genes.index(g) for g in chosen}, baseline, n_steps, "mean")
+
+
+def attribute_crossmodal(
+    model: Any,
+    source: AnnData,
+    *,
+    targets: Sequence[str] | None = None,
+    baseline: Baseline = "mean",
+    n_steps: int = 32,
+) -> pd.DataFrame:
+    """Integrated-gradient attributions of a cross-modal prediction (e.g. each protein from the
+    RNA; :class:`mtpert.models.crossmodal.MultimodalAE`) to the source features.
+
+    Returns a table with one row per source feature and one column per target feature: the mean
+    over ``source``'s cells of the absolute attribution (how much the feature moves the
+    prediction, either way), so that ranking a column says which features drive that target.
+    """
+    if not hasattr(model, "prediction_function") or model.source_features is None:
+        raise ConfigError(f"{getattr(model, 'name', model)} has no fitted differentiable prediction to attribute.")
+    if baseline not in ("zeros", "mean"):
+        raise ConfigError(f"baseline must be 'zeros' or 'mean', got {baseline!r}.")
+    features = list(model.source_features)
+    missing = [f for f in features if f not in source.var_names]
+    if missing or source.n_obs == 0:
+        raise DataError(f"source must hold cells with the {len(features)} features the model was fitted on (missing e.g. {missing[:3]}).")
+    x = torch.as_tensor(dense(source[:, features].X), dtype=torch.float32, device=model.device)
+    chosen = list(model.target_features) if targets is None else list(targets)
+    unknown = [t for t in chosen if t not in model.target_features]
+    if unknown:
+        raise DataError(f"targets {unknown} are not among the model's target features.")
+    index = {t: model.target_features.index(t) for t in chosen}
+    return _integrated_gradients(model.prediction_function(), x, features, index, baseline, n_steps, "mean_abs")
+
+
+def _integrated_gradients(
+    function: Any, x: torch.Tensor, inputs: list[str], targets: dict[str, int], baseline: Baseline, n_steps: int, aggregate: str
+) -> pd.DataFrame:
+    """Integrated gradients of ``function``'s outputs ``targets`` (name -> column) at cells ``x``,
+    per input, averaged over cells (``mean``, or ``mean_abs`` of each cell's attribution)."""
+    try:
+        from captum.attr import IntegratedGradients
+    except ImportError:
+        raise MissingDependencyError("Attributions need Captum: pip install 'mtpert[explain]' (or pip install captum).") from None
     reference = torch.zeros_like(x) if baseline == "zeros" else x.mean(0, keepdim=True).expand_as(x)
-    method = IntegratedGradients(change)
+    method = IntegratedGradients(function)
     columns, worst = {}, 0.0
-    for gene in chosen:
-        attributions, delta = method.attribute(
-            x, baselines=reference, target=genes.index(gene), n_steps=n_steps, return_convergence_delta=True
-        )
-        columns[gene] = attributions.mean(0).detach().cpu().numpy()
+    for name, column in targets.items():
+        attributions, delta = method.attribute(x, baselines=reference, target=column, n_steps=n_steps, return_convergence_delta=True)
+        attributions = attributions.abs() if aggregate == "mean_abs" else attributions
+        columns[name] = attributions.mean(0).detach().cpu().numpy()
         worst = max(worst, float(delta.abs().max()))
-    table = pd.DataFrame(columns, index=pd.Index(genes, name="input_gene"))
+    table = pd.DataFrame(columns, index=pd.Index(inputs, name="input_gene"))
     table.columns.name = "target_gene"
     table.attrs["convergence"] = worst
     return table
+
+
+def own_feature_ranks(attributions: pd.DataFrame, own: Mapping[str, str | None]) -> pd.DataFrame:
+    """For each target (column) with a known own source feature (``own``: e.g. protein -> its
+    coding gene) among the rows: that feature's rank by attribution (1: the largest) and the
+    number of candidates. The check that an explanation means something: a protein should be
+    driven by its own gene."""
+    rows = []
+    for target in attributions.columns:
+        gene = own.get(target)
+        if gene is None or gene not in attributions.index:
+            continue
+        column = attributions[target]
+        rows.append({"target": target, "own": gene, "rank": int((column > column[gene]).sum()) + 1, "candidates": len(column)})
+    return pd.DataFrame(rows, columns=["target", "own", "rank", "candidates"])
 
 
 def _targets(targets: Sequence[str] | int, genes: list[str], mean_change: np.ndarray) -> list[str]:
