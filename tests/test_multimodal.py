@@ -12,7 +12,14 @@ from mtpert.data import add_proteins, simulate
 from mtpert.data.modalities import clr, coding_genes, paired, preprocess, read_modality
 from mtpert.errors import ConfigError, DataError
 from mtpert.models.attribution import attribute_crossmodal, own_feature_ranks
-from mtpert.models.crossmodal import FUSIONS, MultimodalAE, NeighbourMean, OwnGene, RidgeMap, feature_pearson
+from mtpert.models.crossmodal import (
+    FUSIONS,
+    MultimodalAE,
+    NeighbourMean,
+    OwnGene,
+    RidgeMap,
+    feature_pearson,
+)
 
 
 @pytest.fixture(scope="module")

@@ -215,3 +215,16 @@ def test_tuning_on_a_screen_holds_out_training_combinations() -> None:
     inner_pairs = {t.condition for _, split in inner for t in split.targets}
     assert inner_pairs and not inner_pairs & held_out_pairs  # tuning predicts training pairs only
     assert set(result.best_params) == {"n_components", "ridge"}
+
+
+def test_a_trial_left_running_by_a_killed_process_is_run_again(data, tmp_path) -> None:
+    import optuna
+
+    journal = tmp_path / "study.journal"
+    settings = {"trials": 1, "inner_folds": 2, "space": {"lr": {"low": 1e-4, "high": 1e-2, "log": True}, "hidden": [32], "latent_dim": 8, "dropout": 0.0}}
+    tune(data, SPEC, "mtae", settings=settings, params=FAST, seed=1, storage=journal)
+    storage = tuning_module._storage(optuna, journal)
+    optuna.load_study(study_name="mtpert:mtae", storage=storage).ask()  # a trial started, never told: its process died
+    result = tune(data, SPEC, "mtae", settings={**settings, "trials": 2}, params=FAST, seed=1, storage=journal)
+    assert set(result.trials["state"]) <= {"COMPLETE", "PRUNED"}
+    assert len(result.trials) == 2  # the interrupted one is neither counted nor listed

@@ -56,6 +56,8 @@ TUNE = "tune"
 log = logging.getLogger("mtpert.tune")
 
 FINISHED = ("COMPLETE", "PRUNED", "FAIL")
+INTERRUPTED = "mtpert_interrupted"
+"""User attribute of a trial left running by a killed process (marked failed, run again)."""
 """Trial states that count towards a study's budget (a trial that failed would fail again)."""
 
 
@@ -194,7 +196,7 @@ def tune(
     study_name = f"mtpert:{model}"
     with _journal(storage, jobs) as journal:
         study = _open_study(optuna, journal, study_name, objective, settings, seed)
-        todo = settings.trials - sum(t.state.name in FINISHED for t in study.trials)
+        todo = settings.trials - _finished(study)
         if todo > 0 and jobs > 1:
             shares = [todo // jobs + (i < todo % jobs) for i in range(jobs)]
             with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
@@ -410,6 +412,7 @@ def _open_study(optuna: Any, journal: Path | None, name: str, objective: Objecti
             "remove it to start over, or tune into another folder."
         )
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        study._storage.set_trial_user_attr(trial._trial_id, INTERRUPTED, True)  # not counted: it is run again
         study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
     return study
 
@@ -437,7 +440,8 @@ def _optimize_share(objective: Objective, journal: str, name: str, trials: int, 
 
 
 def _finished(study: Any) -> int:
-    return sum(t.state.name in FINISHED for t in study.get_trials(deepcopy=False))
+    """Trials that count towards the budget: finished ones, not those a killed process left."""
+    return sum(t.state.name in FINISHED and not t.user_attrs.get(INTERRUPTED) for t in study.get_trials(deepcopy=False))
 
 
 def _result(study: Any, objective: Objective, settings: TuneSettings, seconds: float) -> TuningResult:
@@ -448,6 +452,7 @@ def _result(study: Any, objective: Objective, settings: TuneSettings, seconds: f
         why = failed[-1].system_attrs.get("fail_reason", "no value") if failed else "none finished"
         raise ConfigError(f"Tuning {objective.model}: no trial of {len(trials)} finished with a value (last failure: {why}).")
     best = study.best_trial
+    trials = [t for t in trials if not t.user_attrs.get(INTERRUPTED)]
     table = pd.DataFrame(
         [
             {"number": t.number, "state": t.state.name, "value": t.value,
