@@ -128,3 +128,13 @@ def test_a_mudata_modality_is_taken_as_it_is(sim) -> None:
     assert read_modality(MuDataLike({"rna": sim, "prot": prot}), "prot") is prot
     with pytest.raises(DataError, match="no modality 'atac'"):
         read_modality(MuDataLike({"rna": sim}), "atac")
+
+
+def test_a_real_mudata_is_read_like_an_anndata_with_obsm(sim) -> None:
+    mudata = pytest.importorskip("mudata", reason="MuData input is an optional extra: pip install 'mtpert[multiomics]'")
+    prot = read_modality(sim, "protein_counts")
+    data = mudata.MuData({"rna": sim, "prot": prot})
+    rna, proteins = paired(data, "prot")
+    expected_rna, expected_prot = paired(sim, "protein_counts")
+    assert proteins.shape == expected_prot.shape and rna.shape == expected_rna.shape
+    np.testing.assert_allclose(proteins.X, expected_prot.X, rtol=1e-6)
