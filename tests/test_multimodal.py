@@ -10,8 +10,9 @@ from anndata import AnnData
 
 from mtpert.data import add_proteins, simulate
 from mtpert.data.modalities import clr, coding_genes, paired, preprocess, read_modality
-from mtpert.errors import ConfigError, DataError
+from mtpert.errors import CheckpointError, ConfigError, DataError
 from mtpert.models.attribution import attribute_crossmodal, own_feature_ranks
+from mtpert.models.base import NotFittedError
 from mtpert.models.crossmodal import (
     FUSIONS,
     MultimodalAE,
@@ -138,3 +139,17 @@ def test_a_real_mudata_is_read_like_an_anndata_with_obsm(sim) -> None:
     expected_rna, expected_prot = paired(sim, "protein_counts")
     assert proteins.shape == expected_prot.shape and rna.shape == expected_rna.shape
     np.testing.assert_allclose(proteins.X, expected_prot.X, rtol=1e-6)
+
+
+def test_a_saved_multimodal_model_predicts_the_same_after_loading(split, tmp_path) -> None:
+    rna, prot, test, train = split
+    for fusion in ("poe", "late"):
+        model = MultimodalAE(fusion, num_threads=1).fit(rna[train], prot[train])
+        model.save(tmp_path / fusion)
+        loaded = MultimodalAE.load(tmp_path / fusion, device="cpu")
+        np.testing.assert_allclose(loaded.predict(rna[test]).X, model.predict(rna[test]).X, rtol=1e-5, atol=1e-6)
+    (tmp_path / "poe" / "weights.pt").write_bytes(b"truncated")
+    with pytest.raises(CheckpointError, match="Cannot read"):
+        MultimodalAE.load(tmp_path / "poe")
+    with pytest.raises(NotFittedError):
+        MultimodalAE("poe").save(tmp_path / "unfitted")

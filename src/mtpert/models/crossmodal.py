@@ -29,7 +29,11 @@ components) and :class:`NeighbourMean` (mean target of the k nearest cells in RN
 
 from __future__ import annotations
 
+import json
+import os
+import pickle
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -42,7 +46,8 @@ from sklearn.neighbors import KNeighborsRegressor
 from torch import Tensor, nn
 
 from mtpert._array import dense
-from mtpert.errors import ConfigError, DataError
+from mtpert.errors import CheckpointError, ConfigError, DataError
+from mtpert.io import atomic_write
 from mtpert.models.base import NotFittedError
 from mtpert.train.data import Batch, CellData
 from mtpert.train.loop import TrainConfig, cpu_threads, resolve_device, train
@@ -313,6 +318,59 @@ class MultimodalAE(CrossModalModel):
     def _project(self, x: np.ndarray) -> np.ndarray:
         mean, components = self.projection
         return (x - mean) @ components
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the fitted model to folder ``path``: its settings and feature names as JSON, its
+        weights and input scaling as tensors (no pickle), each file written atomically."""
+        if self.net is None or self.source_features is None or self.target_features is None:
+            raise NotFittedError(f"{self.name}: fit the model before saving it.")
+        folder = Path(path)
+        settings = {
+            "fusion": self.fusion, "hidden": list(self.hidden), "latent_dim": self.latent_dim, "dropout": self.dropout,
+            "modality_dropout": self.modality_dropout, "kl_weight": self.kl_weight, "val_fraction": self.val_fraction,
+            "input_pcs": self.input_pcs, "seed": self.seed,
+            "source_features": self.source_features, "target_features": self.target_features,
+        }  # fmt: skip
+        arrays = {f"scale_{m}_{i}": torch.as_tensor(v) for m, pair in self.scale.items() for i, v in enumerate(pair)}
+        if self.projection is not None:
+            arrays |= {"projection_mean": torch.as_tensor(self.projection[0]), "projection_components": torch.as_tensor(self.projection[1])}
+        weights = {f"net.{k}": v.detach().cpu() for k, v in self.net.state_dict().items()} | arrays
+        atomic_write(folder / "weights.pt", lambda f: torch.save(weights, f))
+        atomic_write(folder / "crossmodal.json", lambda f: f.write(json.dumps(settings, indent=2).encode()))
+        return folder
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], device: str = "auto") -> MultimodalAE:
+        """Read a model written by :meth:`save`.
+
+        Raises:
+            CheckpointError: a file is missing or unreadable, or the weights do not fit the settings.
+        """
+        folder = Path(path)
+        try:
+            settings = json.loads((folder / "crossmodal.json").read_text())
+            tensors = torch.load(folder / "weights.pt", map_location="cpu", weights_only=True)
+        except (OSError, ValueError, RuntimeError, EOFError, IndexError, KeyError, pickle.UnpicklingError) as error:
+            raise CheckpointError(f"Cannot read a cross-modal model from {folder} (missing, truncated or not one): {error!r}") from None
+        sources, targets = settings.pop("source_features"), settings.pop("target_features")
+        model = cls(settings.pop("fusion"), hidden=tuple(settings.pop("hidden")), device=device, **settings)
+        model.source_features, model.target_features = sources, targets
+        model.scale = {m: (tensors[f"scale_{m}_0"].numpy(), tensors[f"scale_{m}_1"].numpy()) for m in ("s", "t")}
+        model.projection = (
+            (tensors["projection_mean"].numpy(), tensors["projection_components"].numpy()) if "projection_mean" in tensors else None
+        )
+        n_source = model.projection[1].shape[1] if model.projection is not None else len(sources)
+        model.net = MultimodalNet(
+            n_source, len(targets), fusion=model.fusion, hidden=model.hidden, latent_dim=model.latent_dim,
+            dropout=model.dropout, modality_dropout=model.modality_dropout, kl_weight=model.kl_weight,
+        )  # fmt: skip
+        state = {k.removeprefix("net."): v for k, v in tensors.items() if k.startswith("net.")}
+        try:
+            model.net.load_state_dict(state)
+        except RuntimeError as error:
+            raise CheckpointError(f"The weights in {folder} do not fit its settings: {error}") from None
+        model.net.to(model.device).eval()
+        return model
 
     def _standard(self, values: np.ndarray, modality: str) -> np.ndarray:
         mean, std = self.scale[modality]
