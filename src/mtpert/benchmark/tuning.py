@@ -238,8 +238,10 @@ class Objective:
         """The objective of tuning ``model`` on ``data``: its space (declared, then the user's)
         and the inner splits."""
         tuned, fixed = read_space(settings.space, where="tune.space")
+        preset = get_model(registered or model)
+        accepted = preset.cls.parameters()
         try:
-            declared = get_model(registered or model)(spec, **params).search_space()
+            declared = preset(spec, **params).search_space()
         except (TypeError, ValueError) as error:
             raise ConfigError(f"{model}: {error}") from error
         space = {k: v for k, v in (declared | tuned).items() if k not in fixed}
@@ -248,12 +250,12 @@ class Objective:
                 f"{model} has nothing to tune: it declares no search space{' and the space fixes every value' if fixed else ''}. "
                 "Give ranges under tune.space, e.g. {lr: {low: 1e-4, high: 1e-2, log: true}}."
             )
-        unknown = sorted((set(space) | set(fixed)) - set(get_model(registered or model).cls.parameters()))
+        unknown = sorted((set(space) | set(fixed)) - set(accepted))
         if unknown:
             raise ConfigError(f"tune.space names {unknown}, which {model} does not take; see `mtpert models`.")
         data = data.copy() if data.is_view else data
         splits = inner_splits(data, spec, kind, settings.inner_folds, group_key=group_key, fraction=fraction, seed=seed, min_cells=min_cells)
-        quiet = {"progress": False} if "progress" in get_model(registered or model).cls.parameters() else {}
+        quiet = {"progress": False} if "progress" in accepted else {}
         params = {k: v for k, v in {**params, **fixed}.items() if k not in quiet}
         return cls(data, spec, model, registered, params, space, splits, settings.metric, seed, quiet)
 
