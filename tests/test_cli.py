@@ -121,13 +121,19 @@ def test_evaluate_scores_a_predictions_file(tmp_path) -> None:
     pred = get_model("mean_shift")(spec).fit(split.subset(data, "train")).predict(data[target.control], target.condition)
     raw.write_h5ad(tmp_path / "truth.h5ad")  # raw counts: evaluate log-normalizes them itself
     pred.write_h5ad(tmp_path / "pred.h5ad")
-    out = tmp_path / "scores.csv"
-    result = runner.invoke(app, ["evaluate", str(tmp_path / "truth.h5ad"), str(tmp_path / "pred.h5ad"), "--out", str(out)])
-    assert result.exit_code == 0, result.output
-    scores = pd.read_csv(out)
+    tables = {}
+    for space in ("target", "group"):
+        out = tmp_path / f"scores_{space}.csv"
+        command = ["evaluate", str(tmp_path / "truth.h5ad"), str(tmp_path / "pred.h5ad"), "--out", str(out), "--space", space]
+        result = runner.invoke(app, command)
+        assert result.exit_code == 0, result.output
+        tables[space] = pd.read_csv(out)
+    scores = tables["target"]
     assert {"metric", "value"} <= set(scores.columns)
     r2 = scores.loc[scores["metric"] == "r2_all", "value"].item()
     assert 0.5 < r2 <= 1.0
+    # one target of the group: its own space is the group's
+    pd.testing.assert_frame_equal(tables["group"], scores, rtol=1e-9)
 
 
 def test_evaluate_refuses_genes_missing_from_truth(tmp_path) -> None:

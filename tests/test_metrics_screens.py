@@ -329,3 +329,94 @@ def test_papalexi_knockouts_of_the_ifn_gamma_pathway_are_detectable_and_others_n
     # the receptor and its transcription factor silence the IFN-gamma response; the others
     # change none of the 299 genes measured
     assert called == {"CD86": False, "IFNGR1": True, "STAT1": True, "STAT5A": False}
+
+
+# ---------------------------------------------------------------------- many targets at once
+def knockdown_screen(n_perturbations: int, seed: int = 0) -> AnnData:
+    """A screen of one line: control and ``n_perturbations`` knock-downs of 30-40 cells each, each
+    lowering its own block of 5 genes by a factor of 4, so the perturbations differ."""
+    rng = np.random.default_rng(seed)
+    means = np.random.default_rng(100).lognormal(1.0, 0.5, 60)
+    blocks = {"control": counts_like(50, means, rng)}
+    for p in range(n_perturbations):
+        fold = np.ones(60)
+        fold[5 * p : 5 * p + 5] = 0.25
+        blocks[f"KD{p}"] = counts_like(30 + 5 * (p % 3), means * fold, rng)
+    return screen(blocks)
+
+
+def test_relabellings_shared_by_truths_of_one_size_give_each_truths_own_test() -> None:
+    from mtpert.metrics.effect import Relabellings
+
+    control, _ = toy_pair(0.0)
+    truths = [toy_pair(strength, seed)[1] for strength, seed in ((0.0, 1), (0.6, 2), (0.0, 3))]
+    truths.append(truths[1][:60])  # another size: its relabellings are drawn anew
+    shared = Relabellings(control)
+    for truth in [*truths, truths[0]]:  # back to the first size after another
+        alone = effect_test(control, truth)
+        together = shared.test(truth)
+        assert together.p_value == alone.p_value
+        assert (together.distance, together.noise) == (
+            pytest.approx(alone.distance, rel=1e-12),
+            pytest.approx(alone.noise, rel=1e-9),
+        )
+    assert shared.test(truths[1]).detectable and not shared.test(truths[0]).detectable
+
+
+def test_scoring_in_one_space_per_group_equals_per_target_where_a_group_has_one_target() -> None:
+    from mtpert.metrics import evaluate_prediction
+
+    truth = knockdown_screen(1)
+    pred = knockdown_screen(1, seed=1)
+    per_target = evaluate_prediction(truth, pred, SCREEN, space="target")
+    per_group = evaluate_prediction(truth, pred, SCREEN, space="group")
+    pd.testing.assert_frame_equal(per_group, per_target, rtol=1e-9)
+
+
+def test_one_space_per_group_changes_only_the_distances_of_a_screen() -> None:
+    from mtpert.metrics import evaluate_prediction
+
+    truth = knockdown_screen(6)
+    pred = knockdown_screen(6, seed=1)
+    pred = pred[pred.obs["perturbation"] != "KD0"].copy()  # not every perturbation predicted
+    per_target = evaluate_prediction(truth, pred, SCREEN, space="target")
+    per_group = evaluate_prediction(truth, pred, SCREEN, space="group")
+    ids = ["condition", "metric"]
+    assert per_group[ids].equals(per_target[ids])
+    assert set(per_group["condition"]) == {f"KD{p}" for p in range(1, 6)}
+    distance = per_group["metric"].map(lambda name: METRICS[name].kind == "distance").to_numpy()
+    np.testing.assert_allclose(
+        per_group.loc[~distance, "value"], per_target.loc[~distance, "value"], rtol=1e-9
+    )
+    np.testing.assert_allclose(
+        per_group.loc[~distance, "spread"], per_target.loc[~distance, "spread"], rtol=1e-9
+    )
+    group_d, target_d = per_group.loc[distance, "value"], per_target.loc[distance, "value"]
+    assert np.isfinite(group_d).all() and not np.allclose(group_d, target_d)
+    # a replicate draw is far closer to its own truth than control is, in either space
+    relative = per_group[per_group["metric"].isin(["e_distance_rel", "euclidean_rel"])]
+    assert (relative["value"] < 0.75).all(), relative
+
+
+def test_a_shared_control_refuses_cells_over_other_genes() -> None:
+    from mtpert.errors import DataError
+    from mtpert.metrics.pair import SharedControl, Space
+
+    data = knockdown_screen(2)
+    control = data[data.obs["perturbation"] == "control"]
+    truth = data[data.obs["perturbation"] == "KD1"]
+    shared = SharedControl(control, Space.fit([control.X, truth.X]))
+    reordered = truth[:, truth.var_names[::-1]]
+    pair, same = EvalPair(shared, reordered, reordered), EvalPair(shared, truth, truth)
+    np.testing.assert_array_equal(pair.data["truth"], same.data["truth"])  # put in the control's order
+    with pytest.raises(DataError, match="genes differ from the shared control"):
+        EvalPair(shared, truth[:, :50], truth[:, :50])
+
+
+def test_evaluate_prediction_refuses_an_unknown_space() -> None:
+    from mtpert.errors import DataError
+    from mtpert.metrics import evaluate_prediction
+
+    data = knockdown_screen(1)
+    with pytest.raises(DataError, match="space must be 'target' or 'group'"):
+        evaluate_prediction(data, data, SCREEN, space="cell")  # type: ignore[arg-type]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -20,6 +21,13 @@ from mtpert.cli.options import (
 )
 
 
+class SpaceOption(str, Enum):
+    """Choices of ``--space`` (:func:`mtpert.metrics.evaluate_prediction`'s ``space``)."""
+
+    target = "target"
+    group = "group"
+
+
 def evaluate(
     truth: Annotated[Path, typer.Argument(help="h5ad with the control and true perturbed cells.", exists=True, dir_okay=False)],
     pred: Annotated[Path, typer.Argument(help="h5ad with predicted cells (log-normalized), obs naming cell type and condition.", exists=True, dir_okay=False)],
@@ -28,6 +36,7 @@ def evaluate(
     condition_key: ConditionKey = None,
     control: Control = None,
     dose_key: DoseKey = None,
+    space: Annotated[SpaceOption, typer.Option(help="Where distances are measured: each target's own PCA, or one PCA per cell type shared by its targets (fast for screens of many perturbations).")] = SpaceOption.target,
 ) -> None:
     """Score every (cell type, condition) in PRED against TRUTH with the full evaluation suite.
 
@@ -56,7 +65,9 @@ def evaluate(
         missing = pred_data.var_names.difference(truth_data.var_names)
         if len(missing):
             raise DataError(f"{len(missing)} predicted genes of {pred} are not in {truth} (e.g. {missing[:5].tolist()}).")
-        scores = evaluate_prediction(truth_data[:, pred_data.var_names], pred_data, spec)
+        scores = evaluate_prediction(
+            truth_data[:, pred_data.var_names], pred_data, spec, space=space.value, progress=True
+        )
         write_table(scores, out)
         headline = ["r2_all", "r2_top100", "deg_overlap_top100", "e_distance_rel"]
         shown = scores[scores["metric"].isin(headline)]

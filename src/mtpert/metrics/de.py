@@ -15,6 +15,7 @@ must be large against typical noise, not merely against a degenerate zero.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -27,6 +28,20 @@ if TYPE_CHECKING:
     from mtpert.metrics.pair import EvalPair
 
 
+@dataclass(frozen=True)
+class Moments:
+    """Per-gene mean and variance (ddof 1) of a set of cells, and its number of cells: all a
+    t statistic needs, so that many sets can be summarized one at a time."""
+
+    mean: np.ndarray
+    var: np.ndarray
+    n: int
+
+    @classmethod
+    def of(cls, X: np.ndarray) -> Moments:
+        return cls(X.mean(axis=0), X.var(axis=0, ddof=1) if len(X) > 1 else np.zeros(X.shape[1]), len(X))
+
+
 def welch_t(control: np.ndarray, perturbed: np.ndarray, *, s0: float | None = None) -> np.ndarray:
     """Welch's t statistic of ``perturbed`` vs ``control`` for every gene (column), moderated.
 
@@ -35,11 +50,17 @@ def welch_t(control: np.ndarray, perturbed: np.ndarray, *, s0: float | None = No
     ``s0=0`` for the plain Welch t (then a gene constant in each group at different values gets
     ±inf). A gene with equal means gets t = 0.
     """
-    n_p, n_c = len(perturbed), len(control)
-    if n_p < 2 or n_c < 2:
-        raise ValueError(f"A t-test needs at least 2 cells per group (got {n_c} control, {n_p} perturbed).")
-    diff = perturbed.mean(0) - control.mean(0)
-    se = np.sqrt(perturbed.var(0, ddof=1) / n_p + control.var(0, ddof=1) / n_c)
+    return welch_t_of(Moments.of(control), Moments.of(perturbed), s0=s0)
+
+
+def welch_t_of(control: Moments, perturbed: Moments, *, s0: float | None = None) -> np.ndarray:
+    """:func:`welch_t` from the two sets' :class:`Moments`."""
+    if perturbed.n < 2 or control.n < 2:
+        raise ValueError(
+            f"A t-test needs at least 2 cells per group (got {control.n} control, {perturbed.n} perturbed)."
+        )
+    diff = perturbed.mean - control.mean
+    se = np.sqrt(perturbed.var / perturbed.n + control.var / control.n)
     return moderated_t(diff, se, s0=s0)
 
 

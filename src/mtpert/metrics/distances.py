@@ -50,11 +50,9 @@ def e_distance(X: np.ndarray, Y: np.ndarray, *, squared: bool = False) -> float:
     Means run over all pairs, diagonal zeros included (pertpy's convention). ``d`` is Euclidean;
     ``squared=True`` uses squared Euclidean distances instead.
     """
-    metric = "sqeuclidean" if squared else "euclidean"
-    between = cdist(X, Y, metric=metric).mean()
-    within_x = cdist(X, X, metric=metric).mean()
-    within_y = cdist(Y, Y, metric=metric).mean()
-    return float(2 * between - within_x - within_y)
+    if squared:
+        return float(2 * _sqdist(X, Y).mean() - _sqdist(X, X).mean() - _sqdist(Y, Y).mean())
+    return 2 * mean_distance(X, Y) - mean_distance(X, X) - mean_distance(Y, Y)
 
 
 def wasserstein(X: np.ndarray, Y: np.ndarray) -> float:
@@ -78,7 +76,17 @@ def euclidean(X: np.ndarray, Y: np.ndarray) -> float:
 
 def mean_pairwise(X: np.ndarray, Y: np.ndarray) -> float:
     """Mean Euclidean distance over all pairs (x in X, y in Y)."""
+    return mean_distance(X, Y)
+
+
+def mean_distance(X: np.ndarray, Y: np.ndarray) -> float:
+    """Mean Euclidean distance over all pairs (x in X, y in Y), zeros of identical cells included."""
     return float(cdist(X, Y, metric="euclidean").mean())
+
+
+def mean_kernel(X: np.ndarray, Y: np.ndarray, gamma: float) -> float:
+    """Mean RBF kernel ``exp(-gamma·|x - y|²)`` over all pairs (x in X, y in Y)."""
+    return float(np.exp(-gamma * _sqdist(X, Y)).mean())
 
 
 def median_heuristic_gamma(Z: np.ndarray, *, seed: int = 0) -> float:
@@ -103,10 +111,7 @@ def mmd(X: np.ndarray, Y: np.ndarray, *, gamma: float | None = None) -> float:
     """
     if gamma is None:
         gamma = median_heuristic_gamma(np.vstack([X, Y]))
-    k_xy = np.exp(-gamma * _sqdist(X, Y)).mean()
-    k_xx = np.exp(-gamma * _sqdist(X, X)).mean()
-    k_yy = np.exp(-gamma * _sqdist(Y, Y)).mean()
-    return float(k_xx + k_yy - 2 * k_xy)
+    return mean_kernel(X, X, gamma) + mean_kernel(Y, Y, gamma) - 2 * mean_kernel(X, Y, gamma)
 
 
 # ---------------------------------------------------------------------- inside an EvalPair
@@ -116,7 +121,8 @@ ToTruth = Callable[["EvalPair", "Which"], float]
 
 def e_distance_to_truth(pair: EvalPair, of: Which) -> float:
     """:func:`e_distance` from ``of`` to truth in the pair's PCA space."""
-    return e_distance(pair.pcs[of], pair.pcs["truth"])
+    within = pair.pair_mean(of, of, "euclidean") + pair.pair_mean("truth", "truth", "euclidean")
+    return 2 * pair.pair_mean(of, "truth", "euclidean") - within
 
 
 def wasserstein_to_truth(pair: EvalPair, of: Which) -> float:
@@ -131,12 +137,13 @@ def euclidean_to_truth(pair: EvalPair, of: Which) -> float:
 
 def mean_pairwise_to_truth(pair: EvalPair, of: Which) -> float:
     """:func:`mean_pairwise` from ``of`` to truth in the pair's PCA space."""
-    return mean_pairwise(pair.pcs[of], pair.pcs["truth"])
+    return pair.pair_mean(of, "truth", "euclidean")
 
 
 def mmd_to_truth(pair: EvalPair, of: Which) -> float:
     """:func:`mmd` from ``of`` to truth in the pair's PCA space, with the pair's fixed bandwidth."""
-    return mmd(pair.pcs[of], pair.pcs["truth"], gamma=pair.mmd_gamma)
+    within = pair.pair_mean(of, of, "rbf") + pair.pair_mean("truth", "truth", "rbf")
+    return within - 2 * pair.pair_mean(of, "truth", "rbf")
 
 
 def absolute(to_truth: ToTruth, pair: EvalPair) -> float:

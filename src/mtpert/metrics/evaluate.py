@@ -10,9 +10,11 @@ alongside, so they concatenate across models, targets and seeds without reshapin
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from functools import partial
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -21,13 +23,15 @@ from numpy.typing import ArrayLike
 
 from mtpert.data.spec import DatasetSpec
 from mtpert.errors import DataError
-from mtpert.metrics.effect import effect_test
+from mtpert.metrics.effect import Relabellings
 from mtpert.metrics.inputs import Cells, Condition, load_sets
-from mtpert.metrics.pair import DEFAULT_N_PCS, EvalPair
+from mtpert.metrics.pair import DEFAULT_N_PCS, MAX_CELLS_FOR_SPACE, EvalPair, SharedControl, Space
 from mtpert.metrics.rank import Distance, condition_rank
 from mtpert.metrics.registry import METRICS, SCOPE_WORDS, SCORED_BY, Metric, Scope
 
 RESULT_COLUMNS = ["metric", "value", "spread", "best", "higher_is_better"]
+SpaceChoice = Literal["target", "group"]
+"""Where :func:`evaluate_prediction` measures distances: each target's own PCA, or one per group."""
 
 
 def select_metrics(
@@ -60,7 +64,7 @@ def score(pair: EvalPair, metrics: Iterable[str] | str | None = None) -> pd.Data
 
 
 def evaluate(
-    control: Cells,
+    control: Cells | SharedControl,
     truth: Cells,
     pred: Cells,
     *,
@@ -72,8 +76,8 @@ def evaluate(
     """Score a prediction of one target's perturbed cells.
 
     Args:
-        control: the target's control cells; truth: its real perturbed cells; pred: the
-            predicted cells. Log-normalized expression over the same genes (AnnData or arrays,
+        control: the target's control cells (or a :class:`~mtpert.metrics.pair.SharedControl`
+            of many targets); truth: its real perturbed cells; pred: the predicted cells. Log-normalized expression over the same genes (AnnData or arrays,
             see :class:`EvalPair`).
         metrics: names of metrics to compute (:func:`list_metrics`); all when None.
         genes: gene names of array inputs.
@@ -97,6 +101,8 @@ def evaluate_prediction(
     metrics: Iterable[str] | str | None = None,
     n_pcs: int = DEFAULT_N_PCS,
     seed: int = 0,
+    space: SpaceChoice = "target",
+    progress: bool = False,
 ) -> pd.DataFrame:
     """Score every (cell type, condition[, dose]) present in a prediction against the real cells.
 
@@ -108,6 +114,14 @@ def evaluate_prediction(
         spec: obs keys of both AnnDatas.
         groups: cell types to score; all cell types in the prediction when None.
         metrics, n_pcs, seed: as in :func:`evaluate`.
+        space: where the distances are measured. ``"target"``: each target's own PCA of its
+            control ∪ truth, as :func:`evaluate` does. ``"group"``: one PCA per cell type, of its
+            control ∪ all its true perturbed cells (at most
+            :data:`~mtpert.metrics.pair.MAX_CELLS_FOR_SPACE`, a seeded random subset), shared by
+            its targets, whose control-only work (:class:`~mtpert.metrics.pair.SharedControl`) is
+            then done once: use it to score the many perturbations of a screen. The two agree
+            where a cell type has one target; every other metric is the same in both.
+        progress: show a progress bar over the targets.
 
     Returns:
         The :func:`evaluate` table for each group, prefixed by ``cell_type``, ``condition``,
@@ -118,6 +132,8 @@ def evaluate_prediction(
             predicted group with no real perturbed or control cells in ``adata_truth``.
     """
     chosen = [m.name for m in select_metrics(metrics)]  # fail on a typo before any work
+    if space not in ("target", "group"):
+        raise DataError(f"space must be 'target' or 'group', got {space!r}.")
     for adata, what in ((adata_truth, "adata_truth"), (adata_pred, "adata_pred")):
         missing = [
             k
@@ -129,31 +145,134 @@ def evaluate_prediction(
                 f"{what}.obs lacks {missing}; available columns: {list(adata.obs.columns)}. "
                 "Both AnnDatas must carry the keys named in the DatasetSpec."
             )
-    tables = []
-    for group in _predicted_groups(adata_pred, spec, groups):
-        control = adata_truth[
-            _of_type(adata_truth, spec, group.cell_type) & spec.is_control(adata_truth)
-        ]
-        truth = adata_truth[_in_group(adata_truth, spec, group)]
-        pred = adata_pred[_in_group(adata_pred, spec, group)]
-        if truth.n_obs == 0 or control.n_obs == 0:
-            which = "perturbed" if truth.n_obs == 0 else f"control ('{spec.control}')"
+    predicted = _predicted_groups(adata_pred, spec, groups)
+    truth_rows, pred_rows = _rows_by_group(adata_truth, spec), _rows_by_group(adata_pred, spec)
+    controls = _control_rows(adata_truth, spec)
+    for group in predicted:
+        n_truth, n_control = (
+            len(truth_rows.get(_key(group), ())),
+            len(controls.get(group.cell_type, ())),
+        )
+        if n_truth == 0 or n_control == 0:
+            which = "perturbed" if n_truth == 0 else f"control ('{spec.control}')"
             raise DataError(
-                f"The prediction has {pred.n_obs} cells for {group.label()}, but adata_truth has "
-                f"no {which} cells of '{group.cell_type}' to score them against. Restrict the "
-                "prediction (or pass groups=...) to groups with real cells, or check the labels "
-                f"in adata_pred.obs['{spec.condition_key}']."
+                f"The prediction has {len(pred_rows[_key(group)])} cells for {group.label()}, but "
+                f"adata_truth has no {which} cells of '{group.cell_type}' to score them against. "
+                "Restrict the prediction (or pass groups=...) to groups with real cells, or check "
+                f"the labels in adata_pred.obs['{spec.condition_key}']."
             )
-        try:
-            table = evaluate(control, truth, pred, metrics=chosen, n_pcs=n_pcs, seed=seed)
-        except DataError as err:
-            raise DataError(f"{group.label()}: {err}") from err
-        ids = {"cell_type": group.cell_type, "condition": group.condition}
-        if spec.dose_key is not None:
-            ids["dose"] = group.dose
-        ids |= {"n_control": control.n_obs, "n_truth": truth.n_obs, "n_pred": pred.n_obs}
-        tables.append(table.assign(**ids)[[*ids, *RESULT_COLUMNS]])
-    return pd.concat(tables, ignore_index=True)
+    tables: dict[Condition, pd.DataFrame] = {}
+    with _progress_bar(len(predicted), enabled=progress) as advance:
+        for cell_type in sorted({g.cell_type for g in predicted}):
+            mine = [g for g in predicted if g.cell_type == cell_type]
+            control: Cells | SharedControl = adata_truth[controls[cell_type]]
+            if space == "group":
+                perturbed = [
+                    r
+                    for (ct, c, _), r in truth_rows.items()
+                    if ct == cell_type and c != spec.control
+                ]
+                control = _shared_control(
+                    adata_truth, controls[cell_type], perturbed, cell_type, n_pcs, seed
+                )
+            # by truth size: targets of one size share the relabellings of the effect test
+            for group in sorted(mine, key=lambda g: len(truth_rows[_key(g)])):
+                truth, pred = (
+                    adata_truth[truth_rows[_key(group)]],
+                    adata_pred[pred_rows[_key(group)]],
+                )
+                try:
+                    table = evaluate(control, truth, pred, metrics=chosen, n_pcs=n_pcs, seed=seed)
+                except DataError as err:
+                    raise DataError(f"{group.label()}: {err}") from err
+                ids = {"cell_type": group.cell_type, "condition": group.condition}
+                if spec.dose_key is not None:
+                    ids["dose"] = group.dose
+                ids |= {
+                    "n_control": len(controls[cell_type]),
+                    "n_truth": truth.n_obs,
+                    "n_pred": pred.n_obs,
+                }
+                tables[group] = table.assign(**ids)[[*ids, *RESULT_COLUMNS]]
+                advance()
+    return pd.concat([tables[g] for g in predicted], ignore_index=True)
+
+
+def _shared_control(
+    adata: AnnData,
+    control_rows: np.ndarray,
+    perturbed: list[np.ndarray],
+    cell_type: str,
+    n_pcs: int,
+    seed: int,
+) -> SharedControl:
+    """The control cells of ``cell_type`` with the space of its control ∪ ``perturbed`` cells."""
+    rows = np.concatenate([control_rows, *perturbed])
+    if len(rows) > MAX_CELLS_FOR_SPACE:  # keep the order: control first
+        rows = rows[
+            np.sort(
+                np.random.default_rng(seed).choice(len(rows), MAX_CELLS_FOR_SPACE, replace=False)
+            )
+        ]
+    _, fit_on = load_sets({f"cells of '{cell_type}'": adata[rows]})
+    space = Space.fit(list(fit_on.values()), n_pcs, seed=seed)
+    return SharedControl(adata[control_rows], space)
+
+
+def _key(group: Condition) -> tuple[str, str, float | None]:
+    return (group.cell_type, group.condition, _dose_key(group.dose))
+
+
+def _dose_key(dose: float | None) -> float | None:
+    """A dose rounded to 6 significant digits, so that doses equal as ``np.isclose`` sees them
+    find each other in a dict."""
+    return None if dose is None else float(f"{dose:.6g}")
+
+
+def _rows_by_group(adata: AnnData, spec: DatasetSpec) -> dict[tuple, np.ndarray]:
+    """Row positions of each (cell type, condition, dose or None) of ``adata``, found in one pass."""
+    obs = adata.obs
+    labels = pd.DataFrame(
+        {
+            "cell_type": obs[spec.cell_type_key].astype(str).to_numpy(),
+            "condition": obs[spec.condition_key].astype(str).to_numpy(),
+            "dose": [_dose_key(d) for d in obs[spec.dose_key].astype(float)]
+            if spec.dose_key
+            else 0.0,
+        }
+    )
+    rows = labels.groupby(["cell_type", "condition", "dose"], sort=False).indices
+    return {(ct, cond, dose if spec.dose_key else None): r for (ct, cond, dose), r in rows.items()}
+
+
+def _control_rows(adata: AnnData, spec: DatasetSpec) -> dict[str, np.ndarray]:
+    """Row positions of each cell type's control cells."""
+    is_control = spec.is_control(adata)
+    cell_types = adata.obs[spec.cell_type_key].astype(str).to_numpy()
+    return {
+        ct: np.flatnonzero(is_control & (cell_types == ct))
+        for ct in np.unique(cell_types[is_control])
+    }
+
+
+@contextmanager
+def _progress_bar(total: int, *, enabled: bool) -> Iterator[Callable[[], None]]:
+    """A callable that advances a progress bar of ``total`` targets (does nothing when not ``enabled``)."""
+    if not enabled:
+        yield lambda: None
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, transient=True) as bar:
+        task = bar.add_task("targets", total=total)
+        yield lambda: bar.advance(task)
 
 
 def evaluate_across(
@@ -180,7 +299,9 @@ def evaluate_across(
         ``condition``, ``dose`` (when the spec has doses), ``metric``, ``value``, ``spread``
         (NaN), ``best`` and ``higher_is_better``.
     """
-    return _score_across(adata_truth, adata_pred, spec, groups, select_metrics(metrics, scope="across_targets"))
+    return _score_across(
+        adata_truth, adata_pred, spec, groups, select_metrics(metrics, scope="across_targets")
+    )
 
 
 def detectable_effects(
@@ -201,24 +322,30 @@ def detectable_effects(
         ``distance`` (of the mean from the control mean), ``noise`` (its root mean square under
         relabelling), ``ratio`` (distance over noise), ``p_value`` and ``detectable``.
     """
-    rows = []
-    for group in _predicted_groups(adata, spec, groups):
-        control = adata[_of_type(adata, spec, group.cell_type) & spec.is_control(adata)]
-        if control.n_obs == 0:
-            continue
-        truth = adata[_in_group(adata, spec, group)]
-        _, data = load_sets({f"control of '{group.cell_type}'": control, group.label(): truth})
-        test = effect_test(*data.values())
+    group_rows, controls = _rows_by_group(adata, spec), _control_rows(adata, spec)
+    tested = [g for g in _predicted_groups(adata, spec, groups) if g.cell_type in controls]
+    relabellings: dict[str, Relabellings] = {}
+    rows = {}
+    # by size: the truths of one size share the relabellings of the test
+    for group in sorted(tested, key=lambda g: len(group_rows[_key(g)])):
+        if group.cell_type not in relabellings:
+            control = adata[controls[group.cell_type]]
+            _, data = load_sets({f"control of '{group.cell_type}'": control})
+            relabellings[group.cell_type] = Relabellings(data.popitem()[1])
+        _, data = load_sets({group.label(): adata[group_rows[_key(group)]]})
+        truth = data.popitem()[1]
+        test = relabellings[group.cell_type].test(truth)
         ids = {"cell_type": group.cell_type, "condition": group.condition}
         if spec.dose_key is not None:
             ids["dose"] = group.dose
-        rows.append(
+        n_control = len(relabellings[group.cell_type].control)
+        rows[group] = (
             ids
-            | {"n_control": control.n_obs, "n_truth": truth.n_obs, "distance": test.distance}
+            | {"n_control": n_control, "n_truth": len(truth), "distance": test.distance}
             | {"noise": test.noise, "ratio": test.ratio, "p_value": test.p_value}
             | {"detectable": test.detectable}
         )
-    return pd.DataFrame(rows)
+    return pd.DataFrame([rows[g] for g in tested])
 
 
 def rank_prediction(
@@ -232,7 +359,9 @@ def rank_prediction(
 ) -> pd.DataFrame:
     """:func:`evaluate_across` of metric ``rank`` alone, with the options of
     :func:`~mtpert.metrics.condition_rank` (``n_degs``, ``distance``)."""
-    rank = replace(METRICS["rank"], function=partial(condition_rank, n_degs=n_degs, distance=distance))
+    rank = replace(
+        METRICS["rank"], function=partial(condition_rank, n_degs=n_degs, distance=distance)
+    )
     return _score_across(adata_truth, adata_pred, spec, groups, (rank,))
 
 
@@ -246,25 +375,32 @@ def _score_across(
     """Rows of each across-target metric of ``metrics`` for every predicted group, by cell type."""
     predicted = _predicted_groups(adata_pred, spec, groups)
     id_columns = ["cell_type", "condition", *(["dose"] if spec.dose_key is not None else [])]
+    truth_rows, pred_rows = _rows_by_group(adata_truth, spec), _rows_by_group(adata_pred, spec)
+    controls = _control_rows(adata_truth, spec)
     rows = []
     for cell_type in sorted({g.cell_type for g in predicted}):
         mine = [g for g in predicted if g.cell_type == cell_type]
-        in_type = _of_type(adata_truth, spec, cell_type)
-        control = adata_truth[in_type & spec.is_control(adata_truth)]
-        perturbed = adata_truth[in_type & ~spec.is_control(adata_truth)]
-        keys = _predicted_groups(perturbed, spec, None) if perturbed.n_obs else []
-        truths = {g: adata_truth[_in_group(adata_truth, spec, g)] for g in keys}
-        preds = {g: adata_pred[_in_group(adata_pred, spec, g)] for g in mine}
+        control = adata_truth[controls.get(cell_type, [])]
+        in_type = _of_type(adata_truth, spec, cell_type) & ~spec.is_control(adata_truth)
+        keys = _predicted_groups(adata_truth[in_type], spec, None) if in_type.any() else []
+        truths = {g: adata_truth[truth_rows[_key(g)]] for g in keys}
+        preds = {g: adata_pred[pred_rows[_key(g)]] for g in mine}
         scored = []
         for metric in metrics:
             try:
-                scored.append((metric, metric.across(truths, preds, control if control.n_obs else None)))
+                scored.append(
+                    (metric, metric.across(truths, preds, control if control.n_obs else None))
+                )
             except DataError as err:
                 raise DataError(
                     f"Metric '{metric.name}' across the conditions of '{cell_type}': {err}"
                 ) from err
         for group in mine:
-            ids = [group.cell_type, group.condition, *([group.dose] if spec.dose_key is not None else [])]
+            ids = [
+                group.cell_type,
+                group.condition,
+                *([group.dose] if spec.dose_key is not None else []),
+            ]
             for metric, scores in scored:
                 rows.append(
                     [*ids, metric.name, scores[group], np.nan, metric.best, metric.higher_is_better]
@@ -307,12 +443,3 @@ def _predicted_groups(
 
 def _of_type(adata: AnnData, spec: DatasetSpec, cell_type: str) -> np.ndarray:
     return (adata.obs[spec.cell_type_key].astype(str) == cell_type).to_numpy()
-
-
-def _in_group(adata: AnnData, spec: DatasetSpec, group: Condition) -> np.ndarray:
-    """Mask of the cells of ``group``'s cell type, condition and (if any) dose."""
-    mask = _of_type(adata, spec, group.cell_type)
-    mask &= (adata.obs[spec.condition_key].astype(str) == group.condition).to_numpy()
-    if group.dose is not None:
-        mask &= np.isclose(adata.obs[spec.dose_key].to_numpy(dtype=float), group.dose)
-    return mask

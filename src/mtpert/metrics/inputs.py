@@ -8,6 +8,7 @@ Across-target metrics receive their sets keyed by :class:`Condition`.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -69,21 +70,35 @@ def load_sets(
         DataError: non-numeric, NaN or infinite values; AnnData that is not log-normalized;
             fewer than :data:`MIN_CELLS` cells; differing gene sets or duplicated gene names.
     """
-    matrices = {what: _matrix(cells, what, dtype) for what, cells in sets.items()}
-    names = {
-        what: _var_names(cells, genes, matrices[what].shape[1], what)
-        for what, cells in sets.items()
-    }
+    reference, matrices = iter_sets(sets, genes=genes, dtype=dtype)
+    return reference, dict(matrices)
+
+
+def iter_sets(
+    sets: dict[str, Cells], *, genes: ArrayLike | None = None, dtype: DTypeLike = np.float64
+) -> tuple[pd.Index, Iterator[tuple[str, np.ndarray]]]:
+    """:func:`load_sets`, one set at a time: the gene names, and each set's name and matrix, made
+    dense only when its turn comes, so that many sets need not fit in memory at once. Gene
+    names are checked before any set is made dense."""
+    names = {what: _var_names(cells, genes, _n_genes(cells), what) for what, cells in sets.items()}
     ref_name, reference = next(
         ((w, n) for w, n in names.items() if n is not None), (next(iter(sets)), None)
     )
     if reference is None:
-        reference = pd.Index([f"gene_{i}" for i in range(matrices[ref_name].shape[1])])
-    aligned = {}
-    for what, X in matrices.items():
-        aligned[what] = _align(X, names[what], reference, what, ref_name)
-        aligned[what].setflags(write=False)
-    return reference, aligned
+        reference = pd.Index([f"gene_{i}" for i in range(_n_genes(sets[ref_name]))])
+
+    def matrices() -> Iterator[tuple[str, np.ndarray]]:
+        for what, cells in sets.items():
+            X = _align(_matrix(cells, what, dtype), names[what], reference, what, ref_name)
+            X.setflags(write=False)
+            yield what, X
+
+    return reference, matrices()
+
+
+def _n_genes(cells: Cells) -> int:
+    shape = cells.shape if isinstance(cells, AnnData) else np.shape(cells)
+    return int(shape[1]) if len(shape) == 2 else 0
 
 
 def _matrix(cells: Cells, what: str, dtype: DTypeLike) -> np.ndarray:

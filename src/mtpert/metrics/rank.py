@@ -41,8 +41,8 @@ import pandas as pd
 from numpy.typing import ArrayLike
 
 from mtpert.errors import DataError
-from mtpert.metrics.de import rank_genes
-from mtpert.metrics.inputs import Cells, load_sets
+from mtpert.metrics.de import Moments, by_strength, welch_t_of
+from mtpert.metrics.inputs import Cells, iter_sets
 
 Distance = Literal["euclidean", "cosine"]
 DISTANCES: tuple[str, ...] = ("euclidean", "cosine")
@@ -89,21 +89,22 @@ def condition_rank(
     sets = {("truth", k): v for k, v in truths.items()} | {("pred", k): v for k, v in preds.items()}
     if control is not None:
         sets["control", None] = control
-    _, data = load_sets({f"{w} {k}": v for (w, k), v in sets.items()}, genes=genes)
-    matrices = dict(zip(sets, data.values(), strict=True))
+    # one set dense at a time: a screen's thousands of sets need not fit in memory together
+    _, matrices = iter_sets({f"{w} {k}": v for (w, k), v in sets.items()}, genes=genes)
+    moments = {key: Moments.of(X) for key, (_, X) in zip(sets, matrices, strict=True)}
     columns: np.ndarray | slice = slice(None)
     if n_degs is not None:
         if n_degs < 1:
             raise DataError(f"n_degs must be at least 1, got {n_degs}.")
-        ctrl = matrices["control", None]
+        ctrl = moments["control", None]
         columns = np.unique(
-            np.concatenate([rank_genes(ctrl, matrices["truth", k])[:n_degs] for k in truths])
+            np.concatenate([by_strength(welch_t_of(ctrl, moments["truth", k]))[:n_degs] for k in truths])
         )
         if not columns.size:
             raise DataError(
                 "No true condition differs from control in any gene, so there are no DEGs to rank on."
             )
-    means = {key: X[:, columns].mean(axis=0) for key, X in matrices.items()}
+    means = {key: m.mean[columns] for key, m in moments.items()}
     truth = np.stack([means["truth", k] for k in truths])
     ranks = {}
     for key in preds:
