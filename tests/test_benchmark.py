@@ -278,17 +278,31 @@ def test_running_runs_post_their_epochs_on_the_executors_board(sim_path, tmp_pat
 
 @pytest.mark.slow
 @pytest.mark.ray
-def test_ray_executor_matches_local(sim_path, tmp_path) -> None:
+def test_ray_executor_runs_the_grid_on_a_cluster_of_two_nodes_as_locally(sim_path, tmp_path) -> None:
     ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'mtpert[ray]'")
+    from ray.cluster_utils import Cluster
+
     from mtpert.benchmark.executors import RayExecutor
 
     settings = config(sim_path, holdout=("type_1",))
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    # a head that runs nothing and two worker nodes (each its own raylet process) of one CPU:
+    # every run must be shipped to a worker node, as on a real cluster
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
     try:
-        on_ray = run_benchmark(settings, tmp_path / "ray", executor=RayExecutor()).results()
+        for _ in range(2):
+            cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, log_to_driver=False)
+        executor = RayExecutor()
+        assert executor.jobs == 2
+        on_ray = run_benchmark(settings, tmp_path / "ray", executor=executor).results()
+        workers = [n for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU")]
+        assert len(workers) == 2
     finally:
         ray.shutdown()
+        cluster.shutdown()
     local = run_benchmark(settings, tmp_path / "local").results()
+    assert len(on_ray) == len(local) > 1
     pd.testing.assert_series_equal(values(on_ray), values(local))
 
 
