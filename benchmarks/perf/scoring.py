@@ -64,7 +64,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def make_data(args: argparse.Namespace) -> tuple[Path, Path]:
     """The truth and prediction files for these parameters, drawn unless already there."""
-    import anndata as ad
 
     from mtpert.data import log_normalize, simulate_screen
 
@@ -175,11 +174,11 @@ def write(table: pd.DataFrame, differences: dict[str, dict[str, float]], command
         "# Scoring many perturbations: mtpert vs cell-eval 0.8 on the same predictions\n",
         provenance(command, seconds),
         f"- {ours['threads']} thread(s) per tool, each in its own process; scoring time without reading the files",
-        f"- data: simulated screen, {ours['perturbations']} knock-downs x {ours['cells_each']} cells in truth and in "
-        f"prediction (and as many control cells) x {ours['genes']} genes; see the script's docstring\n",
-        f"Targets (all metrics for 1,000 perturbations in at most 2 minutes; at least 10x faster than cell-eval): "
+        (f"- data: simulated screen, {ours['perturbations']} knock-downs x {ours['cells_each']} cells in truth and in "
+        f"prediction (and as many control cells) x {ours['genes']} genes; see the script's docstring\n"),
+        (f"Targets (all metrics for 1,000 perturbations in at most 2 minutes; at least 10x faster than cell-eval): "
         f"time **{'met' if met_time else 'NOT met'}** ({ours['seconds']:.0f} s), ratio **{'met' if met_ratio else 'NOT met'}** "
-        f"({ours['speedup_vs_celleval']:.1f}x).\n",
+        f"({ours['speedup_vs_celleval']:.1f}x).\n"),
         table.to_markdown(index=False, floatfmt=".3g"),
         "\nDifference per perturbation of the values both tools compute:\n",
         *(
