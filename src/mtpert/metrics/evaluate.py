@@ -120,7 +120,9 @@ def evaluate_prediction(
             :data:`~mtpert.metrics.pair.MAX_CELLS_FOR_SPACE`, a seeded random subset), shared by
             its targets, whose control-only work (:class:`~mtpert.metrics.pair.SharedControl`) is
             then done once: use it to score the many perturbations of a screen. The two agree
-            where a cell type has one target; every other metric is the same in both.
+            where a cell type has one target; every other metric is the same in both, but
+            distances (relative ones most, where the true change is small) are not comparable
+            across the two: report the space with the scores.
         progress: show a progress bar over the targets.
 
     Returns:
