@@ -124,6 +124,7 @@ class Relabellings:
         self.n_permutations = n_permutations
         self.seed = seed
         self._control_sum = control.sum(axis=0)
+        self.control_mean: np.ndarray = control.mean(axis=0)
         self._control_squares = np.square(control).sum(axis=0)
         self._cached: tuple[int, list[tuple[np.ndarray, np.ndarray]]] | None = None
 
@@ -142,9 +143,7 @@ class Relabellings:
                     control_part + truth_labels @ truth - n_truth * pooled_mean, axis=1
                 )
                 exceed += int((null >= observed * (1 - TIE_TOLERANCE)).sum())
-        distance = np.linalg.norm(
-            truth.mean(axis=0) - self.control.mean(axis=0)
-        )  # 0 for equal sets
+        distance = np.linalg.norm(truth.mean(axis=0) - self.control_mean)  # 0 for equal sets
         squares = self._control_squares + np.square(truth).sum(axis=0)
         variance = np.maximum(squares - n * pooled_mean**2, 0.0) / (n - 1)
         noise = np.sqrt(scale * variance.sum())

@@ -77,8 +77,9 @@ def evaluate(
 
     Args:
         control: the target's control cells (or a :class:`~mtpert.metrics.pair.SharedControl`
-            of many targets); truth: its real perturbed cells; pred: the predicted cells. Log-normalized expression over the same genes (AnnData or arrays,
-            see :class:`EvalPair`).
+            of many targets); truth: its real perturbed cells; pred: the predicted cells.
+            Log-normalized expression over the same genes (AnnData or arrays, see
+            :class:`EvalPair`).
         metrics: names of metrics to compute (:func:`list_metrics`); all when None.
         genes: gene names of array inputs.
         n_pcs: most principal components of the distance space.
@@ -167,7 +168,7 @@ def evaluate_prediction(
     with _progress_bar(len(predicted), enabled=progress) as advance:
         for cell_type in sorted({g.cell_type for g in predicted}):
             mine = [g for g in predicted if g.cell_type == cell_type]
-            control: Cells | SharedControl = adata_truth[controls[cell_type]]
+            control: Cells | SharedControl
             if space == "group":
                 perturbed = [
                     r
@@ -177,6 +178,8 @@ def evaluate_prediction(
                 control = _shared_control(
                     adata_truth, controls[cell_type], perturbed, cell_type, n_pcs, seed
                 )
+            else:
+                control = adata_truth[controls[cell_type]]
             # by truth size: targets of one size share the relabellings of the effect test
             for group in sorted(mine, key=lambda g: len(truth_rows[_key(g)])):
                 truth, pred = (

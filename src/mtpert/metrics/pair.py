@@ -17,7 +17,7 @@ fitted on control ∪ the truths of every target -- its coordinates and within-s
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from types import MappingProxyType
 from typing import Literal
@@ -68,12 +68,10 @@ class Space:
         """The top ``n_pcs`` principal axes of the union of ``sets`` and the median-heuristic
         bandwidth of its cells (``seed`` draws the cells it uses beyond
         :data:`~mtpert.metrics.distances.MAX_CELLS_FOR_BANDWIDTH`)."""
-        cells = np.vstack(sets)
-        center, axes = _principal_axes(cells, n_pcs)
-        projected = np.vstack(
-            [(X - center) @ axes.T for X in sets]
-        )  # as project() does, set by set
-        return cls(center, axes, median_heuristic_gamma(projected, seed=seed))
+        center, axes = _principal_axes(np.vstack(sets), n_pcs)
+        space = cls(center, axes, mmd_gamma=float("nan"))
+        projected = np.vstack([space.project(X) for X in sets])  # set by set, as pairs project
+        return replace(space, mmd_gamma=median_heuristic_gamma(projected, seed=seed))
 
     def project(self, X: np.ndarray) -> np.ndarray:
         """Coordinates of the cells ``X`` on the axes."""
@@ -107,9 +105,9 @@ class SharedControl:
         self.genes: pd.Index = names
         self.data: np.ndarray = matrices["control"]
         self.space = space
-        self.mean: np.ndarray = self.data.mean(axis=0)
-        self.pcs: np.ndarray = space.project(self.data)
         self.relabellings = Relabellings(self.data)
+        self.mean: np.ndarray = self.relabellings.control_mean
+        self.pcs: np.ndarray = space.project(self.data)
         self.pair_means: dict[PairMean, float] = {}
         """Means over pairs of control cells, filled by the first pair that needs each."""
 
