@@ -7,10 +7,15 @@ import platform
 import resource
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
 import anndata as ad
+import pandas as pd
+
+from mtpert.io import atomic_write, write_table
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -60,3 +65,22 @@ def peak_rss_mb() -> float:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def pinned_command() -> str:
+    """This script's command line as the README gives it: pinned to core 1 at low priority."""
+    script = Path(sys.argv[0]).resolve()
+    shown = script.relative_to(REPO) if script.is_relative_to(REPO) else script
+    return " ".join(["taskset -c 1 nice -n 10 python", str(shown), *sys.argv[1:]])
+
+
+def record(name: str, table: pd.DataFrame, report: Callable[[str, float], str], start: float) -> str:
+    """The end of a benchmark script: ``results/<name>.csv`` (the table, written first, so a
+    failing report loses no number), then ``results/<name>.md`` from ``report(command,
+    seconds)`` with :func:`pinned_command` and the seconds since ``start``, both atomically;
+    prints the report and returns it."""
+    write_table(table, RESULTS / f"{name}.csv")
+    text = report(pinned_command(), time.perf_counter() - start)
+    atomic_write(RESULTS / f"{name}.md", lambda f: f.write(text.encode()))
+    print(text)
+    return text

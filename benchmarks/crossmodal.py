@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 import scanpy as sc
 import torch
-from _common import REPO, RESULTS, provenance
+from _common import REPO, RESULTS, pinned_command, provenance
 
 from mtpert._array import dense
 from mtpert.data import add_proteins, simulate
@@ -175,8 +175,7 @@ def main() -> None:
     pred, attr = pd.concat(preds, ignore_index=True), pd.concat(attrs, ignore_index=True)
     write_table(pred, RESULTS / "crossmodal.csv")
     write_table(attr, RESULTS / "crossmodal_attribution.csv")
-    command = "taskset -c 1 nice -n 10 python benchmarks/crossmodal.py " + " ".join(sys.argv[1:])
-    text = report(pred, attr, command.strip(), time.perf_counter() - start)
+    text = report(pred, attr, pinned_command(), time.perf_counter() - start)
     atomic_write(RESULTS / "crossmodal.md", lambda f: f.write(text.encode()))
     print(text)
 

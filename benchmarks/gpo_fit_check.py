@@ -22,13 +22,12 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import torch
-from _common import REPO, RESULTS, provenance
+from _common import REPO, provenance, record
 
 from mtpert._array import dense
 from mtpert.benchmark.holdout import seed_everything
 from mtpert.data import DatasetSpec, prepare
 from mtpert.errors import DataError
-from mtpert.io import atomic_write, write_table
 from mtpert.models import get_model
 
 DATA_DIR = os.environ.get("MTPERT_DATA_DIR", str(REPO.parent / "shared" / "data"))
@@ -102,11 +101,7 @@ def main() -> None:
     table = pd.DataFrame([row for name in args.datasets.split(",") for row in check(name, args.seed)])
     if table.empty:
         sys.exit("No dataset found; nothing recorded.")
-    write_table(table, RESULTS / "gpo_fit_check.csv")
-    command = "taskset -c 1 nice -n 10 python benchmarks/gpo_fit_check.py " + " ".join(sys.argv[1:])
-    text = report(table, command.strip(), time.perf_counter() - start)
-    atomic_write(RESULTS / "gpo_fit_check.md", lambda f: f.write(text.encode()))
-    print(text)
+    record("gpo_fit_check", table, lambda command, seconds: report(table, command, seconds), start)
 
 
 if __name__ == "__main__":

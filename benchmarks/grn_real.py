@@ -41,14 +41,13 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import torch
-from _common import REPO, RESULTS, provenance
+from _common import REPO, provenance, record
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from mtpert.benchmark.holdout import seed_everything
 from mtpert.data import DatasetSpec, prepare
 from mtpert.data.priors import read_prior
 from mtpert.errors import DataError
-from mtpert.io import atomic_write, write_table
 from mtpert.models import get_model
 from mtpert.models.simple import mean_changes
 
@@ -255,11 +254,7 @@ def main() -> None:
     table = pd.DataFrame([row for name in args.datasets.split(",") for row in run_dataset(name, seeds, args.epochs)])
     if table.empty:
         sys.exit("No dataset found; nothing recorded.")
-    write_table(table, RESULTS / "grn_real.csv")
-    command = "taskset -c 1 nice -n 10 python benchmarks/grn_real.py " + " ".join(sys.argv[1:])
-    text = report(table, command.strip(), time.perf_counter() - start)
-    atomic_write(RESULTS / "grn_real.md", lambda f: f.write(text.encode()))
-    print(text)
+    record("grn_real", table, lambda command, seconds: report(table, command, seconds), start)
 
 
 if __name__ == "__main__":

@@ -23,18 +23,16 @@ question is the graph, not prediction). Writes benchmarks/results/grn_recovery.{
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 
 import numpy as np
 import pandas as pd
 import torch
-from _common import RESULTS, provenance
+from _common import provenance, record
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from mtpert.benchmark.holdout import seed_everything
 from mtpert.data import DatasetSpec, prepare, simulate_screen
-from mtpert.io import atomic_write, write_table
 from mtpert.models import get_model
 from mtpert.models.simple import mean_changes
 
@@ -112,11 +110,7 @@ def main() -> None:
     torch.set_num_threads(1)
     start = time.perf_counter()
     table = pd.DataFrame([row for seed in (int(s) for s in args.seeds.split(",")) for row in scores(seed, args.epochs)])
-    write_table(table, RESULTS / "grn_recovery.csv")
-    command = "taskset -c 1 nice -n 10 python benchmarks/grn_recovery.py " + " ".join(sys.argv[1:])
-    text = report(table, command.strip(), time.perf_counter() - start)
-    atomic_write(RESULTS / "grn_recovery.md", lambda f: f.write(text.encode()))
-    print(text)
+    record("grn_recovery", table, lambda command, seconds: report(table, command, seconds), start)
 
 
 if __name__ == "__main__":

@@ -36,13 +36,12 @@ import numpy as np
 import pandas as pd
 import torch
 from anndata import AnnData
-from _common import REPO, RESULTS, provenance
+from _common import REPO, provenance, record
 
 from mtpert.benchmark import make_fold
 from mtpert.benchmark.holdout import Holdout, seed_everything
 from mtpert.data import DatasetSpec
 from mtpert.data.registry import read_h5ad
-from mtpert.io import atomic_write, write_table
 from mtpert.metrics import evaluate
 from mtpert.models import get_model
 
@@ -153,11 +152,7 @@ def main() -> None:
     start = time.perf_counter()
     rows = [row for seed in (int(s) for s in args.seeds.split(",")) for row in run(seed, args.model, args.params, short)]
     table = pd.DataFrame(rows)
-    write_table(table, RESULTS / "norman_one_vs_many.csv")
-    command = "taskset -c 1 nice -n 10 python benchmarks/norman_one_vs_many.py " + " ".join(sys.argv[1:])
-    text = report(table, args.model, command.strip(), time.perf_counter() - start)
-    atomic_write(RESULTS / "norman_one_vs_many.md", lambda f: f.write(text.encode()))
-    print(text)
+    record("norman_one_vs_many", table, lambda command, seconds: report(table, args.model, command, seconds), start)
 
 
 if __name__ == "__main__":

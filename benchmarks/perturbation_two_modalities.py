@@ -29,13 +29,12 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 import torch
-from _common import RESULTS, provenance
+from _common import provenance, record
 
 from mtpert.benchmark import make_fold
 from mtpert.benchmark.holdout import seed_everything
 from mtpert.data import DatasetSpec, add_proteins, simulate
 from mtpert.data.pp import log_normalize
-from mtpert.io import atomic_write, write_table
 from mtpert.metrics import evaluate
 from mtpert.models import get_model
 from mtpert.models.crossmodal import RidgeMap
@@ -116,11 +115,7 @@ def main() -> None:
     if not rows:
         sys.exit("Nothing scored.")
     table = pd.DataFrame(rows)
-    write_table(table, RESULTS / "perturbation_two_modalities.csv")
-    command = "taskset -c 1 nice -n 10 python benchmarks/perturbation_two_modalities.py " + " ".join(sys.argv[1:])
-    text = report(table, command.strip(), time.perf_counter() - start)
-    atomic_write(RESULTS / "perturbation_two_modalities.md", lambda f: f.write(text.encode()))
-    print(text)
+    record("perturbation_two_modalities", table, lambda command, seconds: report(table, command, seconds), start)
 
 
 if __name__ == "__main__":

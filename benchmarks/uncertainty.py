@@ -37,7 +37,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
-from _common import REPO, RESULTS, provenance
+from _common import REPO, RESULTS, provenance, record
 from scipy.stats import spearmanr
 
 from mtpert import pl
@@ -196,14 +196,10 @@ def main() -> None:
     if not rows:
         sys.exit("No dataset found; nothing recorded.")
     table, per_target = pd.DataFrame(rows), pd.DataFrame(targets)
-    write_table(table, RESULTS / "uncertainty.csv")
     write_table(per_target, RESULTS / "uncertainty_targets.csv")
-    command = "taskset -c 1 nice -n 10 python benchmarks/uncertainty.py " + " ".join(sys.argv[1:])
-    text = report(table, per_target, command.strip(), time.perf_counter() - start, args.members)
-    atomic_write(RESULTS / "uncertainty.md", lambda f: f.write(text.encode()))
+    record("uncertainty", table, lambda command, seconds: report(table, per_target, command, seconds, args.members), start)
     fig = figure(table)
     atomic_write(RESULTS / "uncertainty.png", lambda f: fig.savefig(f, format="png", dpi=110))
-    print(text)
 
 
 if __name__ == "__main__":
