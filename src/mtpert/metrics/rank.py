@@ -91,7 +91,11 @@ def condition_rank(
         sets["control", None] = control
     # one set dense at a time: a screen's thousands of sets need not fit in memory together
     _, matrices = iter_sets({f"{w} {k}": v for (w, k), v in sets.items()}, genes=genes)
-    moments = {key: Moments.of(X) for key, (_, X) in zip(sets, matrices, strict=True)}
+    means, moments = {}, {}
+    for key, (_, X) in zip(sets, matrices, strict=True):
+        means[key] = X.mean(axis=0)
+        if n_degs is not None and key[0] != "pred":  # DEGs come from the truths vs control
+            moments[key] = Moments.of(X)
     columns: np.ndarray | slice = slice(None)
     if n_degs is not None:
         if n_degs < 1:
@@ -104,7 +108,7 @@ def condition_rank(
             raise DataError(
                 "No true condition differs from control in any gene, so there are no DEGs to rank on."
             )
-    means = {key: m.mean[columns] for key, m in moments.items()}
+    means = {key: mean[columns] for key, mean in means.items()}
     truth = np.stack([means["truth", k] for k in truths])
     ranks = {}
     for key in preds:
