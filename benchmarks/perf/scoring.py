@@ -24,14 +24,18 @@ Values both compute are compared per perturbation: mtpert's ``pearson_delta_all`
 DEG metrics are not comparable: cell-eval tests with Wilcoxon and an FDR cut-off, mtpert ranks by a
 moderated Welch t.
 
-Writes benchmarks/results/perf_scoring.{csv,md}.
+Writes benchmarks/results/perf_scoring.{csv,md}; with ``--profile``, only
+benchmarks/results/perf_scoring_profile.md (mtpert's scoring under cProfile, in this process).
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
+import io
 import json
 import os
+import pstats
 import subprocess
 import sys
 import time
@@ -58,6 +62,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/mtpert_scoring"))
     parser.add_argument("--celleval-python", type=Path, help="python of a venv with cell-eval 0.8")
     parser.add_argument("--reuse-peer", action="store_true", help="keep cell-eval's earlier result in --workdir")
+    parser.add_argument(
+        "--profile", action="store_true",
+        help="instead: profile mtpert's scoring (cProfile) and write perf_scoring_profile.md only",
+    )  # fmt: skip
     parser.add_argument("--worker", choices=["mtpert"], help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -104,11 +112,18 @@ def score_mtpert(args: argparse.Namespace, truth_path: Path, pred_path: Path) ->
 
     truth, pred = ad.read_h5ad(truth_path), ad.read_h5ad(pred_path)
     spec = DatasetSpec(cell_type_key="cell_type", condition_key=PERT_COL, control=CONTROL)
+    profiler = cProfile.Profile() if args.profile else None
+    if profiler is not None:
+        profiler.enable()
     start = time.perf_counter()
     per_target = evaluate_prediction(truth, pred, spec, space="group")
     per_target_seconds = time.perf_counter() - start
     across = evaluate_across(truth, pred, spec)
     seconds = time.perf_counter() - start
+    if profiler is not None:
+        profiler.disable()
+        write_profile(profiler, seconds)
+        return
     scores = pd.concat([per_target, across], ignore_index=True)
     scores.to_csv(args.workdir / "mtpert_scores.csv", index=False)
     timing = {
@@ -116,6 +131,21 @@ def score_mtpert(args: argparse.Namespace, truth_path: Path, pred_path: Path) ->
         "metrics": int(scores["metric"].nunique()), "threads": args.threads,
     }  # fmt: skip
     (args.workdir / "mtpert_timing.json").write_text(json.dumps(timing))
+
+
+def write_profile(profiler: cProfile.Profile, seconds: float) -> None:
+    """The functions that take the most time of their own, as a Markdown page."""
+    from mtpert.io import atomic_write
+
+    listing = io.StringIO()
+    pstats.Stats(profiler, stream=listing).sort_stats("tottime").print_stats(25)
+    text = (
+        "# Where mtpert's scoring of 1,000 perturbations spends its time (cProfile)\n\n"
+        + provenance("python " + " ".join(sys.argv), seconds)
+        + "- the mtpert worker of `perf_scoring.md` under cProfile (which slows it), sorted by own time\n\n"
+        + "```\n" + listing.getvalue().strip() + "\n```\n"
+    )
+    atomic_write(RESULTS / f"{NAME}_profile.md", lambda f: f.write(text.encode()))
 
 
 def run_peer(args: argparse.Namespace, truth_path: Path, pred_path: Path) -> None:
@@ -196,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
     args.workdir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     truth_path, pred_path = make_data(args)
-    if args.worker == "mtpert":
+    if args.worker == "mtpert" or args.profile:
         score_mtpert(args, truth_path, pred_path)
         return
     run_peer(args, truth_path, pred_path)
