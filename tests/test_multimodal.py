@@ -10,7 +10,8 @@ from anndata import AnnData
 
 from mtpert.data import add_proteins, simulate
 from mtpert.data.modalities import clr, coding_genes, paired, preprocess, read_modality
-from mtpert.errors import CheckpointError, ConfigError, DataError
+from mtpert.errors import CheckpointError, ConfigError, DataError, UnknownNameError
+from mtpert.models import CROSSMODAL_MODELS, CrossModalRegistry, get_crossmodal
 from mtpert.models.attribution import attribute_crossmodal, own_feature_ranks
 from mtpert.models.base import NotFittedError
 from mtpert.models.crossmodal import (
@@ -153,3 +154,25 @@ def test_a_saved_multimodal_model_predicts_the_same_after_loading(split, tmp_pat
         MultimodalAE.load(tmp_path / "poe")
     with pytest.raises(NotFittedError):
         MultimodalAE("poe").save(tmp_path / "unfitted")
+
+
+def test_crossmodal_models_are_taken_by_name_and_registered_by_users() -> None:
+    assert list(CROSSMODAL_MODELS) == ["own_gene", "ridge", "knn", "multimodal"]
+    model = get_crossmodal("multimodal")(fusion="late", seed=1)
+    assert isinstance(model, MultimodalAE) and model.name == "multimodal_late"
+    with pytest.raises(UnknownNameError, match="registered: own_gene, ridge, knn, multimodal"):
+        get_crossmodal("pca")
+
+    class SmallRidge(RidgeMap):
+        """Ridge on fewer components."""
+
+    users = CrossModalRegistry(CROSSMODAL_MODELS.items(), "mtpert.test.none")
+    assert users.register("small_ridge", SmallRidge) is SmallRidge
+    assert users.register("small_ridge", SmallRidge) is SmallRidge  # the same class again: accepted
+    with pytest.raises(ConfigError, match="'small_ridge' is already registered"):
+        users.register("small_ridge", RidgeMap)
+    with pytest.raises(ConfigError, match="Cross-modal model name 'a,b' cannot be used"):
+        users.register("a,b", SmallRidge)
+    with pytest.raises(TypeError, match="not a subclass of mtpert.models.CrossModalModel"):
+        users.register("dict", dict)  # type: ignore[arg-type]
+    assert "small_ridge" not in CROSSMODAL_MODELS  # a registry of one's own leaves mtpert's as it is

@@ -18,6 +18,7 @@ from importlib.metadata import EntryPoint
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from anndata import AnnData
@@ -29,7 +30,9 @@ from mtpert.cli import app
 from mtpert.data import DatasetSpec, prepare, simulate
 from mtpert.errors import CheckpointError, ConfigError, MtpertError
 from mtpert.models import MeanShift, ModelRegistry, PerturbationModel, get_model, list_models
+from mtpert.models import crossmodal as crossmodal_module
 from mtpert.models import registry as registry_module
+from mtpert.models.crossmodal import CrossModalRegistry, get_crossmodal
 from mtpert.models.registry import BUILTIN_MODELS, ENTRY_POINT_GROUP
 from mtpert.plugins import PluginWarning
 
@@ -105,10 +108,35 @@ def test_plugin_models_are_discovered_with_their_presets(registry: ModelRegistry
 
 
 @pytest.mark.subprocess  # pip installs the plugin
-def test_cli_lists_plugin_models(registry: ModelRegistry) -> None:
+def test_cli_lists_plugin_models(registry: ModelRegistry, crossmodal: CrossModalRegistry) -> None:
     listed = CliRunner().invoke(app, ["models"])
     assert listed.exit_code == 0, listed.output
     assert "shift_by_one" in listed.output and "shift_by_two" in listed.output
+    assert "5 cross-modal models" in listed.output  # mtpert's four and the plugin's
+    assert "target_mean" in listed.output and "MultimodalAE" in listed.output
+
+
+@pytest.fixture
+def crossmodal(plugin_dir: Path, monkeypatch: pytest.MonkeyPatch) -> CrossModalRegistry:
+    """A new registry of mtpert's cross-modal models that discovers the installed plugin, standing
+    in for ``CROSSMODAL_MODELS``."""
+    monkeypatch.syspath_prepend(str(plugin_dir))
+    fresh = CrossModalRegistry(crossmodal_module.CROSSMODAL_MODELS.items(), crossmodal_module.CROSSMODAL_ENTRY_POINT_GROUP)
+    monkeypatch.setattr(crossmodal_module, "CROSSMODAL_MODELS", fresh)
+    return fresh
+
+
+@pytest.mark.subprocess  # pip installs the plugin
+def test_plugin_crossmodal_models_are_discovered_and_fit(crossmodal: CrossModalRegistry) -> None:
+    plugin = importlib.import_module("mtpert_testplugin")
+    assert list(crossmodal) == ["own_gene", "ridge", "knn", "multimodal", "target_mean"]
+    model_cls = get_crossmodal("target_mean")
+    assert model_cls is plugin.TargetMean
+    rng = np.random.default_rng(0)
+    source = AnnData(rng.normal(size=(20, 4)), var=pd.DataFrame(index=[f"g{i}" for i in range(4)]))
+    target = AnnData(rng.normal(size=(20, 2)), obs=source.obs, var=pd.DataFrame(index=["p0", "p1"]))
+    predicted = model_cls().fit(source, target).predict(source[:3])
+    np.testing.assert_allclose(predicted.X, np.tile(target.X.mean(0), (3, 1)), rtol=1e-6)
 
 
 @pytest.mark.subprocess

@@ -14,6 +14,7 @@ dict; the model and metric registries are its two kinds.
 
 from __future__ import annotations
 
+import re
 import threading
 import warnings
 from abc import abstractmethod
@@ -84,6 +85,16 @@ class PluginRegistry(Mapping[str, T]):
         self._entries = dict(entries)
         self._plugins = EntryPointPlugins(group, self.kind, self._register_plugin)
 
+    def check_name(self, name: object, typed_in: str) -> str:
+        """``name`` if it is usable as an entry's name (letters, digits, ``_``, ``.``, ``-``: it
+        is typed in ``typed_in``), else :class:`ConfigError`."""
+        if not isinstance(name, str) or not re.fullmatch(r"[\w.-]+", name):
+            raise ConfigError(
+                f"{self.kind.capitalize()} name {name!r} cannot be used: give letters, digits, '_', '.' "
+                f"or '-' (it is typed in {typed_in})."
+            )
+        return name
+
     def _add(self, name: str, entry: T) -> T:
         """Register ``entry`` under ``name``; refuse a name taken by another entry."""
         self._plugins.load()  # a plugin's name is taken whether it loaded before or after
@@ -124,6 +135,11 @@ class PluginRegistry(Mapping[str, T]):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({', '.join(self)})"
+
+
+def first_line(text: str | None) -> str:
+    """The first non-empty line of a docstring (``""`` for none): an entry's one-line description."""
+    return next(iter((text or "").strip().splitlines()), "")
 
 
 def _provider(point: EntryPoint) -> str:

@@ -17,7 +17,9 @@ def models() -> None:
     A preset is its class with a few options set; pass any other option with
     `mtpert fit --set KEY=VALUE`, or model_params in a benchmark config.
     """
+    from mtpert.models.crossmodal import CROSSMODAL_MODELS
     from mtpert.models.registry import get_model, list_models
+    from mtpert.plugins import first_line
 
     table = Table("model", "options set (others: the class defaults)", box=None, show_edge=False, pad_edge=False)
     presets = list_models()
@@ -33,4 +35,13 @@ def models() -> None:
     console.print(
         f"{len(presets)} models. On data with doses, a model marked '{ONE_DOSE}' is fitted on the control cells and "
         "one dose per fit, as it was published. Change any option with `mtpert fit --set KEY=VALUE`."
+    )
+    crossmodal = Table("cross-modal model", "class: what it does", box=None, show_edge=False, pad_edge=False)
+    for name, cls in CROSSMODAL_MODELS.items():
+        crossmodal.add_row(escape(name), escape(f"{cls.__name__}: {first_line(cls.__doc__)}"))
+    console.print()
+    console.print(crossmodal)
+    console.print(
+        f"{len(CROSSMODAL_MODELS)} cross-modal models predict one modality of a cell from another "
+        "(in Python: mtpert.models.get_crossmodal(NAME)(**options).fit(source, target))."
     )

@@ -25,6 +25,10 @@ scores the prediction of the target from the source alone, which is what early s
 Baselines, with the same interface: :class:`OwnGene` (each protein from its coding gene's RNA,
 through a per-protein straight line), :class:`RidgeMap` (ridge regression on the RNA's principal
 components) and :class:`NeighbourMean` (mean target of the k nearest cells in RNA PCA space).
+
+The classes are registered by name in :data:`CROSSMODAL_MODELS` (``own_gene``, ``ridge``, ``knn``,
+``multimodal``), listed by ``mtpert models``; packages add theirs through the
+``mtpert.crossmodal`` entry-point group, as for perturbation models.
 """
 
 from __future__ import annotations
@@ -46,9 +50,10 @@ from sklearn.neighbors import KNeighborsRegressor
 from torch import Tensor, nn
 
 from mtpert._array import dense
-from mtpert.errors import CheckpointError, ConfigError, DataError
+from mtpert.errors import CheckpointError, ConfigError, DataError, UnknownNameError
 from mtpert.io import atomic_write
 from mtpert.models.base import NotFittedError
+from mtpert.plugins import PluginRegistry
 from mtpert.train.data import Batch, CellData
 from mtpert.train.loop import TrainConfig, cpu_threads, resolve_device, train
 
@@ -412,3 +417,67 @@ def feature_pearson(truth: AnnData, pred: AnnData) -> pd.Series:
     with np.errstate(invalid="ignore", divide="ignore"):
         r = np.where(denom > 0, (yc * pc).sum(0) / denom, np.nan)
     return pd.Series(r, index=truth.var_names, name="pearson")
+
+
+CROSSMODAL_ENTRY_POINT_GROUP = "mtpert.crossmodal"
+"""Entry-point group through which installed packages add cross-modal models."""
+
+
+class CrossModalRegistry(PluginRegistry[type[CrossModalModel]]):
+    """Cross-modal model classes by name, read like a dict (:class:`~mtpert.plugins.PluginRegistry`):
+    mtpert's, those added with :meth:`register`, and those of the plugins of entry-point group
+    ``group``, whose entry point names a :class:`CrossModalModel` subclass (registered under the
+    entry point's name) or a function that calls :func:`register_crossmodal`."""
+
+    kind = "cross-modal model"
+
+    def register(self, name: str, cls: type[CrossModalModel], /) -> type[CrossModalModel]:
+        """Add ``cls`` as ``name``; refused: an unusable name, a name taken by another class
+        (:class:`ConfigError`), a class that is not a :class:`CrossModalModel` (:class:`TypeError`)."""
+        self.check_name(name, "scripts and file names")
+        if not (isinstance(cls, type) and issubclass(cls, CrossModalModel)):
+            raise TypeError(f"Cross-modal model '{name}': {cls!r} is not a subclass of mtpert.models.CrossModalModel.")
+        return self._add(name, cls)
+
+    def _register_plugin(self, name: str, loaded: object) -> None:
+        if isinstance(loaded, type):
+            self.register(name, loaded)
+        elif callable(loaded):
+            loaded()
+        else:
+            raise TypeError(
+                "the entry point must name a CrossModalModel subclass or a function that calls "
+                f"mtpert.models.register_crossmodal, not a {type(loaded).__name__}"
+            )
+
+    @staticmethod
+    def _identity(entry: type[CrossModalModel]) -> str:
+        """The class by ``module:qualname`` (a class defined again by a rerun cell is the same)."""
+        return f"{entry.__module__}:{entry.__qualname__}"
+
+    _describe = _identity
+
+
+CROSSMODAL_MODELS = CrossModalRegistry(
+    [("own_gene", OwnGene), ("ridge", RidgeMap), ("knn", NeighbourMean), ("multimodal", MultimodalAE)],
+    CROSSMODAL_ENTRY_POINT_GROUP,
+)
+"""Every cross-modal model class by name: mtpert's, those of :func:`register_crossmodal` and those
+of installed plugins. ``get_crossmodal("multimodal")(fusion="late")`` builds one."""
+
+
+def register_crossmodal(name: str, cls: type[CrossModalModel], /) -> type[CrossModalModel]:
+    """Make cross-modal model class ``cls`` available as ``name`` (:data:`CROSSMODAL_MODELS`,
+    :func:`get_crossmodal`, ``mtpert models``); call it from a ``mtpert.crossmodal`` entry point
+    so that every process finds it."""
+    return CROSSMODAL_MODELS.register(name, cls)
+
+
+def get_crossmodal(name: str) -> type[CrossModalModel]:
+    """The cross-modal model class registered as ``name``; call it with its options to build one."""
+    try:
+        return CROSSMODAL_MODELS[name]
+    except KeyError:
+        raise UnknownNameError(
+            f"Unknown cross-modal model '{name}'; registered: {', '.join(CROSSMODAL_MODELS)}."
+        ) from None

@@ -15,7 +15,6 @@ in the package's ``pyproject.toml``::
 from __future__ import annotations
 
 import inspect
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -33,7 +32,7 @@ from mtpert.models.sams import SamsVAE
 from mtpert.models.scbutterfly import ScButterfly
 from mtpert.models.scpregan import ScPreGAN
 from mtpert.models.simple import Additive, ControlPredictor, GlobalMean, MeanShift
-from mtpert.plugins import PluginRegistry
+from mtpert.plugins import PluginRegistry, first_line
 
 ENTRY_POINT_GROUP = "mtpert.models"
 """Entry-point group through which installed packages add models."""
@@ -86,7 +85,7 @@ class ModelPreset:
     @property
     def description(self) -> str:
         """First line of the class docstring."""
-        return next(iter((self.cls.__doc__ or "").strip().splitlines()), "")
+        return first_line(self.cls.__doc__)
 
 
 BUILTIN_MODELS: tuple[ModelPreset, ...] = (
@@ -138,11 +137,7 @@ class ModelRegistry(PluginRegistry[ModelPreset]):
         :class:`~mtpert.models.PerturbationModel` subclass (:class:`TypeError`), and options that
         its constructor does not take (:class:`ConfigError`).
         """
-        if not isinstance(name, str) or not re.fullmatch(r"[\w.-]+", name):
-            raise ConfigError(
-                f"Model name {name!r} cannot be used: give letters, digits, '_', '.' or '-' "
-                "(it is typed in --models lists and file names)."
-            )
+        self.check_name(name, "--models lists and file names")
         if not (isinstance(cls, type) and issubclass(cls, PerturbationModel)):
             raise TypeError(f"Model '{name}': {cls!r} is not a subclass of mtpert.models.PerturbationModel.")
         if inspect.isabstract(cls):

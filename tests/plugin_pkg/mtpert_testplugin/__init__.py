@@ -1,4 +1,5 @@
-"""Models of a package outside mtpert, found through the ``mtpert.models`` entry point."""
+"""Models of a package outside mtpert, found through the ``mtpert.models`` and
+``mtpert.crossmodal`` entry points."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 from anndata import AnnData
 
 from mtpert.data import DatasetSpec
-from mtpert.models import PerturbationModel, register_model
+from mtpert.models import CrossModalModel, PerturbationModel, register_model
 
 
 class ShiftByOne(PerturbationModel):
@@ -43,3 +44,16 @@ class ShiftByOne(PerturbationModel):
 def register() -> None:
     """Presets of :class:`ShiftByOne`, registered the way a plugin with options does it."""
     register_model("shift_by_two", ShiftByOne, shift=2.0)
+
+
+class TargetMean(CrossModalModel):
+    """Predicts every cell's target modality as the training cells' mean: a cross-modal model of
+    a package outside mtpert, found through the ``mtpert.crossmodal`` entry point."""
+
+    name = "target_mean"
+
+    def _fit(self, x: np.ndarray, y: np.ndarray, source: AnnData) -> None:
+        self.mean = y.mean(axis=0)
+
+    def _predict(self, x: np.ndarray) -> np.ndarray:
+        return np.tile(self.mean, (len(x), 1))
