@@ -85,15 +85,14 @@ class PluginRegistry(Mapping[str, T]):
         self._entries = dict(entries)
         self._plugins = EntryPointPlugins(group, self.kind, self._register_plugin)
 
-    def check_name(self, name: object, typed_in: str) -> str:
-        """``name`` if it is usable as an entry's name (letters, digits, ``_``, ``.``, ``-``: it
-        is typed in ``typed_in``), else :class:`ConfigError`."""
+    def check_name(self, name: object, typed_in: str) -> None:
+        """Refuse (:class:`ConfigError`) a ``name`` unusable as an entry's name: anything but
+        letters, digits, ``_``, ``.`` and ``-`` (it is typed in ``typed_in``)."""
         if not isinstance(name, str) or not re.fullmatch(r"[\w.-]+", name):
             raise ConfigError(
                 f"{self.kind.capitalize()} name {name!r} cannot be used: give letters, digits, '_', '.' "
                 f"or '-' (it is typed in {typed_in})."
             )
-        return name
 
     def _add(self, name: str, entry: T) -> T:
         """Register ``entry`` under ``name``; refuse a name taken by another entry."""
