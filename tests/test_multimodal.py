@@ -15,6 +15,7 @@ from mtpert.models import CROSSMODAL_MODELS, CrossModalRegistry, get_crossmodal
 from mtpert.models.attribution import attribute_crossmodal, own_feature_ranks
 from mtpert.models.base import NotFittedError
 from mtpert.models.crossmodal import (
+    BUILTIN_CROSSMODAL,
     FUSIONS,
     MultimodalAE,
     NeighbourMean,
@@ -166,7 +167,7 @@ def test_crossmodal_models_are_taken_by_name_and_registered_by_users() -> None:
     class SmallRidge(RidgeMap):
         """Ridge on fewer components."""
 
-    users = CrossModalRegistry(CROSSMODAL_MODELS.items(), "mtpert.test.none")
+    users = CrossModalRegistry(BUILTIN_CROSSMODAL, "mtpert.test.none")
     assert users.register("small_ridge", SmallRidge) is SmallRidge
     assert users.register("small_ridge", SmallRidge) is SmallRidge  # the same class again: accepted
     with pytest.raises(ConfigError, match="'small_ridge' is already registered"):

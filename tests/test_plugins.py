@@ -32,7 +32,12 @@ from mtpert.errors import CheckpointError, ConfigError, MtpertError
 from mtpert.models import MeanShift, ModelRegistry, PerturbationModel, get_model, list_models
 from mtpert.models import crossmodal as crossmodal_module
 from mtpert.models import registry as registry_module
-from mtpert.models.crossmodal import CrossModalRegistry, get_crossmodal
+from mtpert.models.crossmodal import (
+    BUILTIN_CROSSMODAL,
+    CROSSMODAL_ENTRY_POINT_GROUP,
+    CrossModalRegistry,
+    get_crossmodal,
+)
 from mtpert.models.registry import BUILTIN_MODELS, ENTRY_POINT_GROUP
 from mtpert.plugins import PluginWarning
 
@@ -121,7 +126,7 @@ def crossmodal(plugin_dir: Path, monkeypatch: pytest.MonkeyPatch) -> CrossModalR
     """A new registry of mtpert's cross-modal models that discovers the installed plugin, standing
     in for ``CROSSMODAL_MODELS``."""
     monkeypatch.syspath_prepend(str(plugin_dir))
-    fresh = CrossModalRegistry(crossmodal_module.CROSSMODAL_MODELS.items(), crossmodal_module.CROSSMODAL_ENTRY_POINT_GROUP)
+    fresh = CrossModalRegistry(BUILTIN_CROSSMODAL, CROSSMODAL_ENTRY_POINT_GROUP)
     monkeypatch.setattr(crossmodal_module, "CROSSMODAL_MODELS", fresh)
     return fresh
 

@@ -458,10 +458,12 @@ class CrossModalRegistry(PluginRegistry[type[CrossModalModel]]):
     _describe = _identity
 
 
-CROSSMODAL_MODELS = CrossModalRegistry(
-    [("own_gene", OwnGene), ("ridge", RidgeMap), ("knn", NeighbourMean), ("multimodal", MultimodalAE)],
-    CROSSMODAL_ENTRY_POINT_GROUP,
-)
+BUILTIN_CROSSMODAL: tuple[tuple[str, type[CrossModalModel]], ...] = (
+    ("own_gene", OwnGene), ("ridge", RidgeMap), ("knn", NeighbourMean), ("multimodal", MultimodalAE),
+)  # fmt: skip
+"""mtpert's own cross-modal models, by name."""
+
+CROSSMODAL_MODELS = CrossModalRegistry(BUILTIN_CROSSMODAL, CROSSMODAL_ENTRY_POINT_GROUP)
 """Every cross-modal model class by name: mtpert's, those of :func:`register_crossmodal` and those
 of installed plugins. ``get_crossmodal("multimodal")(fusion="late")`` builds one."""
 
