@@ -16,7 +16,8 @@ Each tool scores in a fresh process, reading the two files itself, on ``--thread
 numba, polars): mtpert every per-target metric with ``evaluate_prediction(space="group")`` plus the
 across-target ones (``evaluate_across``), cell-eval its full profile (its differential expression
 included). Seconds are the scoring alone, without reading the files; peak memory is each process's
-own high-water mark, reading included.
+own high-water mark, reading included (for mtpert also its high-water mark once the two files are
+read, before scoring; cell-eval's runner does not report it).
 
 Values both compute are compared per perturbation: mtpert's ``pearson_delta_all`` with cell-eval's
 ``pearson_delta``, and mtpert's ``discrimination`` with ``(1 - discrimination_score_cosine) * N /
@@ -111,6 +112,7 @@ def score_mtpert(args: argparse.Namespace, truth_path: Path, pred_path: Path) ->
     from mtpert.metrics import evaluate_across, evaluate_prediction
 
     truth, pred = ad.read_h5ad(truth_path), ad.read_h5ad(pred_path)
+    loaded_mb = peak_rss_mb()
     spec = DatasetSpec(cell_type_key="cell_type", condition_key=PERT_COL, control=CONTROL)
     profiler = cProfile.Profile() if args.profile else None
     if profiler is not None:
@@ -128,6 +130,7 @@ def score_mtpert(args: argparse.Namespace, truth_path: Path, pred_path: Path) ->
     scores.to_csv(args.workdir / "mtpert_scores.csv", index=False)
     timing = {
         "seconds": seconds, "per_target_seconds": per_target_seconds, "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_after_reading_mb": loaded_mb,
         "metrics": int(scores["metric"].nunique()), "threads": args.threads,
     }  # fmt: skip
     (args.workdir / "mtpert_timing.json").write_text(json.dumps(timing))
@@ -183,9 +186,10 @@ def compare(args: argparse.Namespace) -> tuple[pd.DataFrame, dict[str, dict[str,
     peer_metrics = len([c for c in peer.columns if c != PERT_COL])
     table = pd.DataFrame(
         [
-            {"tool": "mtpert", "seconds": ours["seconds"], "peak_rss_mb": ours["peak_rss_mb"], "metrics": ours["metrics"]},
+            {"tool": "mtpert", "seconds": ours["seconds"], "peak_rss_mb": ours["peak_rss_mb"],
+             "peak_rss_after_reading_mb": ours["peak_rss_after_reading_mb"], "metrics": ours["metrics"]},
             {"tool": f"cell-eval {theirs['cell_eval_version']}", "seconds": theirs["seconds"],
-             "peak_rss_mb": theirs["peak_rss_mb"], "metrics": peer_metrics},
+             "peak_rss_mb": theirs["peak_rss_mb"], "peak_rss_after_reading_mb": np.nan, "metrics": peer_metrics},
         ]
     )  # fmt: skip
     table["threads"] = args.threads
