@@ -156,10 +156,43 @@ def test_every_trained_model_takes_every_training_setting_with_its_own_defaults(
     for cls in trained.values():
         accepted = cls.parameters()
         assert {f.name for f in fields(TrainConfig)} | {"seed", *RUNTIME} <= set(accepted)
-        assert accepted["lr"].annotation is float and accepted["seed"].annotation == int | None
+        assert accepted["lr"].annotation in (float, float | None) and accepted["seed"].annotation == int | None
     scgen = get_model("scgen").cls.parameters()
     assert (scgen["batch_size"].default, scgen["warmup_epochs"].default) == (32, 0)  # the originals'
     assert get_model("mtae").cls.parameters()["batch_size"].default == TrainConfig().batch_size
+
+
+def test_the_multitask_family_trains_on_a_cosine_schedule_slower_with_an_adversary() -> None:
+    rates = {name: get_model(name)(SPEC).params.lr for name in ("mtae", "mtvae_plus_ot", "mtae_adv", "mtae_advg")}
+    assert rates == {"mtae": 3e-3, "mtvae_plus_ot": 3e-3, "mtae_adv": 1e-3, "mtae_advg": 1e-3}
+    assert get_model("mtae_advg")(SPEC, lr=5e-4).params.lr == 5e-4
+    mtae = get_model("mtae")(SPEC).params
+    assert (mtae.schedule, mtae.max_epochs) == ("cosine", 30)
+    assert get_model("scgen")(SPEC).params.schedule == "plateau"
+
+
+@pytest.mark.parametrize("schedule", ["plateau", "cosine"])
+def test_learning_rate_warms_up_then_follows_its_schedule(schedule: str, cells) -> None:
+    epochs, warmup = 12, 2
+    train, val, _ = cells
+    model = get_model("mtae")(
+        SPEC, **{**TINY, "max_epochs": epochs}, lr=1e-2, warmup_epochs=warmup, patience=epochs, schedule=schedule,
+        progress=False, num_threads=1,
+    ).fit(train, val)
+    lr = model.history["lr"].to_numpy()  # the rate of each epoch's last step
+    assert len(lr) == epochs and lr[warmup - 1] == pytest.approx(1e-2)
+    assert lr[0] == pytest.approx(1e-2 / warmup)
+    after = lr[warmup:]
+    if schedule == "cosine":  # a half cosine from the peak down to 0 at the last step
+        assert np.all(np.diff(after) < 0) and after[-1] == pytest.approx(0.0, abs=1e-12)
+        assert after[len(after) // 2 - 1] == pytest.approx(0.5e-2, rel=0.05)
+    else:  # held, halved on plateaus only
+        assert set(np.round(after / 1e-2, 6)) <= {1.0, 0.5, 0.25, 0.125, 0.0625}
+
+
+def test_an_unknown_schedule_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"schedule must be one of \['plateau', 'cosine'\], got 'linear'"):
+        TrainConfig(schedule="linear")  # type: ignore[arg-type]
 
 
 def test_config_checks_see_every_hyperparameter_and_its_type() -> None:

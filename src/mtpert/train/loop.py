@@ -1,4 +1,4 @@
-"""A small, readable training loop: AdamW, warm-up, plateau decay, early stopping, clipping.
+"""A small, readable training loop: AdamW, warm-up, plateau or cosine decay, early stopping, clipping.
 
 With ``progress``, each finished epoch is reported: on a terminal (or in a notebook) by a
 progress bar, elsewhere (output to a file or a pipe, a worker process) as an INFO record of the
@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from importlib.util import find_spec
-from typing import Protocol
+from typing import Literal, Protocol, get_args
 
 import pandas as pd
 import torch
@@ -31,6 +31,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import Tensor, nn
 
 from mtpert.train.data import Batch, CellData
+
+Schedule = Literal["plateau", "cosine"]
 
 DISC = "disc"
 """History name of the discriminator's loss."""
@@ -84,9 +86,13 @@ class TrainConfig:
         weight_decay: AdamW weight decay.
         batch_size: cells per minibatch.
         max_epochs: upper bound on passes over the training cells.
-        patience: epochs without a validation improvement before stopping; the learning rate is
-            halved after ``patience // 3`` such epochs (ReduceLROnPlateau).
+        patience: epochs without a validation improvement before stopping.
         warmup_epochs: epochs of linear learning-rate warm-up from ~0 to ``lr``.
+        schedule: the learning rate after warm-up. ``plateau``: ``lr``, halved after
+            ``patience // 3`` epochs without improvement (ReduceLROnPlateau). ``cosine``: from
+            ``lr`` down to 0 along a half cosine that ends with epoch ``max_epochs`` (Loshchilov &
+            Hutter 2017), so ``max_epochs`` is the budget the schedule is planned for; a higher
+            ``lr`` then gets close in fewer epochs than a constant one, and the decay settles it.
         grad_clip: maximum gradient norm.
         disc_steps: discriminator steps per minibatch, before the step of everything else; several
             keep the discriminator near its best, so the encoder must remove what it reads rather
@@ -99,6 +105,7 @@ class TrainConfig:
     max_epochs: int = 100
     patience: int = 15
     warmup_epochs: int = 5
+    schedule: Schedule = "plateau"
     grad_clip: float = 1.0
     disc_steps: int = 5
 
@@ -112,6 +119,8 @@ class TrainConfig:
             for k in ("warmup_epochs", "weight_decay")
             if getattr(self, k) < 0
         ]
+        if self.schedule not in get_args(Schedule):
+            problems.append(f"schedule must be one of {list(get_args(Schedule))}, got {self.schedule!r}")
         if problems:
             raise ValueError("Bad training settings: " + "; ".join(problems) + ".")
 
@@ -148,7 +157,8 @@ def train(
     plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
         opt, factor=0.5, patience=max(1, config.patience // 3)
     )
-    warmup_steps = config.warmup_epochs * math.ceil(len(data) / config.batch_size)
+    steps_per_epoch = math.ceil(len(data) / config.batch_size)
+    warmup_steps, total_steps = config.warmup_epochs * steps_per_epoch, config.max_epochs * steps_per_epoch
 
     rows: list[dict[str, float]] = []
     best, best_state, stale, step = math.inf, {}, 0, 0
@@ -158,9 +168,9 @@ def train(
             sums: defaultdict[str, float] = defaultdict(float)
             for batch in data.batches(config.batch_size, device=device, generator=generator):
                 step += 1
-                if step <= warmup_steps:
+                if step <= warmup_steps or config.schedule == "cosine":
                     for group in (*opt.param_groups, *(disc_opt.param_groups if disc_opt else ())):
-                        group["lr"] = config.lr * step / warmup_steps
+                        group["lr"] = _scheduled_lr(config, step, warmup_steps, total_steps)
                 if disc_opt is not None:
                     with torch.no_grad():
                         inputs = trainable.discriminator_input(batch)
@@ -181,7 +191,7 @@ def train(
             )
             prefix = "val" if val is not None else "train"
             monitor = sum(means[prefix].get(k, 0.0) for k in trainable.monitored)
-            if step > warmup_steps:
+            if step > warmup_steps and config.schedule == "plateau":
                 plateau.step(monitor)
             if best == math.inf or monitor < best - MIN_RELATIVE_IMPROVEMENT * abs(best):
                 best, best_state, stale = monitor, _state(module), 0
@@ -224,6 +234,15 @@ def cpu_threads(n: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def _scheduled_lr(config: TrainConfig, step: int, warmup_steps: int, total_steps: int) -> float:
+    """The learning rate of optimizer step ``step`` (from 1) in warm-up, or after it under the
+    cosine schedule (the plateau schedule's decay is ReduceLROnPlateau's)."""
+    if step <= warmup_steps:
+        return config.lr * step / warmup_steps
+    done = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return config.lr * 0.5 * (1.0 + math.cos(math.pi * min(done, 1.0)))
 
 
 def _adamw(params: list[Tensor], config: TrainConfig, device: torch.device) -> torch.optim.AdamW:
