@@ -190,9 +190,25 @@ def test_learning_rate_warms_up_then_follows_its_schedule(schedule: str, cells) 
         assert set(np.round(after / 1e-2, 6)) <= {1.0, 0.5, 0.25, 0.125, 0.0625}
 
 
-def test_an_unknown_schedule_is_refused() -> None:
+def test_an_unknown_schedule_or_precision_is_refused() -> None:
     with pytest.raises(ValueError, match=r"schedule must be one of \['plateau', 'cosine'\], got 'linear'"):
         TrainConfig(schedule="linear")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"precision must be one of \['float32', 'bfloat16'\], got 'half'"):
+        TrainConfig(precision="half")  # type: ignore[arg-type]
+
+
+def test_bfloat16_training_rounds_the_forward_pass_and_learns_as_well(cells) -> None:
+    _, _, control = cells
+    histories, predictions = {}, {}
+    for precision in ("float32", "bfloat16"):
+        model = fitted("mtae_adv", cells, precision=precision, seed=0)
+        histories[precision] = model.history
+        predictions[precision] = model.predict(control, "stimulated").X
+        assert {p.dtype for p in model.net.parameters()} == {torch.float32}  # weights stay float32
+    losses = {p: h["val_recon"].to_numpy() for p, h in histories.items()}
+    assert not np.array_equal(losses["float32"], losses["bfloat16"])  # autocast did round
+    assert losses["bfloat16"] == pytest.approx(losses["float32"], rel=0.05)
+    assert predictions["bfloat16"] == pytest.approx(predictions["float32"], abs=0.05)
 
 
 def test_config_checks_see_every_hyperparameter_and_its_type() -> None:

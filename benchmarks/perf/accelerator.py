@@ -6,13 +6,13 @@ Without CUDA it prints that it skipped and exits 0, recording nothing. With CUDA
 ``device="auto"`` picks the GPU, and the script runs
 
 1. the Kang fold of ``kang_fold.py`` (CD4 Naive T held out, seed 1; needs the shared Kang file)
-   for ``--models``: train and predict seconds, epochs, R² top-100 (pertpy's scGen is not run here:
-   compare with the CPU run's ``perf_kang_fold.md``);
+   for ``--models``, each in float32 and again in bfloat16 mixed precision: train and predict
+   seconds, epochs, R² top-100 (pertpy's scGen is not run here: compare with the CPU run's
+   ``perf_kang_fold.md``);
 2. one epoch of ``mtae`` over ``--cells`` simulated cells x 2,000 genes, in memory and backed,
    through ``scaling.py`` (results ``perf_accelerator_scaling.{md,csv,png}``).
 
-Writes benchmarks/results/perf_accelerator.{md,csv} (the fold) with the device's name. Training
-runs in full precision: the training loop has no mixed-precision mode.
+Writes benchmarks/results/perf_accelerator.{md,csv} (the fold) with the device's name.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def main() -> None:
     start = time.perf_counter()
     device = torch.cuda.get_device_name(0)
     fold = argparse.Namespace(
-        models=args.models, threads=1, pertpy_python=None, scbutterfly_python=None,
+        models=args.models, bfloat16=args.models, threads=1, pertpy_python=None, scbutterfly_python=None,
         scbutterfly_script=None, peer_timeout=0,
     )  # fmt: skip
     table = kang_fold.run(fold).assign(device=device)

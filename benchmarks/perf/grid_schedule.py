@@ -5,7 +5,7 @@ benchmarks re-run for the multi-task models only, into a folder of their own, at
 the new defaults (the commands are in `benchmarks/results/perf_grid_schedule.notes.md`). Then,
 from the repository root:
 
-    python benchmarks/perf/grid_schedule.py kang_grid:kang_grid_cosine screen_mcfaline:screen_mcfaline_cosine ...
+    python benchmarks/perf/grid_schedule.py kang_grid_plateau:kang_grid_cosine screen_mcfaline:screen_mcfaline_cosine ...
 
 Each argument names an old and a new run folder under benchmarks/results. Runs are paired by
 model, held-out target and seed. Writes benchmarks/results/perf_grid_schedule.{csv,md}: per
@@ -46,7 +46,7 @@ def paired(old_dir: str, new_dir: str) -> pd.DataFrame:
     if missing:
         raise SystemExit(f"{new_dir}: {missing} scores have no run of the same model, target and seed in {old_dir}.")
     both["better"] = (both["value_new"] - both["value_old"]).where(both["higher_is_better"], both["value_old"] - both["value_new"]) > 0
-    return both.assign(dataset=old_dir)
+    return both.assign(dataset=f"{old_dir} → {new_dir}")
 
 
 def summary(both: pd.DataFrame) -> pd.DataFrame:

@@ -1,7 +1,7 @@
 """Speed, memory and accuracy of every model, and of the peers, on one Kang OOD fold, in one run.
 
 Run (from the repository root, one pinned core):
-    taskset -c 1 nice -n 10 python benchmarks/perf/kang_fold.py [--models mtae,scgen,...]
+    taskset -c 1 nice -n 10 python benchmarks/perf/kang_fold.py [--models mtae,scgen,...] [--bfloat16 mtae,...]
         [--pertpy-python .peers/pertpy-scgen/bin/python] [--scbutterfly-python ... --scbutterfly-script ...]
 
 The fold: Kang 2018 CD4 Naive T held out (seed 1), 2,000 HVGs chosen without its stimulated cells,
@@ -14,6 +14,9 @@ epochs, early stopping after 25 without improvement of the validation ELBO, batc
 XLA thread. The original scButterfly (0.0.9) runs through the parity runner of the scButterfly
 baseline when its interpreter and script are given. Every prediction is scored by mtpert's
 metrics against the same real cells.
+
+``--bfloat16`` models run a second time with ``precision="bfloat16"`` (forward passes under
+bfloat16 autocast), as rows ``<model> (bfloat16)``.
 
 Writes benchmarks/results/perf_kang_fold.{csv,md}: per model, train and predict seconds, peak
 RSS, epochs run and best epoch, parameters, R² top-100 DEGs and R² all genes, and each model's
@@ -56,8 +59,9 @@ MAIN = "mtae"
 """The model the target is about (FiLM multi-task AE: >= 5x faster than the peer scGen)."""
 
 
-def run_worker(fold: Path, name: str, threads: int) -> dict[str, float]:
-    """Fit and score one registered model on the saved fold; runs in its own process."""
+def run_worker(fold: Path, name: str, threads: int, precision: str | None = None) -> dict[str, float]:
+    """Fit and score one registered model on the saved fold (under ``precision`` where given);
+    runs in its own process."""
     data = ad.read_h5ad(fold)
     loaded_mb = peak_rss_mb()
     spec = DatasetSpec()
@@ -65,6 +69,7 @@ def run_worker(fold: Path, name: str, threads: int) -> dict[str, float]:
     params = (
         {"num_threads": threads, "progress": False} if "num_threads" in _init_args(name) else {}
     )
+    params |= {"precision": precision} if precision else {}
     result = fit_and_score(data, split, spec, name, SEED, params)
     model = result.models[None]
     summary = model.fit_summary()
@@ -95,11 +100,11 @@ def _best_epoch(model: object) -> float:
     return float(history[columns].sum(axis=1).idxmin() + 1) if columns else np.nan
 
 
-def run_mtpert(fold: Path, name: str, threads: int) -> dict[str, float]:
+def run_mtpert(fold: Path, name: str, threads: int, precision: str | None = None) -> dict[str, float]:
     """:func:`run_worker` in a fresh interpreter (same CPU affinity), its JSON read back."""
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         cmd = [sys.executable, __file__, "--worker", name, "--fold", str(fold), "--out", out.name,
-               "--threads", str(threads)]  # fmt: skip
+               "--threads", str(threads), *(["--precision", precision] if precision else [])]  # fmt: skip
         try:
             subprocess.run(cmd, check=True)
         except subprocess.CalledProcessError as error:
@@ -171,6 +176,10 @@ def run(args: argparse.Namespace) -> pd.DataFrame:
                 {"model": name, "implementation": "mtpert", **run_mtpert(fold, name, args.threads)}
             )
             print(rows[-1], flush=True)
+        for name in args.bfloat16:
+            rows.append({"model": f"{name} (bfloat16)", "implementation": "mtpert",
+                         **run_mtpert(fold, name, args.threads, "bfloat16")})  # fmt: skip
+            print(rows[-1], flush=True)
     if args.pertpy_python:
         rows.append({"model": REFERENCE, "implementation": "pertpy 1.0.3 (scvi-tools 1.4.2, JAX)",
                      **run_pertpy(args.pertpy_python, data, spec)})  # fmt: skip
@@ -214,6 +223,8 @@ def main() -> None:
     parser.add_argument("--models", type=lambda s: s.split(","), default=list(MODELS),
                         help="registered mtpert models (default: all)")  # fmt: skip
     parser.add_argument("--threads", type=int, default=1, help="torch threads per mtpert model")
+    parser.add_argument("--bfloat16", type=lambda s: s.split(","), default=[],
+                        help="models to run again with precision='bfloat16'")  # fmt: skip
     parser.add_argument(
         "--pertpy-python", help="interpreter of a venv with pertpy 1.0.3 + scvi-tools"
     )
@@ -225,9 +236,10 @@ def main() -> None:
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--fold", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--precision", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        result = run_worker(args.fold, args.worker, args.threads)
+        result = run_worker(args.fold, args.worker, args.threads, args.precision)
         args.out.write_text(json.dumps(result))
         return
     start = time.perf_counter()

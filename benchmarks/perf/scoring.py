@@ -26,12 +26,16 @@ DEG metrics are not comparable: cell-eval tests with Wilcoxon and an FDR cut-off
 moderated Welch t.
 
 Writes benchmarks/results/perf_scoring.{csv,md}; with ``--profile``, only
-benchmarks/results/perf_scoring_profile.md (mtpert's scoring under cProfile, in this process).
+benchmarks/results/perf_scoring_profile.md (mtpert's scoring under cProfile, in this process);
+with ``--py-spy PATH`` (the py-spy 0.4 executable), only benchmarks/results/perf_scoring_pyspy.md:
+the mtpert worker sampled by py-spy, which does not slow it as cProfile does, with each function's
+share of the scoring samples, its own and with what it calls.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import cProfile
 import io
 import json
@@ -66,6 +70,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--profile", action="store_true",
         help="instead: profile mtpert's scoring (cProfile) and write perf_scoring_profile.md only",
+    )  # fmt: skip
+    parser.add_argument(
+        "--py-spy", type=Path, dest="py_spy",
+        help="instead: sample mtpert's worker with this py-spy executable and write perf_scoring_pyspy.md only",
     )  # fmt: skip
     parser.add_argument("--worker", choices=["mtpert"], help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -151,6 +159,61 @@ def write_profile(profiler: cProfile.Profile, seconds: float) -> None:
     atomic_write(RESULTS / f"{NAME}_profile.md", lambda f: f.write(text.encode()))
 
 
+SCORING_FRAMES = ("evaluate_prediction", "evaluate_across")
+"""A py-spy sample counts as scoring when one of these functions is on its stack (the rest is
+imports and reading the files)."""
+
+
+def sample_with_py_spy(args: argparse.Namespace, worker: list[str], seconds_before: float) -> None:
+    """Run the mtpert worker under ``py-spy record`` (100 samples a second, raw stacks) and write
+    the functions with the largest shares of the scoring samples, own and inclusive."""
+    from mtpert.io import atomic_write
+
+    raw = args.workdir / "py_spy_raw.txt"
+    start = time.perf_counter()
+    command = [str(args.py_spy), "record", "--rate", "100", "--format", "raw", "--output", str(raw), "--", *worker]
+    subprocess.run(command, check=True)
+    own: collections.Counter[str] = collections.Counter()
+    inclusive: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = stack.split(";")
+        if not any(f.startswith(SCORING_FRAMES) for f in frames):
+            continue
+        total += int(count)
+        own[_frame_name(frames[-1])] += int(count)
+        for name in {_frame_name(f) for f in frames}:
+            inclusive[name] += int(count)
+
+    def table(counts: collections.Counter[str], title: str) -> str:
+        rows = [{"function": name, "share": n / total, "samples": n} for name, n in counts.most_common(25)]
+        return f"## {title}\n\n" + pd.DataFrame(rows).to_markdown(index=False, floatfmt=".3f") + "\n"
+
+    text = (
+        "# Where mtpert's scoring of 1,000 perturbations spends its time (py-spy)\n\n"
+        + provenance("python " + " ".join(sys.argv), seconds_before + time.perf_counter() - start)
+        + f"- the mtpert worker of `perf_scoring.md` sampled by py-spy {_py_spy_version(args.py_spy)} at 100 Hz; "
+        f"{total} samples ({total / 100:.0f} s) with {' or '.join(SCORING_FRAMES)} on the stack, the scoring; "
+        "shares are of those (native code is charged to the Python function that called it)\n\n"
+        + table(own, "Own time (the function itself, at the top of the stack)")
+        + "\n"
+        + table(inclusive, "Inclusive time (the function and everything it calls)")
+    )
+    atomic_write(RESULTS / f"{NAME}_pyspy.md", lambda f: f.write(text.encode()))
+    print(text)
+
+
+def _frame_name(frame: str) -> str:
+    """``function (path/to/module.py:line)`` -> ``module.py:function`` (line numbers vary within a function)."""
+    function, _, where = frame.partition(" (")
+    return f"{Path(where.rsplit(':', 1)[0]).name}:{function}" if where else function
+
+
+def _py_spy_version(executable: Path) -> str:
+    return subprocess.run([str(executable), "--version"], capture_output=True, text=True, check=True).stdout.split()[-1]
+
+
 def run_peer(args: argparse.Namespace, truth_path: Path, pred_path: Path) -> None:
     out = args.workdir / "celleval"
     if args.reuse_peer and (out / "celleval_timing.json").is_file():
@@ -233,8 +296,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.worker == "mtpert" or args.profile:
         score_mtpert(args, truth_path, pred_path)
         return
-    run_peer(args, truth_path, pred_path)
     worker = [sys.executable, __file__, "--worker", "mtpert", *sys.argv[1:]]
+    if args.py_spy is not None:
+        sample_with_py_spy(args, worker, time.perf_counter() - start)
+        return
+    run_peer(args, truth_path, pred_path)
     subprocess.run(worker, check=True)
     table, differences = compare(args)
     print(table.to_string(index=False), differences, sep="\n")

@@ -108,15 +108,15 @@ def report(table: pd.DataFrame, command: str, seconds: float) -> str:
     lines = [
         "# Distances in each target's own PCA vs one PCA per cell type, on the real datasets\n",
         provenance(command, seconds),
-        "- one BLAS thread; prediction = a random half of each group's perturbed cells, truth = the other half "
-        "and every control cell; see the script's docstring\n",
+        ("- one BLAS thread; prediction = a random half of each group's perturbed cells, truth = the other half "
+        "and every control cell; see the script's docstring\n"),
         "## Seconds to score (every per-target metric)\n",
         timing.to_markdown(floatfmt=".3g") + "\n",
         "## Every metric but the distances: largest difference between the two spaces\n",
         others.to_frame("max_abs_difference").to_markdown(floatfmt=".3g") + "\n",
         "## Distances: Spearman correlation over targets of the two spaces' values\n",
-        "(Kang has one target per cell type, where the two spaces are the same; a dataset whose cell types have "
-        "two or fewer finite values is left empty.)\n",
+        ("(Kang has one target per cell type, where the two spaces are the same; a dataset whose cell types have "
+        "two or fewer finite values is left empty.)\n"),
         spearman.to_markdown(floatfmt=".3f") + "\n",
         "## Distances: largest difference between the two spaces\n",
         largest.to_markdown(floatfmt=".3g") + "\n",
