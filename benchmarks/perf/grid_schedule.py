@@ -27,26 +27,29 @@ from _common import RESULTS, provenance, record
 from mtpert.benchmark.report import HEADLINE
 from mtpert.benchmark.store import ResultStore
 
-RUN_KEYS = ["model", "group", "condition", "seed"]
+RUN_KEYS = ["model", "split", "split_seed", "group", "condition", "dose", "seed"]
+"""What pairs a run's score with its counterpart (those of the columns a folder has)."""
 SHOWN = ["r2_top100", "r2_all", "deg_overlap_top100", "pearson_delta_all", "e_distance_rel", "mmd_rel"]
 """Metrics of the Markdown table (the CSV has every headline metric)."""
 
 
 def paired(old_dir: str, new_dir: str) -> pd.DataFrame:
-    """One row per run of the new folder's models and metric, with its old and new value."""
+    """One row per target, seed and metric of the new folder's models, with its old and new value.
+
+    Where one folder does not record a key (runs written before ``split_seed`` existed), scores
+    are averaged over it on both sides before pairing."""
     old, new = (ResultStore(RESULTS / d).results() for d in (old_dir, new_dir))
     old = old[old["model"].isin(new["model"].unique()) & old["metric"].isin(HEADLINE)]
     new = new[new["metric"].isin(HEADLINE)]
-    keys = [*RUN_KEYS, "metric"]
-    costs = ["fit_seconds", "epochs"]
-    both = old[[*keys, "value", *costs, "higher_is_better"]].merge(
-        new[[*keys, "value", *costs]], on=keys, suffixes=("_old", "_new"), validate="one_to_one"
-    )
+    keys = [k for k in [*RUN_KEYS, "metric"] if k in old and k in new and old[k].notna().any() and new[k].notna().any()]
+    values = {"value": "mean", "fit_seconds": "mean", "epochs": "mean", "higher_is_better": "first"}
+    old, new = (t.astype({k: str for k in keys}).groupby(keys, as_index=False).agg(values) for t in (old, new))
+    both = old.merge(new.drop(columns="higher_is_better"), on=keys, suffixes=("_old", "_new"), validate="one_to_one")
     missing = len(new[new["model"].isin(old["model"].unique())]) - len(both)
     if missing:
         raise SystemExit(f"{new_dir}: {missing} scores have no run of the same model, target and seed in {old_dir}.")
-    both["better"] = (both["value_new"] - both["value_old"]).where(both["higher_is_better"], both["value_old"] - both["value_new"]) > 0
-    return both.assign(dataset=f"{old_dir} → {new_dir}")
+    gain = (both["value_new"] - both["value_old"]).where(both["higher_is_better"], both["value_old"] - both["value_new"])
+    return both.assign(better=gain > 0, dataset=f"{old_dir} → {new_dir}")
 
 
 def summary(both: pd.DataFrame) -> pd.DataFrame:
@@ -70,7 +73,7 @@ def markdown(table: pd.DataFrame) -> str:
         costs = rows.groupby("model").first()
         out["fit s"] = [f"{o:.1f} → {n:.1f}" for o, n in zip(costs["fit_seconds_old"], costs["fit_seconds_new"], strict=True)]
         out["epochs"] = [f"{o:.0f} → {n:.0f}" for o, n in zip(costs["epochs_old"], costs["epochs_new"], strict=True)]
-        out["runs"] = costs["runs"]
+        out["targets x seeds"] = costs["runs"]
         blocks.append(f"## {dataset}\n\n" + out.reset_index().to_markdown(index=False) + "\n")
     return "\n".join(blocks)
 
@@ -81,7 +84,7 @@ def main() -> None:
     if not pairs or any(len(p) != 2 for p in pairs):
         raise SystemExit("usage: grid_schedule.py OLD:NEW [OLD:NEW ...] (run folders under benchmarks/results)")
     table = summary(pd.concat([paired(old, new) for old, new in pairs], ignore_index=True))
-    mean_change = table.groupby("metric")["difference"].mean()
+    mean_change = table[table["model"] != "noise_ceiling"].groupby("metric")["difference"].mean()
 
     def report(command: str, seconds: float) -> str:
         return (
@@ -92,7 +95,7 @@ def main() -> None:
             "(distances relative to control: lower is better). The CSV adds every headline metric, the "
             "difference and the share of paired runs where the new defaults score better.\n\n"
             + markdown(table)
-            + "\nMean difference (new - old) over datasets and models: "
+            + "\nMean difference (new - old) over datasets and models (the noise ceiling, the same in both, left out): "
             + ", ".join(f"{m} {mean_change[m]:+.4f}" for m in SHOWN if m in mean_change)
             + "\n"
         )
