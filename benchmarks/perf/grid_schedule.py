@@ -34,20 +34,18 @@ SHOWN = ["r2_top100", "r2_all", "deg_overlap_top100", "pearson_delta_all", "e_di
 
 
 def paired(old_dir: str, new_dir: str) -> pd.DataFrame:
-    """One row per target, seed and metric of the new folder's models, with its old and new value.
+    """One row per target, seed and metric of the models both folders ran, with its old and new value.
 
-    Where one folder does not record a key (runs written before ``split_seed`` existed), scores
-    are averaged over it on both sides before pairing."""
+    Only runs both folders have are paired (the table counts them per model). Where one folder
+    does not record a key (runs written before ``split_seed`` existed), scores are averaged over
+    it on both sides before pairing."""
     old, new = (ResultStore(RESULTS / d).results() for d in (old_dir, new_dir))
-    old = old[old["model"].isin(new["model"].unique()) & old["metric"].isin(HEADLINE)]
-    new = new[new["metric"].isin(HEADLINE)]
+    models = set(old["model"]) & set(new["model"])
+    old, new = (t[t["model"].isin(models) & t["metric"].isin(HEADLINE)] for t in (old, new))
     keys = [k for k in [*RUN_KEYS, "metric"] if k in old and k in new and old[k].notna().any() and new[k].notna().any()]
     values = {"value": "mean", "fit_seconds": "mean", "epochs": "mean", "higher_is_better": "first"}
     old, new = (t.astype({k: str for k in keys}).groupby(keys, as_index=False).agg(values) for t in (old, new))
     both = old.merge(new.drop(columns="higher_is_better"), on=keys, suffixes=("_old", "_new"), validate="one_to_one")
-    missing = len(new[new["model"].isin(old["model"].unique())]) - len(both)
-    if missing:
-        raise SystemExit(f"{new_dir}: {missing} scores have no run of the same model, target and seed in {old_dir}.")
     gain = (both["value_new"] - both["value_old"]).where(both["higher_is_better"], both["value_old"] - both["value_new"])
     return both.assign(better=gain > 0, dataset=f"{old_dir} → {new_dir}")
 

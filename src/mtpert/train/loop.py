@@ -1,4 +1,5 @@
-"""A small, readable training loop: AdamW, warm-up, plateau or cosine decay, early stopping, clipping.
+"""A small, readable training loop: AdamW, warm-up, plateau or cosine decay, early stopping, clipping,
+optional bfloat16 autocast.
 
 With ``progress``, each finished epoch is reported: on a terminal (or in a notebook) by a
 progress bar, elsewhere (output to a file or a pipe, a worker process) as an INFO record of the
@@ -163,8 +164,10 @@ def train(
     params = [p for p in module.parameters() if id(p) not in disc_ids]
     opt = _adamw(params, config, device)
     disc_opt = _adamw(disc_params, config, device) if disc is not None else None
-    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        opt, factor=0.5, patience=max(1, config.patience // 3)
+    plateau = (
+        torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=max(1, config.patience // 3))
+        if config.schedule == "plateau"
+        else None
     )
     steps_per_epoch = math.ceil(len(data) / config.batch_size)
     warmup_steps, total_steps = config.warmup_epochs * steps_per_epoch, config.max_epochs * steps_per_epoch
@@ -203,7 +206,7 @@ def train(
             )
             prefix = "val" if val is not None else "train"
             monitor = sum(means[prefix].get(k, 0.0) for k in trainable.monitored)
-            if step > warmup_steps and config.schedule == "plateau":
+            if plateau is not None and step > warmup_steps:
                 plateau.step(monitor)
             if best == math.inf or monitor < best - MIN_RELATIVE_IMPROVEMENT * abs(best):
                 best, best_state, stale = monitor, _state(module), 0
