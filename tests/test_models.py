@@ -223,12 +223,21 @@ def test_models_saved_before_sets_load_and_train_as_before(saved: str) -> None:
     refitted.fit(split.subset(data, "train"), split.subset(data, "val"))
     assert loaded.name == refitted.name
     assert not loaded.params.bound_change and loaded.change_bounds is None
+    assert loaded.params.schedule == "plateau"  # saved before the cosine default, trained without it
     assert len(split.targets) == len(expected.files)
     for target in split.targets:
         key = target.condition if target.dose is None else f"{target.condition}@{target.dose}"
         for model in (loaded, refitted):
             pred = model.predict(data[target.control], target.condition, target.dose).X
             np.testing.assert_allclose(pred, expected[key], rtol=0, atol=1e-5)
+
+
+def test_a_saved_model_keeps_the_schedule_it_was_trained_with(single_dose, tmp_path) -> None:
+    _, _, _, train, val = single_dose
+    for schedule in ("cosine", "plateau"):
+        build("mtae", SPEC, **SMALL, max_epochs=2, schedule=schedule).fit(train, val).save(tmp_path / schedule)
+        loaded = PerturbationModel.load(tmp_path / schedule)
+        assert (loaded.params.schedule, loaded.params.lr) == (schedule, 3e-3)
 
 
 def test_bound_change_scales_a_larger_mean_change_down_to_the_bound(single_dose) -> None:

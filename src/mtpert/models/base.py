@@ -406,6 +406,11 @@ def _model_class(config: dict[str, Any], file: Path) -> type[PerturbationModel]:
     )
 
 
+SAVED_BEFORE_THEY_EXISTED = {"schedule": "plateau"}
+"""Settings a model saved before they existed was trained with: its file lacks them, and the
+current default (the multi-task family's ``cosine``) would misstate how it was trained."""
+
+
 def _from_files(
     model_cls: type[PerturbationModel], path: Path, config: dict[str, Any], device: str
 ) -> PerturbationModel:
@@ -413,6 +418,8 @@ def _from_files(
     ``path`` restored into it."""
     config_file, weights_file = path / CONFIG_FILE, path / WEIGHTS_FILE
     hparams = {k: v for k, v in config["hparams"].items() if k not in RUNTIME_OPTIONS}
+    accepted = model_cls.parameters()
+    hparams = {k: v for k, v in SAVED_BEFORE_THEY_EXISTED.items() if k in accepted} | hparams
     try:
         model = model_cls(DatasetSpec.from_dict(config["spec"]), **hparams)
     except (TypeError, ValueError) as error:  # hyperparameters or spec this mtpert does not take
