@@ -377,10 +377,11 @@ class MultiTaskParams(Hyperparameters):
         ot_block_size: groups larger than this are paired by minibatch OT in blocks of this size.
 
     Training defaults: a cosine schedule over 30 epochs from ``lr`` 3e-3, or 1e-3 with a
-    regularizer (None chooses): on held-out Kang cell types it reached the accuracy of the generic
-    schedule (1e-3 held until plateaus, about 80 epochs to stop) in a third of the time
-    (``benchmarks/results/perf_kang_fold.notes.md``), but at 3e-3 the adversarial game no longer
-    pulled the latent towards N(0, I) on simulated cells.
+    regularizer (None chooses; at 3e-3 the adversarial game no longer pulled the latent towards
+    N(0, I) on simulated cells). Against the generic schedule (1e-3 held until plateaus, 85-100
+    epochs on Kang) it fits in a third to a half of the time, as accurate on three screens and
+    0.006 lower in R² top-100 DEGs on Kang (``benchmarks/results/perf_grid_schedule.md``);
+    ``schedule="plateau", lr=1e-3, max_epochs=100`` trains as before.
     """
 
     lr: float | None = None  # type: ignore[assignment]
