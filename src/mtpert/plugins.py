@@ -145,3 +145,29 @@ def _provider(point: EntryPoint) -> str:
     """Which installed package declares ``point``, as words for a message."""
     dist = getattr(point, "dist", None)
     return f"(from package {dist.name} {dist.version})" if dist is not None else "(package unknown)"
+
+
+class ClassPluginRegistry(PluginRegistry[T]):
+    """A :class:`PluginRegistry` of classes registered by name: a plugin's entry point names a
+    subclass of :attr:`plugin_class` (registered under the entry point's name with the subclass's
+    ``register(name, cls)``) or a function that registers its own (:attr:`plugin_function`)."""
+
+    plugin_class: ClassVar[str]
+    """The class a plugin's classes derive from, for messages: ``"PerturbationModel"``."""
+    plugin_function: ClassVar[str]
+    """The function a plugin's own registering function calls, for messages."""
+
+    @abstractmethod
+    def register(self, name: str, cls: Any, /) -> object:
+        """Add class ``cls`` under ``name``."""
+
+    def _register_plugin(self, name: str, loaded: object) -> None:
+        if isinstance(loaded, type):
+            self.register(name, loaded)
+        elif callable(loaded):
+            loaded()
+        else:
+            raise TypeError(
+                f"the entry point must name a {self.plugin_class} subclass or a function that calls "
+                f"{self.plugin_function}, not a {type(loaded).__name__}"
+            )

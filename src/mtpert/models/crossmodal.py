@@ -53,7 +53,7 @@ from mtpert._array import dense
 from mtpert.errors import CheckpointError, ConfigError, DataError, UnknownNameError
 from mtpert.io import atomic_write
 from mtpert.models.base import NotFittedError
-from mtpert.plugins import PluginRegistry
+from mtpert.plugins import ClassPluginRegistry
 from mtpert.train.data import Batch, CellData
 from mtpert.train.loop import TrainConfig, cpu_threads, resolve_device, train
 
@@ -423,13 +423,15 @@ CROSSMODAL_ENTRY_POINT_GROUP = "mtpert.crossmodal"
 """Entry-point group through which installed packages add cross-modal models."""
 
 
-class CrossModalRegistry(PluginRegistry[type[CrossModalModel]]):
+class CrossModalRegistry(ClassPluginRegistry[type[CrossModalModel]]):
     """Cross-modal model classes by name, read like a dict (:class:`~mtpert.plugins.PluginRegistry`):
     mtpert's, those added with :meth:`register`, and those of the plugins of entry-point group
     ``group``, whose entry point names a :class:`CrossModalModel` subclass (registered under the
     entry point's name) or a function that calls :func:`register_crossmodal`."""
 
     kind = "cross-modal model"
+    plugin_class = "CrossModalModel"
+    plugin_function = "mtpert.models.register_crossmodal"
 
     def register(self, name: str, cls: type[CrossModalModel], /) -> type[CrossModalModel]:
         """Add ``cls`` as ``name``; refused: an unusable name, a name taken by another class
@@ -438,17 +440,6 @@ class CrossModalRegistry(PluginRegistry[type[CrossModalModel]]):
         if not (isinstance(cls, type) and issubclass(cls, CrossModalModel)):
             raise TypeError(f"Cross-modal model '{name}': {cls!r} is not a subclass of mtpert.models.CrossModalModel.")
         return self._add(name, cls)
-
-    def _register_plugin(self, name: str, loaded: object) -> None:
-        if isinstance(loaded, type):
-            self.register(name, loaded)
-        elif callable(loaded):
-            loaded()
-        else:
-            raise TypeError(
-                "the entry point must name a CrossModalModel subclass or a function that calls "
-                f"mtpert.models.register_crossmodal, not a {type(loaded).__name__}"
-            )
 
     @staticmethod
     def _identity(entry: type[CrossModalModel]) -> str:

@@ -32,7 +32,7 @@ from mtpert.models.sams import SamsVAE
 from mtpert.models.scbutterfly import ScButterfly
 from mtpert.models.scpregan import ScPreGAN
 from mtpert.models.simple import Additive, ControlPredictor, GlobalMean, MeanShift
-from mtpert.plugins import PluginRegistry, first_line
+from mtpert.plugins import ClassPluginRegistry, first_line
 
 ENTRY_POINT_GROUP = "mtpert.models"
 """Entry-point group through which installed packages add models."""
@@ -113,7 +113,7 @@ BUILTIN_MODELS: tuple[ModelPreset, ...] = (
 """The models mtpert ships."""
 
 
-class ModelRegistry(PluginRegistry[ModelPreset]):
+class ModelRegistry(ClassPluginRegistry[ModelPreset]):
     """Presets by name, read like a dict (:class:`~mtpert.plugins.PluginRegistry`): mtpert's,
     those added with :meth:`register`, and those of the plugins of entry-point group ``group``.
 
@@ -122,6 +122,8 @@ class ModelRegistry(PluginRegistry[ModelPreset]):
     """
 
     kind = "model"
+    plugin_class = "PerturbationModel"
+    plugin_function = "mtpert.models.register_model"
 
     def __init__(self, presets: Iterable[ModelPreset] = (), *, group: str = ENTRY_POINT_GROUP) -> None:
         super().__init__(((preset.name, preset) for preset in presets), group)
@@ -145,17 +147,6 @@ class ModelRegistry(PluginRegistry[ModelPreset]):
             raise TypeError(f"Model '{name}': {cls.__qualname__} does not implement {missing}.")
         preset = ModelPreset(name, cls, one_dose_at_a_time=bool(one_dose_at_a_time))
         return self._add(name, replace(preset, params=preset.check_params(params, where=f"register_model('{name}')")))
-
-    def _register_plugin(self, name: str, loaded: object) -> None:
-        if isinstance(loaded, type):
-            self.register(name, loaded)
-        elif callable(loaded):
-            loaded()
-        else:
-            raise TypeError(
-                "the entry point must name a PerturbationModel subclass or a function that calls "
-                f"mtpert.models.register_model, not a {type(loaded).__name__}"
-            )
 
     @staticmethod
     def _identity(preset: ModelPreset) -> tuple[str, dict[str, Any], bool]:
