@@ -55,19 +55,22 @@ def rows(results: pd.DataFrame, model: str, metric: str) -> pd.DataFrame:
 
 # ---------------------------------------------------------------------------- run ids
 def test_runs_of_default_configs_keep_their_ids() -> None:
-    """Ids computed before the split, group_key and one-dose-at-a-time settings existed."""
+    """Ids computed before the split, group_key and one-dose-at-a-time settings existed: the
+    run's place (``slot``), and its id where the model takes nothing from defaults (whose
+    effective values have entered the id since)."""
     adata = simulate(seed=1, n_cells=40, n_genes=150)
     settings = {"data": "/x/sim.h5ad", "models": ("control", "mtae"), "seeds": (1,), "n_hvg": 100,
                 "model_params": {"mtae": {"hidden": [16], "latent_dim": 4}}}  # fmt: skip
-    ids = {(r.target, r.model): r.id for r in expand(BenchmarkConfig(**settings), adata).runs}
+    runs = expand(BenchmarkConfig(**settings), adata).runs
+    ids = {(r.target, r.model): r.id for r in runs}
     assert ids["type_0", "control"] == "74efcabbdd4e8a3a"
-    assert ids["type_0", "mtae"] == "c6e548c8010fb103"
+    assert {(r.target, r.model): r.slot for r in runs}["type_0", "mtae"] == "c6e548c8010fb103"
     assert ids["type_0", NOISE_CEILING] == "545f74f917fa4547"
     named = expand(BenchmarkConfig(**settings, split="group", group_key="cell_type"), adata)  # the defaults, spelled out
     assert {(r.target, r.model): r.id for r in named.runs} == ids
     doses = simulate(seed=1, n_cells=30, n_genes=50, doses=(0.5, 2.0))
     dose_runs = expand(BenchmarkConfig(data="/x/dsim.h5ad", models=("mean_shift",), seeds=(2,), spec={"dose_key": "dose"}), doses).runs
-    assert dose_runs[0].id == "2d14f6f2e519c6f8"
+    assert dose_runs[0].slot == "2d14f6f2e519c6f8"
     # a single-perturbation preset on data with doses is another run: one model per dose
     per_dose = expand(BenchmarkConfig(data="/x/dsim.h5ad", models=("scgen",), seeds=(2,), spec={"dose_key": "dose"}), doses).runs
     assert per_dose[0].one_dose_at_a_time and per_dose[0].id not in {r.id for r in dose_runs}

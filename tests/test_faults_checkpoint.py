@@ -127,7 +127,7 @@ def test_config_without_genes_is_refused(copy) -> None:
 def test_config_of_an_unknown_model_is_refused(copy) -> None:
     path = copy("mtae")
     edit_config(path, lambda config: config.update(model="mtae_future", **{"class": "Future"}))
-    with pytest.raises(CheckpointError, match="'mtae_future' model .*registered models") as error:
+    with pytest.raises(CheckpointError, match="'Future' for its 'mtae_future' model, which is neither .* nor registered") as error:
         PerturbationModel.load(path)
     assert str(path / "config.json") in str(error.value)
 

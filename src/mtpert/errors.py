@@ -23,6 +23,10 @@ class ConfigError(MtpertError, ValueError):
     """A benchmark configuration that cannot be run as given."""
 
 
+class DiskFullError(MtpertError, OSError):
+    """A file could not be written because its disk (or the user's quota) is full."""
+
+
 class MissingDependencyError(MtpertError, ImportError):
     """An optional extra that the requested feature needs is not installed."""
 

@@ -8,7 +8,8 @@ A package declares, in its ``pyproject.toml``::
 as pytest and napari find their plugins. A registry reads its group the first time it is looked
 into, not when mtpert is imported, so ``import mtpert`` stays fast and a broken plugin cannot
 break it: a plugin that fails to load or to register is skipped with a :class:`PluginWarning`
-naming it, its package and the error. :class:`PluginRegistry` is such a registry, read like a
+naming it, its package and the error (a plugin calling ``sys.exit`` included: it must not end
+the command that happened to load it). :class:`PluginRegistry` is such a registry, read like a
 dict; the model and metric registries are its two kinds.
 """
 
@@ -55,12 +56,17 @@ class EntryPointPlugins:
                 return
             self._loaded = True  # first: a plugin that reads the registry sees it as it is
             for point in entry_points(group=self.group):
-                try:
+                try:  # a broken plugin must not break mtpert, nor end it by calling sys.exit
                     self._register(point.name, point.load())
-                except Exception as error:  # noqa: BLE001  (a broken plugin must not break mtpert)
+                except (Exception, SystemExit) as error:  # noqa: BLE001
+                    failure = (
+                        f"it called sys.exit({error.code!r})"
+                        if isinstance(error, SystemExit)
+                        else f"{type(error).__name__}: {error}"
+                    )
                     warnings.warn(
                         f"Skipped the {self.kind} plugin '{point.name}' = '{point.value}' "
-                        f"{_provider(point)}: {type(error).__name__}: {error}. "
+                        f"{_provider(point)}: {failure}. "
                         "Fix or uninstall that package to silence this warning.",
                         PluginWarning,
                         stacklevel=4,

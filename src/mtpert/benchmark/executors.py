@@ -46,6 +46,7 @@ from mtpert.benchmark.uncertainty import (
     fit_ensemble,
     interval_scores,
 )
+from mtpert.data.labels import normalize_labels
 from mtpert.data.registry import load_dataset
 from mtpert.data.spec import DatasetSpec
 from mtpert.data.split import Split
@@ -239,15 +240,21 @@ def in_memory(adata: AnnData, key: str) -> Iterator[str]:
 
 
 @lru_cache(maxsize=1)
-def load(data: str) -> AnnData:
-    """The raw dataset, read once per process (or the AnnData given with :func:`in_memory`)."""
-    return _IN_MEMORY[data] if data in _IN_MEMORY else load_dataset(data)
+def load(data: str, spec: DatasetSpec) -> AnnData:
+    """The raw dataset, read once per process with its labels in canonical form
+    (:func:`~mtpert.data.normalize_labels`); or the AnnData given with :func:`in_memory`, as
+    it is."""
+    if data in _IN_MEMORY:
+        return _IN_MEMORY[data]
+    adata = load_dataset(data)
+    normalize_labels(adata, spec)
+    return adata
 
 
 @lru_cache(maxsize=2)
 def _prepared(data: str, spec: DatasetSpec, holdout: Holdout, n_hvg: int, hvg_on_all_cells: bool, min_cells: int) -> AnnData:
     """Data prepared for one held-out target, kept for the next run of the same target."""
-    return fold_data(load(data), spec, holdout, n_hvg=n_hvg, hvg_on_all_cells=hvg_on_all_cells, min_cells=min_cells)
+    return fold_data(load(data, spec), spec, holdout, n_hvg=n_hvg, hvg_on_all_cells=hvg_on_all_cells, min_cells=min_cells)
 
 
 def _fit_summary(models: Iterable[PerturbationModel]) -> dict[str, float]:

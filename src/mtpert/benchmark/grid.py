@@ -16,7 +16,7 @@ import json
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields, replace
 from functools import cache
 from pathlib import Path
 from types import MappingProxyType
@@ -24,10 +24,18 @@ from typing import Annotated, Any, Literal, get_type_hints
 
 import pandas as pd
 from anndata import AnnData
-from pydantic import BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+)
+from pydantic_core import PydanticCustomError
 
 from mtpert.benchmark.holdout import Holdout, SplitKind
-from mtpert.benchmark.tuning import TUNE, TuneSettings
+from mtpert.benchmark.tuning import TUNE, TuneSettings, free_space
 from mtpert.benchmark.uncertainty import UNCERTAINTY, UncertaintySettings
 from mtpert.data.pp import require_counts_or_log
 from mtpert.data.spec import DEFAULT_MIN_CELLS, MIN_CELLS_FLOOR, DatasetSpec
@@ -38,7 +46,8 @@ from mtpert.data.split import (
     predictable_combinations,
 )
 from mtpert.errors import ConfigError, DataError
-from mtpert.models.registry import MODELS, get_model
+from mtpert.models.base import RUNTIME_OPTIONS, PerturbationModel
+from mtpert.models.registry import MODELS, ModelPreset, get_model
 
 log = logging.getLogger("mtpert.benchmark")
 
@@ -54,8 +63,19 @@ def _listed(value: Any) -> Any:
     return [value] if isinstance(value, str | int | float) and value != "all" else value
 
 
+MAX_SEED = 2**32 - 1
+"""Largest seed: numpy's legacy and scikit-learn's generators take 0 to 2**32 - 1."""
+
+
+def _seed(value: int) -> int:
+    """A seed every generator a run seeds takes, refused here rather than deep inside numpy."""
+    if not 0 <= value <= MAX_SEED:
+        raise PydanticCustomError("seed", f"a seed is a whole number from 0 to {MAX_SEED}; give e.g. 1")
+    return value
+
+
 Names = Annotated[tuple[str, ...], BeforeValidator(_listed)]
-Seeds = Annotated[tuple[int, ...], BeforeValidator(_listed)]
+Seeds = Annotated[tuple[Annotated[int, AfterValidator(_seed)], ...], BeforeValidator(_listed)]
 _SCHEMA = ConfigDict(coerce_numbers_to_str=True, extra="forbid")
 """Validation of the settings' types: lax (``"2000"`` is 2000, ``[0]`` a group named ``"0"``,
 since groups are matched as text), but nothing that cannot be read as the type."""
@@ -136,7 +156,7 @@ class BenchmarkConfig:
             object.__setattr__(self, name, value)
         if isinstance(self.models, Mapping):
             self._read_variants()
-        for setting in ("models", "seeds"):
+        for setting in ("models", "seeds", "split_seeds"):
             values = getattr(self, setting)
             if len(set(values)) < len(values):
                 repeated = sorted({v for v in values if values.count(v) > 1}, key=str)
@@ -171,14 +191,13 @@ class BenchmarkConfig:
         values = dict(values)
         tune, uncertainty = values.pop(TUNE, None), values.pop(UNCERTAINTY, None)
         checked = MODELS[self.registered(name)].check_params(values, where=f"model_params.{name}")
-        if uncertainty is not None:
-            checked[UNCERTAINTY] = UncertaintySettings.read(uncertainty).to_dict()
         if tune is not None:
             settings = TuneSettings.read(tune)
             declared = MODELS[self.registered(name)](self.spec or DatasetSpec(), **checked).search_space()
-            if not declared and not settings.space:
-                raise ConfigError(f"'{name}' has nothing to tune (it declares no search space); give ranges under tune.space, or leave tune out.")
+            free_space(name, declared, settings, checked)  # nothing left to tune is refused before any run
             checked[TUNE] = settings.to_dict()
+        if uncertainty is not None:
+            checked[UNCERTAINTY] = UncertaintySettings.read(uncertainty).to_dict()
         return checked
 
     def hyperparameters(self, name: str) -> dict[str, Any]:
@@ -275,8 +294,11 @@ class RunSpec:
     ``target`` is a group of ``group_key`` (default the spec's cell-type key) for the ``group``
     split, a condition (at ``dose``) for the ``condition`` split. ``one_dose_at_a_time``: one model
     per dose. ``model`` is the name results are reported under; ``registered_as`` the registered
-    model it is, where that differs (a named variant). ``params`` and ``preparation`` are canonical
-    JSON, so a RunSpec is hashable and its id stable.
+    model it is, where that differs (a named variant). ``params`` holds what the user set;
+    ``defaults`` what else the model takes, from its preset and its class (None: nothing), so
+    that both, the model's effective hyperparameters, decide the id: a changed default makes a
+    new run, not one that an old result stands for. ``params``, ``defaults`` and ``preparation``
+    are canonical JSON, so a RunSpec is hashable and its id stable.
     """
 
     dataset: str
@@ -291,6 +313,7 @@ class RunSpec:
     dose: float | None = None
     one_dose_at_a_time: bool = False
     registered_as: str | None = None
+    defaults: str | None = None
 
     @property
     def registered_model(self) -> str:
@@ -301,11 +324,25 @@ class RunSpec:
     def id(self) -> str:
         """First 16 hex digits of the SHA-256 of the run's canonical JSON. Fields with a default
         enter it only when they differ from it (and the spec as :meth:`DatasetSpec.to_dict` gives
-        it, which does the same), so adding one keeps every earlier run's id."""
-        defaults = {f.name: f.default for f in fields(self) if f.default is not MISSING}
+        it, which does the same), so adding one keeps every earlier run's id: a run whose model
+        takes nothing from defaults (``defaults`` None) has the id it had before they entered it."""
+        unset = {f.name: f.default for f in fields(self) if f.default is not MISSING}
         values = {f.name: getattr(self, f.name) for f in fields(self)}
-        values = {k: v for k, v in values.items() if k not in defaults or v != defaults[k]}
+        values = {k: v for k, v in values.items() if k not in unset or v != unset[k]}
         return hashlib.sha256(_canonical(values).encode()).hexdigest()[:16]
+
+    @property
+    def slot(self) -> str:
+        """The id without ``defaults``: the place of the run in its grid, whatever settings its
+        model takes from defaults. Runs recorded before defaults entered the id are named by it."""
+        return replace(self, defaults=None).id
+
+    @property
+    def hparams(self) -> str:
+        """The model's effective hyperparameters as canonical JSON: ``defaults`` overridden by
+        ``params`` (without the ``tune`` and ``uncertainty`` settings)."""
+        given = {k: v for k, v in self.model_params.items() if k not in (TUNE, UNCERTAINTY)}
+        return _canonical(json.loads(self.defaults or "{}") | given)
 
     @property
     def heldout(self) -> str:
@@ -388,11 +425,14 @@ def expand(config: BenchmarkConfig, adata: AnnData) -> Grid:
     showcase = config.showcase or str(groups.loc[shown, "n_perturbed"].idxmax())
     if showcase not in shown:
         raise ConfigError(f"showcase '{showcase}' is not among the scored groups {shown}.")
+    defaults: dict[str, str | None] = {}
     for name in config.models:  # fail on a bad hyperparameter now, not after hours of runs
+        preset, given = get_model(config.registered(name)), config.hyperparameters(name)
         try:
-            model = get_model(config.registered(name))(spec, **config.hyperparameters(name))
+            model = preset(spec, **given)
         except (TypeError, ValueError) as error:
             raise ConfigError(f"model_params for '{name}': {error}") from error
+        defaults[name] = _defaults(preset, model, given)
         if config.split == "combination" and not model.predicts_unseen_combinations:
             raise ConfigError(
                 f"'{name}' cannot predict a combination it was not trained on, which split 'combination' asks for; "
@@ -410,18 +450,33 @@ def expand(config: BenchmarkConfig, adata: AnnData) -> Grid:
     if config.split == "combination":  # only then: the ids of other runs stay as they were
         preparation["combination_fraction"] = config.combination_fraction
     preparation = _canonical(preparation)
-    models = [(m, dict(config.model_params.get(m, {})), spec.dose_key is not None and config.fits_per_dose(m), config.variants.get(m)) for m in config.models]
+    models = [
+        (m, dict(config.model_params.get(m, {})), spec.dose_key is not None and config.fits_per_dose(m), config.variants.get(m), defaults[m])
+        for m in config.models
+    ]
     if config.noise_ceiling_repeats:
-        models.append((NOISE_CEILING, {"repeats": config.noise_ceiling_repeats}, False, None))
+        models.append((NOISE_CEILING, {"repeats": config.noise_ceiling_repeats}, False, None, None))
     runs = []
     for label in targets:
         target, dose = (label, None) if config.split != "condition" else (table.loc[label, "condition"], float(table.loc[label, "dose"]))
         runs += [
-            RunSpec(dataset_id(config.data), spec, preparation, config.split, target, model, seed, _canonical(params), group_key, dose, per_dose, registered)
-            for model, params, per_dose, registered in models
+            RunSpec(dataset_id(config.data), spec, preparation, config.split, target, model, seed, _canonical(params), group_key, dose, *rest)
+            for model, params, *rest in models
             for seed in config.seeds
         ]
     return Grid(tuple(runs), table.loc[~table["eligible"]].drop(columns="eligible"), showcase)
+
+
+def _defaults(preset: ModelPreset, model: PerturbationModel, given: Mapping[str, Any]) -> str | None:
+    """Canonical JSON of the hyperparameters ``model`` (``preset`` built with ``given``) takes
+    beyond ``given``: its class's defaults and its preset's options, as the built model records
+    them (a model that records none still has its constructor's); None if there are none."""
+    declared = {
+        name: p.default for name, p in preset.cls.parameters().items() if p.default is not p.empty and name not in RUNTIME_OPTIONS
+    }
+    effective = {**declared, **preset.params, **given, **model.hparams}
+    taken = {k: v for k, v in effective.items() if k not in given or _canonical(v) != _canonical(given[k])}
+    return _canonical(taken) if taken else None
 
 
 @cache
@@ -484,10 +539,12 @@ def _canonical(value: Any) -> str:
 
 
 def _jsonable(value: Any) -> Any:
+    """A value JSON lacks as one it has; anything else (a plugin model's default such as a path)
+    as its repr, which is stable for values (a config's own values are JSON already)."""
     if isinstance(value, DatasetSpec):
         return value.to_dict()
     if isinstance(value, Mapping):
         return dict(value)
     if isinstance(value, tuple):
         return list(value)
-    raise TypeError(f"{type(value).__name__} is not JSON-serializable")
+    return repr(value)

@@ -58,7 +58,8 @@ def run_benchmark(
     a :class:`~mtpert.benchmark.store.MemoryStore`).
 
     Rerunning the same call resumes: finished runs are skipped, and run files that do not read
-    back whole are moved aside and redone (:class:`~mtpert.benchmark.store.ResultStore`). ``out``
+    back whole, or whose model's effective hyperparameters have changed since, are moved aside
+    and redone (:class:`~mtpert.benchmark.store.ResultStore`). ``out``
     is refused if it holds results of other data. Held-out groups too small to score are logged
     and skipped. A run that raises is logged, its traceback kept in
     ``out/failed/<run id>.txt`` and ``on_failure`` called; the grid goes on, and a rerun retries
@@ -70,7 +71,7 @@ def run_benchmark(
     executor = executor or LocalExecutor()
     if adata is not None and not executor.in_process:
         raise ConfigError("Data given as an AnnData can only be run in this process (jobs=1); write it to an .h5ad to run it in parallel.")
-    raw = load(config.data) if adata is None else adata
+    raw = load(config.data, config.dataset_spec()) if adata is None else adata
     digest = data_sha256(raw)
     grid = expand(config, raw)
     for group, reason in grid.skipped["reason"].items():
@@ -79,6 +80,7 @@ def run_benchmark(
     key = config.data if adata is None else f"in-memory:{digest}"
     with store.open(dataclasses.replace(config, showcase=grid.showcase), digest) as merged, _provided(adata, key):
         tuning = str(store.root / TUNING_DIR) if isinstance(store, ResultStore) else None
+        store.retire_superseded(grid.runs)
         todo = tuple(
             Task(run, key, grid.keeps_prediction(run, config), config.save_models, tuning)
             for run in grid.runs

@@ -48,7 +48,7 @@ from mtpert.pl import (
     pca_overlay,
     perturbation_heatmap,
 )
-from mtpert.pl._text import literal
+from mtpert.pl._text import literal, visible
 from mtpert.pl.dose import dose_response
 
 HEADLINE = (
@@ -688,40 +688,47 @@ p.verdict{font-size:15px;line-height:1.5;max-width:75em}img{max-width:100%;borde
 
 
 def _html(title: str, verdict: str, sections, figures: list[Figure], pngs: dict[str, bytes]) -> str:
-    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
-             f"<h1>{html.escape(title)}</h1>", f"<p class='verdict'>{html.escape(verdict)}</p>", "<h2>Figures</h2>"]  # fmt: skip
+    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{_h(title)}</title><style>{_CSS}</style></head><body>",
+             f"<h1>{_h(title)}</h1>", f"<p class='verdict'>{_h(verdict)}</p>", "<h2>Figures</h2>"]  # fmt: skip
     for f in figures:
         data = base64.b64encode(pngs[f.name]).decode()
-        parts.append(f"<figure id='{html.escape(f.name)}'><img alt='{html.escape(f.name)}' src='data:image/png;base64,{data}'><figcaption>{html.escape(f.caption)}</figcaption></figure>")
+        parts.append(f"<figure id='{_h(f.name)}'><img alt='{_h(f.name)}' src='data:image/png;base64,{data}'><figcaption>{_h(f.caption)}</figcaption></figure>")
     for section in sections:
         if isinstance(section, _Sentences):
-            items = "".join(f"<li>{html.escape(s)}</li>" for s in section.lines)
-            parts.append(f"<h2>{html.escape(section.title)}</h2><ul class='verdicts'>{items}</ul>")
+            items = "".join(f"<li>{_h(s)}</li>" for s in section.lines)
+            parts.append(f"<h2>{_h(section.title)}</h2><ul class='verdicts'>{items}</ul>")
             continue
-        parts.append(f"<h2>{html.escape(section.title)}</h2>" + (f"<p class='note'>{html.escape(section.note)}</p>" if section.note else ""))
+        parts.append(f"<h2>{_h(section.title)}</h2>" + (f"<p class='note'>{_h(section.note)}</p>" if section.note else ""))
         parts.append(_html_table(section))
     return "\n".join(parts) + "</body></html>\n"
 
 
+def _h(text: object) -> str:
+    """Text as literal HTML: hidden characters made visible (:func:`~mtpert.pl._text.visible`),
+    then markup escaped."""
+    return html.escape(visible(text))
+
+
 def _html_table(t: _Table) -> str:
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in [t.cells.index.name or "", *t.cells.columns])
+    head = "".join(f"<th>{_h(c)}</th>" for c in [t.cells.index.name or "", *t.cells.columns])
     rows = []
     for model, row in t.cells.iterrows():
         cells = []
         for column, value in row.items():
-            text = html.escape(str(value))
+            text = _h(value)
             cells.append(f"<td><b>{text}</b></td>" if t.bold is not None and t.bold.loc[model, column] else f"<td>{text}</td>")
-        rows.append(f"<tr><th>{html.escape(str(model))}</th>{''.join(cells)}</tr>")
+        rows.append(f"<tr><th>{_h(model)}</th>{''.join(cells)}</tr>")
     return f"<div class='wide'><table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
 
 
-_MARKDOWN = str.maketrans({**{c: "\\" + c for c in "\\`*~[]|$"}, "\n": " ", "\r": " "})
+_MARKDOWN = str.maketrans({c: "\\" + c for c in "\\`*~[]|$"})
 
 
 def _md(text: object) -> str:
-    """Text as literal Markdown: HTML escaped as in the HTML report; Markdown's emphasis, code, link,
-    table and math characters backslashed; line breaks (which would end a table row) made spaces."""
-    return html.escape(str(text), quote=False).translate(_MARKDOWN)
+    """Text as literal Markdown: hidden characters made visible (line breaks too, which would end
+    a table row) and HTML escaped, as in the HTML report; Markdown's emphasis, code, link, table
+    and math characters backslashed."""
+    return html.escape(visible(text), quote=False).translate(_MARKDOWN)
 
 
 def _markdown_table(t: _Table) -> str:

@@ -11,18 +11,27 @@ Layout of ``DIR``::
                          (folder names: :func:`mtpert.io.safe_name` of the labels)
     models/<id>/         kept fitted models (see save_models)
     quarantine/          run files that did not read back whole, moved aside (their runs are redone)
+    superseded/          run files of runs whose model's effective hyperparameters have changed
+                         since (a default changed), moved aside; those runs are redone
 
 A run's table is written last and atomically, so it exists only for a run that finished: a run
 killed midway leaves nothing that resume would mistake for a result. Each table records how many
 rows it has; a file truncated or damaged later (a full disk, a bad copy) is found on resume,
 moved to ``quarantine/`` and its run redone. The directory is tied to the data's content
 (:func:`mtpert.data.fingerprint.data_sha256`): resuming it on other data is refused.
+
+A run's id covers its model's effective hyperparameters (:class:`~mtpert.benchmark.grid.RunSpec`),
+and each table records them (``hparams``) and the run's place in the grid (``run_slot``). On
+resume, a table in the place of a run of the grid but under another id was made with other
+effective settings: it is moved to ``superseded/`` and the run redone, with one warning saying
+how many. Tables written before effective settings were recorded are named by their place
+(their id then) and have no ``hparams``: what their model took from defaults cannot be checked,
+so they stand only for a run whose model takes nothing from defaults (its id is its place, as
+for ``control`` or a model given every hyperparameter); the others are redone likewise.
 """
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import importlib.metadata
 import json
 import logging
@@ -31,7 +40,7 @@ import platform
 import shutil
 import subprocess
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -47,13 +56,13 @@ from mtpert.benchmark.holdout import Prediction
 from mtpert.data.split import condition_label
 from mtpert.errors import ConfigError
 from mtpert.io import (
-    TEMP_PREFIX,
     atomic_path,
     atomic_write,
     safe_name,
     stale_temp_files,
     write_table,
 )
+from mtpert.lock import output_lock
 from mtpert.models.base import PerturbationModel
 
 log = logging.getLogger("mtpert.benchmark")
@@ -71,6 +80,13 @@ count (or none) was truncated or damaged."""
 PROVENANCE = ("mtpert_version", "git_commit", "data_sha256", "invocation", "finished")
 """Columns of every run table saying which code, data and invocation made it, and when."""
 
+IDENTITY = ("run_slot", "hparams")
+"""Columns of every run table saying which place of the grid it fills, and with which effective
+hyperparameters (those recorded before they were have neither)."""
+
+GIT_CHANGES_SHOWN = 20
+"""Changed paths of the source tree listed in an invocation's provenance (all are counted)."""
+
 _OWN_FOLDERS = ("runs", "failed", "predictions", "models", "report")
 """Sub-folders the store writes; only in these (and the top level) are temporary files removed."""
 
@@ -79,10 +95,6 @@ _COMPARABLE = (
     "combination_fraction",
 )  # fmt: skip
 """Settings every run of one directory must share for its results to be comparable."""
-
-
-class BenchmarkLockedError(ConfigError):
-    """Another process is writing to the same benchmark directory."""
 
 
 @dataclass(frozen=True)
@@ -94,11 +106,15 @@ class Invocation:
     mtpert_version: str
     git_commit: str | None
     data_sha256: str
+    git_changes: tuple[str, ...] = ()
+    """Paths of the source tree that differ from ``git_commit`` (see :func:`git_state`)."""
 
     @classmethod
-    def now(cls, data_sha256: str) -> Invocation:
+    def now(cls, data_sha256: str, output: Path) -> Invocation:
+        """This invocation, writing to ``output`` (which never counts as a change of the code)."""
         started = datetime.now(UTC).isoformat(timespec="seconds")
-        return cls(uuid.uuid4().hex[:12], started, mtpert.__version__, git_commit(), data_sha256)
+        commit, changes = git_state(output)
+        return cls(uuid.uuid4().hex[:12], started, mtpert.__version__, commit, data_sha256, changes)
 
 
 @dataclass(frozen=True)
@@ -121,6 +137,8 @@ class ResultStore:
         self.invocation: Invocation | None = None
         self.quarantined: list[tuple[Path, str]] = []
         """Run files this invocation moved to ``quarantine/``, each with what was wrong with it."""
+        self._places: dict[str, list[tuple[Path, bool]]] = {}
+        """Run files by the place in the grid they fill, each with whether it records ``hparams``."""
 
     # ------------------------------------------------------------------ writing
     @contextmanager
@@ -133,37 +151,20 @@ class ResultStore:
 
         Yields the configuration to write back: models, seeds and groups of both invocations.
         """
-        self._make_writable_folder()
-        with open(self.root / ".lock", "w") as lock:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise BenchmarkLockedError(f"Another mtpert benchmark is writing to {self.root}; wait for it or use another --out.") from None
+        with output_lock(self.root):
+            self.runs.mkdir(exist_ok=True)
             history = self._environments()
             self._check_data(config, data_sha256, history)
             merged = self._merge(config)
             for stale in stale_temp_files(self.root) + [f for d in _OWN_FOLDERS for f in stale_temp_files(self.root / d, recursive=True)]:
                 stale.unlink()
             self.quarantined = self._check_runs(data_sha256)
-            self.invocation = Invocation.now(data_sha256)
+            self.invocation = Invocation.now(data_sha256, self.root)
             _warn_mixed_versions(self.root, history, self.invocation)
             atomic_write(self.root / "config.json", lambda f: f.write(json.dumps(merged.to_dict(), indent=2).encode()))
             history.append(environment(self.invocation, config.data))
             atomic_write(self.root / "environment.json", lambda f: f.write(json.dumps(history, indent=2).encode()))
             yield merged
-
-    def _make_writable_folder(self) -> None:
-        """Create the directory, or refuse with the fix: an existing file, or no permission."""
-        if self.root.exists() and not self.root.is_dir():
-            raise ConfigError(f"--out {self.root} is an existing file, not a folder; give a folder for the benchmark.")
-        try:
-            self.runs.mkdir(parents=True, exist_ok=True)
-            probe = self.root / f"{TEMP_PREFIX}probe-{os.getpid()}"
-            probe.touch()
-            probe.unlink()
-        except OSError as error:
-            why = "read-only" if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS) else error.strerror
-            raise ConfigError(f"Cannot write to --out {self.root} ({why}); give a folder you can write to.") from None
 
     def _check_data(self, config: BenchmarkConfig, data_sha256: str, history: list[dict]) -> None:
         """Refuse a directory whose runs were made from other data, naming both."""
@@ -189,10 +190,13 @@ class ResultStore:
         """Move every run file that does not read back whole to ``quarantine/`` (its run is
         redone), and refuse run files made from other data than ``data_sha256``'s."""
         moved, foreign = [], set()
+        self._places = {}
         for file in self._run_files():
             table, problem = _read_run(file)
             if table is not None:
                 foreign |= set(table.get("data_sha256", pd.Series(dtype=str)).dropna()) - {data_sha256}
+                place = str(table["run_slot"].iloc[0]) if "run_slot" in table.columns else file.stem
+                self._places.setdefault(place, []).append((file, "hparams" in table.columns))
                 continue
             stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
             target = self.root / "quarantine" / f"{file.name}.{stamp}"
@@ -239,6 +243,27 @@ class ResultStore:
         }
         return BenchmarkConfig.from_dict(values)
 
+    def retire_superseded(self, runs: Sequence[RunSpec]) -> None:
+        """Move to ``superseded/`` every run file in the place of one of ``runs`` under another id:
+        made with other effective hyperparameters (or before they were recorded, so unchecked),
+        it does not stand for the run, which is redone. One warning says how many, and why."""
+        stale = [(run, file, recorded) for run in runs for file, recorded in self._places.get(run.slot, ()) if file.stem != run.id]
+        if not stale:
+            return
+        folder = self.root / "superseded"
+        folder.mkdir(exist_ok=True)
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+        for _, file, _ in stale:
+            shutil.move(file, folder / f"{file.stem}.{stamp}{file.suffix}")
+        unchecked = sum(not recorded for _, _, recorded in stale)
+        models = ", ".join(sorted({run.model for run, _, _ in stale}))
+        log.warning(
+            "%d runs are redone because their model's effective hyperparameters (its defaults included) changed since "
+            "they were recorded (models: %s%s); their old results are kept in %s.", len(stale), models,
+            f"; {unchecked} of them were recorded before runs kept those settings, so they cannot be checked" if unchecked else "",
+            folder,
+        )  # fmt: skip
+
     def write(self, result: RunResult) -> Path:
         """Save what was kept of a run, then its table: the table's existence marks it done."""
         run = result.run
@@ -246,18 +271,19 @@ class ResultStore:
             self._write_prediction(p)
         for dose, model in result.models.items():  # None: the run's one model; else one per dose
             model.save(self.root / "models" / run.id / ("" if dose is None else f"dose_{dose}"))
-        path = write_table(self._stamped(result.table), self.runs / f"{run.id}{self.suffix}")
+        path = write_table(self._stamped(result), self.runs / f"{run.id}{self.suffix}")
         (self.failed / f"{run.id}.txt").unlink(missing_ok=True)  # an earlier failure, now rerun
         return path
 
-    def _stamped(self, table: pd.DataFrame) -> pd.DataFrame:
-        """``table`` with the invocation's provenance and, last, its row count."""
+    def _stamped(self, result: RunResult) -> pd.DataFrame:
+        """The run's table with its identity, the invocation's provenance and, last, its row count."""
         if self.invocation is None:
             raise RuntimeError("ResultStore.write outside ResultStore.open")
-        i = self.invocation
+        i, run = self.invocation, result.run
         finished = datetime.now(UTC).isoformat(timespec="seconds")
         stamps = dict(zip(PROVENANCE, (i.mtpert_version, i.git_commit or "", i.data_sha256, i.id, finished), strict=True))
-        return table.assign(**stamps, **{ROW_COUNT: len(table)})
+        identity = dict(zip(IDENTITY, (run.slot, run.hparams), strict=True))
+        return result.table.assign(**identity, **stamps, **{ROW_COUNT: len(result.table)})
 
     def write_skipped(self, skipped: pd.DataFrame) -> None:
         """Record the held-out targets too small to score, with the reason (``skipped.csv``)."""
@@ -347,6 +373,7 @@ def environment(invocation: Invocation, data: str) -> dict[str, object]:
         "started": invocation.started,
         "mtpert": invocation.mtpert_version,
         "git_commit": invocation.git_commit,
+        "git_changes": {"count": len(invocation.git_changes), "first": list(invocation.git_changes[:GIT_CHANGES_SHOWN])},
         "data": data,
         "data_sha256": invocation.data_sha256,
         "python": platform.python_version(),
@@ -355,15 +382,29 @@ def environment(invocation: Invocation, data: str) -> dict[str, object]:
     }
 
 
-def git_commit() -> str | None:
-    """Commit of the mtpert source tree (``+dirty`` with uncommitted changes); None outside git."""
-    source = Path(mtpert.__file__).parent
+def git_state(output: Path, source: Path | None = None) -> tuple[str | None, tuple[str, ...]]:
+    """The commit of the git work tree holding ``source`` (default: mtpert's package), ``+dirty``
+    if it has changes, and the changed paths relative to its top: tracked files that differ from
+    the commit, and files git does not track in ``source`` (code that runs). Files under ``output``
+    (the command's own results, maybe inside the work tree) are not changes. None and no paths
+    outside git."""
+    source = Path(mtpert.__file__).parent if source is None else source
     try:
-        run = lambda *args: subprocess.run(["git", *args], cwd=source, capture_output=True, text=True, check=True).stdout.strip()
-        commit = run("rev-parse", "HEAD")
-        return commit + ("+dirty" if run("status", "--porcelain", "--untracked-files=no") else "")
+        git = lambda *args: subprocess.run(["git", *args], cwd=source, capture_output=True, check=True).stdout.decode(errors="replace")
+        commit = git("rev-parse", "HEAD").strip()
+        top = Path(git("rev-parse", "--show-toplevel").strip()).resolve()
+        status = iter(git("status", "--porcelain=v1", "-z", "--untracked-files=no").split("\0"))
+        untracked = git("ls-files", "--others", "--exclude-standard", "-z", "--full-name", "--", ".").split("\0")
     except (OSError, subprocess.CalledProcessError):
-        return None
+        return None, ()
+    tracked = []
+    for entry in status:  # "XY path"; a rename or copy is followed by the path it was made from
+        tracked.append(entry[3:])
+        if {"R", "C"} & set(entry[:2]):
+            next(status)
+    output = output.resolve()
+    changes = sorted({p for p in tracked + untracked if p and not (top / p == output or output in (top / p).parents)})
+    return commit + ("+dirty" if changes else ""), tuple(changes)
 
 
 def _setting(config: BenchmarkConfig, name: str) -> object:
@@ -395,7 +436,7 @@ def _read_json(path: Path, what: str) -> object:
 def _read_table(path: Path) -> pd.DataFrame:
     if path.suffix == ".parquet":
         return pd.read_parquet(path)
-    return pd.read_csv(path, dtype={c: str for c in ("run_id", *PROVENANCE)})  # ids such as '1e50...' stay text
+    return pd.read_csv(path, dtype={c: str for c in ("run_id", *IDENTITY, *PROVENANCE)})  # ids such as '1e50...' stay text
 
 
 def _read_run(path: Path) -> tuple[pd.DataFrame | None, str | None]:
@@ -433,6 +474,9 @@ class MemoryStore:
 
     def done(self, run: RunSpec) -> bool:
         return False
+
+    def retire_superseded(self, runs: Sequence[RunSpec]) -> None:
+        """Nothing was recorded before: nothing is superseded."""
 
     def write(self, result: RunResult) -> None:
         self._tables.append(result.table)

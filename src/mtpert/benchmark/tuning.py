@@ -40,6 +40,7 @@ from mtpert.data.spec import DEFAULT_MIN_CELLS, DatasetSpec
 from mtpert.data.split import Split, eligible_conditions, eligible_groups, predictable_combinations
 from mtpert.errors import ConfigError, DataError, MissingDependencyError
 from mtpert.io import atomic_write
+from mtpert.lock import process_alive, this_host
 from mtpert.metrics.registry import METRICS
 from mtpert.models.registry import get_model
 from mtpert.models.search import Choice, Distribution, FloatRange, IntRange, read_space
@@ -56,9 +57,13 @@ TUNE = "tune"
 log = logging.getLogger("mtpert.tune")
 
 FINISHED = ("COMPLETE", "PRUNED", "FAIL")
+"""Trial states that count towards a study's budget (a trial that failed would fail again)."""
 INTERRUPTED = "mtpert_interrupted"
 """User attribute of a trial left running by a killed process (marked failed, run again)."""
-"""Trial states that count towards a study's budget (a trial that failed would fail again)."""
+RUNNER = "mtpert_process"
+"""User attribute of a trial: ``{"host": ..., "pid": ...}`` of the process running it, recorded
+as it starts, so that a study resumed beside it tells a trial still running from one whose
+process is gone."""
 
 
 @dataclass(frozen=True)
@@ -131,11 +136,13 @@ class TuningResult:
     """What a study found.
 
     Attributes:
-        best_params: the hyperparameters of the best trial, with the fixed values of the space.
+        best_params: the hyperparameters of the best trial, with the values held fixed.
         best_value: its mean metric over the inner targets.
         trials: one row per trial: ``number``, ``state``, ``value``, ``seconds`` and one column
             per tuned hyperparameter.
         inner_targets: what each trial held out (group names, condition labels or split seeds).
+        fixed: the names in ``best_params`` held fixed in every trial (by the caller's
+            ``params`` or a value in the space), not tuned.
     """
 
     model: str
@@ -146,6 +153,7 @@ class TuningResult:
     trials: pd.DataFrame
     inner_targets: tuple[str, ...]
     seconds: float
+    fixed: tuple[str, ...] = ()
 
 
 def tune(
@@ -172,7 +180,7 @@ def tune(
         model: the name results are reported under; ``registered``: the registered model it is,
             where it is a named variant.
         settings: :class:`TuneSettings`, a mapping of them, or a number of trials.
-        params: hyperparameters held fixed (the model's preset and the user's).
+        params: hyperparameters held fixed in every trial, never tuned (e.g. ``--set``).
         kind, group_key, fraction: the split of the inner targets, as the benchmark's
             (:class:`~mtpert.benchmark.holdout.Holdout`): ``group`` holds out each of
             ``inner_folds`` training groups in turn, ``condition`` training conditions,
@@ -235,21 +243,15 @@ class Objective:
         cls, data: AnnData, spec: DatasetSpec, model: str, settings: TuneSettings, params: Mapping[str, Any],
         registered: str | None, kind: SplitKind, group_key: str | None, fraction: float, seed: int, min_cells: int,
     ) -> Objective:  # fmt: skip
-        """The objective of tuning ``model`` on ``data``: its space (declared, then the user's)
-        and the inner splits."""
-        tuned, fixed = read_space(settings.space, where="tune.space")
+        """The objective of tuning ``model`` on ``data``: its space (declared, then the user's,
+        less what ``params`` and the space hold fixed: :func:`free_space`) and the inner splits."""
         preset = get_model(registered or model)
         accepted = preset.cls.parameters()
         try:
             declared = preset(spec, **params).search_space()
         except (TypeError, ValueError) as error:
             raise ConfigError(f"{model}: {error}") from error
-        space = {k: v for k, v in (declared | tuned).items() if k not in fixed}
-        if not space:
-            raise ConfigError(
-                f"{model} has nothing to tune: it declares no search space{' and the space fixes every value' if fixed else ''}. "
-                "Give ranges under tune.space, e.g. {lr: {low: 1e-4, high: 1e-2, log: true}}."
-            )
+        space, fixed = free_space(model, declared, settings, params)
         unknown = sorted((set(space) | set(fixed)) - set(accepted))
         if unknown:
             raise ConfigError(f"tune.space names {unknown}, which {model} does not take; see `mtpert models`.")
@@ -260,6 +262,7 @@ class Objective:
         return cls(data, spec, model, registered, params, space, splits, settings.metric, seed, quiet)
 
     def __call__(self, trial: optuna.Trial) -> float:
+        trial.set_user_attr(RUNNER, {"host": this_host(), "pid": os.getpid()})
         params = {**self.params, **suggest(trial, self.space), **self.quiet}
         values = []
         for step, (_, split) in enumerate(self.splits):
@@ -280,6 +283,41 @@ class Objective:
             "space": {k: repr(v) for k, v in self.space.items()}, "inner": [name for name, _ in self.splits],
             "metric": self.metric, "seed": self.seed, "cells": self.data.n_obs, "genes": self.data.n_vars,
         }  # fmt: skip
+
+
+def free_space(
+    model: str, declared: Mapping[str, Distribution], settings: TuneSettings, params: Mapping[str, Any]
+) -> tuple[dict[str, Distribution], dict[str, Any]]:
+    """What a study of ``model`` varies: its ``declared`` space and the ranges of
+    ``settings.space``, less every hyperparameter held fixed, by a value in ``params`` (the
+    user's: ``--set``, a benchmark's model parameters) or in ``settings.space``; and the values
+    ``settings.space`` fixes.
+
+    Raises:
+        ConfigError: a hyperparameter both held by ``params`` and given a range; nothing left
+            to tune, saying whether the model declares no space or every value is held.
+    """
+    tuned, fixed = read_space(settings.space, where="tune.space")
+    both = sorted(set(tuned) & set(params))
+    if both:
+        raise ConfigError(
+            f"{model}: {', '.join(both)} is set to a value (--set, or the model's parameters) and given a range in tune.space; "
+            "keep one: the value holds it fixed, the range tunes it."
+        )
+    candidates = declared | tuned
+    space = {k: v for k, v in candidates.items() if k not in params and k not in fixed}
+    if not candidates:
+        raise ConfigError(
+            f"{model} has nothing to tune: it declares no search space. Give ranges under tune.space, "
+            "e.g. {lr: {low: 1e-4, high: 1e-2, log: true}}, or leave tune out."
+        )
+    if not space:
+        raise ConfigError(
+            f"{model} has nothing to tune: every hyperparameter it would tune ({', '.join(candidates)}) is held fixed "
+            "(by --set, the model's parameters or a value in tune.space). Free one of them, or fit the model with these "
+            "values instead of tuning it."
+        )
+    return space, fixed
 
 
 def inner_splits(
@@ -414,9 +452,29 @@ def _open_study(optuna: Any, journal: Path | None, name: str, objective: Objecti
             "remove it to start over, or tune into another folder."
         )
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        study._storage.set_trial_user_attr(trial._trial_id, INTERRUPTED, True)  # not counted: it is run again
-        study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+        if _abandoned(trial, journal):  # not counted: it is run again
+            study._storage.set_trial_user_attr(trial._trial_id, INTERRUPTED, True)
+            study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
     return study
+
+
+def _abandoned(trial: optuna.trial.FrozenTrial, journal: Path | None) -> bool:
+    """Whether running ``trial`` was left by a process that has ended: one of this host whose
+    PID is gone, or one that never recorded itself (an mtpert before trials recorded their
+    process; a trial records it first thing). This process runs no trial while it opens a
+    study, so one it recorded was interrupted (e.g. in a notebook). A trial another host runs
+    is left alone (its process cannot be checked from here), and said so."""
+    runner = trial.user_attrs.get(RUNNER)
+    if not isinstance(runner, dict):
+        return True
+    if runner.get("host") != this_host():
+        log.warning(
+            "trial %d of the study in %s runs on %s (PID %s), whose processes cannot be checked "
+            "from here; it is left running (it does not count towards the trials)",
+            trial.number, journal, runner.get("host"), runner.get("pid"),
+        )  # fmt: skip
+        return False
+    return runner.get("pid") == os.getpid() or not process_alive(int(runner["pid"]))
 
 
 def _trials_in(storage: Any, name: str) -> int:
@@ -466,7 +524,7 @@ def _result(study: Any, objective: Objective, settings: TuneSettings, seconds: f
     best_params = {**objective.params, **{k: _decoded(v) if isinstance(objective.space[k], Choice) else v for k, v in best.params.items()}}
     return TuningResult(
         objective.model, objective.metric, METRICS[objective.metric].higher_is_better, best_params, float(best.value),
-        table, tuple(name for name, _ in objective.splits), seconds,
+        table, tuple(name for name, _ in objective.splits), seconds, tuple(objective.params),
     )  # fmt: skip
 
 

@@ -114,8 +114,10 @@ def benchmark(
         start = time.perf_counter()
         try:
             run_benchmark(settings, out, executor=runner, on_plan=live.start, on_result=live.add, on_failure=live.fail)
-        except KeyboardInterrupt:
-            live.stop()
+        except BaseException as error:
+            live.stop()  # its refreshing thread ends, and the message goes below its last table
+            if not isinstance(error, KeyboardInterrupt):
+                raise
             err_console.print(f"[yellow]interrupted[/] after {live.finished} runs; rerun the same command to resume.")
             raise typer.Exit(code=130) from None
         live.stop()

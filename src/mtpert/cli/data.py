@@ -14,10 +14,12 @@ from mtpert.cli.options import (
     ConditionKey,
     Control,
     DoseKey,
+    GuideKey,
     MinCells,
     Separator,
     console,
     make_spec,
+    read_data,
     user_errors,
 )
 
@@ -29,9 +31,6 @@ if TYPE_CHECKING:
 
 app = typer.Typer(help="Inspect datasets (local files or registered public ones), or simulate one.", no_args_is_help=True)
 
-GuideKey = Annotated[
-    str | None, typer.Option(help="obs column naming each cell's guide RNA (pooled screens): shows the guides per perturbation.")
-]
 BatchKey = Annotated[
     str | None, typer.Option(help="obs column of the replicate or batch: shows in how many each perturbation has --min-cells cells.")
 ]
@@ -64,14 +63,14 @@ def info(
     """
     from dataclasses import replace
 
-    from mtpert.data.pp import DOUBLE_LOG_ADVICE, detect_kind
-    from mtpert.data.registry import load_dataset
+    from mtpert.data.pp import DOUBLE_LOG_ADVICE, count_scale_problem, detect_kind
     from mtpert.data.split import eligible_groups
 
-    spec = make_spec(cell_type_key, condition_key, control, dose_key, separator=separator, data=data)
-    spec = replace(spec, **{k: v for k, v in {"guide_key": guide_key, "batch_key": batch_key}.items() if v is not None})
+    keys = (cell_type_key, condition_key, control, dose_key)
+    spec = make_spec(*keys, separator=separator, guide_key=guide_key, data=data)
+    spec = spec if batch_key is None else replace(spec, batch_key=batch_key)
     with user_errors():
-        adata = load_dataset(data)
+        adata = read_data(data, spec)
         spec.validate(adata)
         counts = spec.counts_table(adata)
         groups = eligible_groups(adata, spec, min_cells=min_cells)
@@ -85,6 +84,8 @@ def info(
     console.print(f"[bold]{escape(data)}[/]: {adata.n_obs:,} cells x {adata.n_vars:,} genes; X holds {holds[kind]}")
     if kind == "double_log":
         console.print(f"[yellow]warning:[/] {escape(DOUBLE_LOG_ADVICE)}", highlight=False)
+    elif kind == "counts" and (problem := count_scale_problem(adata)) is not None:
+        console.print(f"[yellow]warning:[/] {escape(problem)}", highlight=False)
     if len(counts.columns) - 1 > len(counts.index):
         _print_screen(adata, spec, counts, groups, min_cells)
     else:
@@ -96,6 +97,9 @@ def info(
 def _print_groups(spec: DatasetSpec, counts: pd.DataFrame, groups: pd.DataFrame, min_cells: int) -> None:
     """Few conditions: one row per group, one column per condition, and each group's verdict."""
     console.print(escape(f"conditions: {', '.join(map(str, counts.columns[1:]))} (control: '{spec.control}')"))
+    combinations = [c for c in counts.columns[1:] if len(spec.parts(c)) > 1]
+    if combinations:
+        console.print(escape(_parts_line(spec, combinations)), highlight=False)
     table = Table(title=escape(f"cells per {spec.cell_type_key} and {spec.condition_key}"), title_justify="left")
     table.add_column(escape(spec.cell_type_key))
     for column in counts.columns:
@@ -195,6 +199,7 @@ def _screen_lines(adata: AnnData, spec: DatasetSpec, summary: pd.DataFrame, min_
         rest = [c for c in combinations if c not in predictable]
         lines.append(f"{len(predictable)} of {_count(len(combinations), 'combination')} can be predicted from their parts "
                      f"(each part applied alone; >= {min_cells} cells each)" + (f"; not: {_some(rest)}." if rest else "."))
+        lines.append(_parts_line(spec, combinations))
     if "guides" in summary.columns:
         fewest, most = summary["guides"].drop(spec.control).agg(["min", "max"])
         lines.append(f"{adata.obs[spec.guide_key].nunique()} guides in obs['{spec.guide_key}']: "
@@ -208,6 +213,12 @@ def _screen_lines(adata: AnnData, spec: DatasetSpec, summary: pd.DataFrame, min_
                      f"{len(summary) - len(short)} of {len(summary)} conditions have >= {min_cells} cells in each"
                      + (f"; not: {_some(short)}." if short else "."))
     return lines
+
+
+def _parts_line(spec: DatasetSpec, combinations: list[str]) -> str:
+    """How each combination's label was read: 'parts as read: A+B = A & B, ...'."""
+    read = (f"{c} = {' & '.join(spec.parts(c))}" for c in combinations)
+    return f"parts as read: {', '.join(read)}."
 
 
 def _count(n: int, noun: str) -> str:

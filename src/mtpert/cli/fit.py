@@ -22,9 +22,12 @@ from mtpert.cli.options import (
     ConditionKey,
     Control,
     DoseKey,
+    GuideKey,
+    Separator,
     console,
     err_console,
     make_spec,
+    read_data,
     user_errors,
 )
 
@@ -79,6 +82,8 @@ def fit(
     condition_key: ConditionKey = None,
     control: Control = None,
     dose_key: DoseKey = None,
+    separator: Separator = None,
+    guide_key: GuideKey = None,
 ) -> None:
     """Train model MODEL on DATA and save it to --out, for `mtpert predict`.
 
@@ -88,25 +93,28 @@ def fit(
     out-of-distribution prediction.
     """
     from mtpert.benchmark.holdout import Holdout, make_fold, seed_everything
-    from mtpert.data import load_dataset, prepare
+    from mtpert.data import prepare
     from mtpert.data.spec import MIN_CELLS_FLOOR
     from mtpert.data.split import train_val
     from mtpert.errors import ConfigError
-    from mtpert.io import atomic_write
+    from mtpert.io import atomic_path
+    from mtpert.lock import output_lock
     from mtpert.models import get_model
 
-    with user_errors():
+    with user_errors(), output_lock(out):
         _check_model_dir(out, force=force)
-        spec = make_spec(cell_type_key, condition_key, control, dose_key, data=data)
+        keys = (cell_type_key, condition_key, control, dose_key)
+        spec = make_spec(*keys, separator=separator, guide_key=guide_key, data=data)
         preset = get_model(model)
         options = preset.check_params(_model_params(params, set_params), where="params")
+        untrained = preset(spec, **options)  # refuses a value out of range before the data is read
         if preset.one_dose_at_a_time and spec.dose_key is not None:
             raise ConfigError(
                 f"'{model}' models one perturbation at one dose, as it was published; fit it on the control cells and "
                 "one dose (mtpert.data.single_dose), without --dose-key, or pick a model that takes doses (see `mtpert models`)."
             )
         console.print(f"reading {escape(data)}")
-        raw = load_dataset(data)
+        raw = read_data(data, spec)
         if holdout is None:
             console.print(f"preparing: log-normalizing{_hvg_note(n_hvg)}")
             prepared = prepare(raw, spec, n_hvg=n_hvg)
@@ -119,14 +127,15 @@ def fit(
         console.print(f"fitting {escape(model)} on {train.n_obs:,} cells ({val.n_obs:,} for validation) x {train.n_vars:,} genes")
         seed_everything(seed)
         start = time.perf_counter()
-        fitted = preset(spec, **options).fit(train, val if val.n_obs else None, device=device)
+        fitted = untrained.fit(train, val if val.n_obs else None, device=device)
         seconds = time.perf_counter() - start
-        fitted.save(out)
         record = {
             "data": data, "model": model, "holdout": holdout, "group_key": group_key or spec.cell_type_key,
             "n_hvg": n_hvg, "seed": seed, "params": options, "n_train": train.n_obs, "n_val": val.n_obs,
         }  # fmt: skip
-        atomic_write(out / FIT_RECORD, lambda f: f.write(json.dumps(record, indent=2).encode()))
+        with atomic_path(out / FIT_RECORD) as record_file:  # in place after the model, or neither
+            record_file.write_text(json.dumps(record, indent=2))
+            fitted.save(out)
     conditions = spec.conditions(train)
     console.print(f"saved {escape(model)} to [bold]{escape(str(out))}[/] (fit in {seconds:.0f} s); it predicts: {escape(', '.join(conditions))}")
     dose_option = " --dose DOSE" if spec.dose_key else ""
@@ -159,11 +168,11 @@ def predict(
     predicted cell per control cell, with the model's obs keys; score it with
     `mtpert evaluate DATA PRED`.
     """
-    from mtpert.data import load_dataset
     from mtpert.errors import DataError
+    from mtpert.lock import output_lock
     from mtpert.models import PerturbationModel
 
-    with user_errors():
+    with user_errors(), output_lock(out, file=True):
         _check_h5ad_target(out, force=force)
         fitted = PerturbationModel.load(model_dir, device=device)
         spec = fitted.spec
@@ -172,7 +181,7 @@ def predict(
         if spec.dose_key is None and dose is not None:
             raise DataError("The model was trained without doses; leave out --dose.")
         console.print(f"reading {escape(data)}")
-        cells = model_input(load_dataset(data), fitted, group, group_key=group_key)
+        cells = model_input(read_data(data, spec), fitted, group, group_key=group_key)
         _warn_if_trained_on(model_dir, group, group_key or spec.cell_type_key)
         console.print(f"predicting {cells.n_obs:,} control cells of {escape(group)} under {escape(condition)}")
         predicted = fitted.predict(cells, condition, dose)
@@ -246,12 +255,11 @@ def _model_params(file: Path | None, assignments: list[str] | None) -> dict[str,
 
 
 def _check_model_dir(out: Path, *, force: bool) -> None:
-    """Refuse to save into a file, or into a folder holding anything, unless ``force``."""
+    """Refuse to save into a folder holding anything but its lock, unless ``force``."""
     from mtpert.errors import ConfigError
+    from mtpert.lock import LOCK_NAME
 
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"{out} is a file; give a folder for the model.")
-    if out.is_dir() and any(out.iterdir()) and not force:
+    if not force and any(p.name != LOCK_NAME for p in out.iterdir()):
         raise ConfigError(f"{out} already exists and is not empty; give a new folder, or --force to replace the model in it.")
 
 
@@ -277,7 +285,18 @@ def _warn_if_trained_on(model_dir: Path, group: str, group_key: str) -> None:
     record_file = model_dir / FIT_RECORD
     if not record_file.is_file():
         return
-    record = json.loads(record_file.read_text())
+    from mtpert.errors import CheckpointError
+
+    try:
+        record = json.loads(record_file.read_bytes())
+    except ValueError:  # invalid JSON or text
+        record = None
+    if not isinstance(record, dict):
+        raise CheckpointError(
+            f"{record_file} is not the JSON object `mtpert fit` writes (cut short or edited); it "
+            "only records how the model was fitted: delete it to predict without that record, or "
+            "fit the model again."
+        )
     if (record.get("holdout"), record.get("group_key")) != (group, group_key):
         held_out = "nothing held out" if record.get("holdout") is None else f"only {record['holdout']} held out"
         err_console.print(

@@ -13,6 +13,7 @@ from rich.markup import escape
 
 if TYPE_CHECKING:
     import pandas as pd
+    from anndata import AnnData
 
     from mtpert.data.spec import DatasetSpec
 
@@ -42,6 +43,10 @@ Separator = Annotated[
     str | None, typer.Option(help="Text between the perturbations of a combined condition, e.g. '+' for 'KLF1+MAP2K6'.")
 ]
 DoseKey = Annotated[str | None, typer.Option(help="Optional numeric obs column with the dose.")]
+GuideKey = Annotated[
+    str | None,
+    typer.Option(help="obs column naming each cell's guide RNA (pooled screens); `mtpert data info` shows the guides per perturbation."),
+]
 MinCells = Annotated[
     int, typer.Option(min=2, help="Fewest control and perturbed cells a held-out group needs (at least 2).")
 ]  # 2 is mtpert.data.spec.MIN_CELLS_FLOOR, written out so that --help loads no data code
@@ -54,18 +59,42 @@ def make_spec(
     dose_key: str | None,
     *,
     separator: str | None = None,
+    guide_key: str | None = None,
     data: str | None = None,
 ) -> DatasetSpec:
     """The keys the user gave, over the registered spec of ``data`` (if it names a dataset)."""
     from mtpert.data.registry import DATASETS
     from mtpert.data.spec import DatasetSpec
+    from mtpert.errors import DataError
 
     base = DATASETS[data].spec if data in DATASETS else DatasetSpec()
     given = {
         "cell_type_key": cell_type_key, "condition_key": condition_key, "control": control, "dose_key": dose_key,
-        "combination_separator": separator,
+        "combination_separator": separator, "guide_key": guide_key,
     }  # fmt: skip
-    return DatasetSpec.from_dict({**base.to_dict(), **{k: v for k, v in given.items() if v is not None}})
+    try:
+        return DatasetSpec.from_dict({**base.to_dict(), **{k: v for k, v in given.items() if v is not None}})
+    except DataError as error:  # a separator or control label that no label can be read with
+        raise typer.BadParameter(str(error)) from None
+
+
+def read_data(data: str, spec: DatasetSpec) -> AnnData:
+    """Dataset ``data`` (an .h5ad file or a registered name) with its condition labels in
+    canonical form (:func:`mtpert.data.normalize_labels`), saying which it renamed: how every
+    command reads data."""
+    import warnings
+
+    from mtpert.data import load_dataset, normalize_labels
+    from mtpert.data.labels import renaming_note
+
+    adata = load_dataset(data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # said below, as commands say their warnings
+        renamed = normalize_labels(adata, spec)
+    if renamed:
+        note = renaming_note(renamed, spec.condition_key)
+        console.print(f"[yellow]warning:[/] {escape(note)}", highlight=False)
+    return adata
 
 
 def print_frame(frame: pd.DataFrame, *, title: str | None = None, digits: int = 3) -> None:

@@ -6,7 +6,7 @@ import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
@@ -21,11 +21,14 @@ from mtpert.cli.options import (
     console,
     make_spec,
     print_frame,
+    read_data,
     user_errors,
 )
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from mtpert.benchmark.tuning import TuningResult
 
 STUDY = "study.journal"
 BEST = "best_params.json"
@@ -53,7 +56,7 @@ def tune(
     ] = None,
     jobs: Annotated[int, typer.Option(min=1, help="Processes running trials at once (one thread each).")] = 1,
     n_hvg: Annotated[int, typer.Option(min=0, help="Highly variable genes to keep (0: all genes).")] = 2000,
-    seed: Annotated[int, typer.Option(help="Seed of the inner splits, of every fit and of the sampler.")] = 1,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of the inner splits, of every fit and of the sampler.")] = 1,
     cell_type_key: CellTypeKey = None,
     condition_key: ConditionKey = None,
     control: Control = None,
@@ -69,18 +72,17 @@ def tune(
     """
     from mtpert.benchmark.holdout import Holdout, make_fold
     from mtpert.benchmark.tuning import tune as run_study
-    from mtpert.data import load_dataset, prepare
+    from mtpert.data import prepare
     from mtpert.io import atomic_write, write_table
+    from mtpert.lock import output_lock
     from mtpert.models import get_model
 
-    with user_errors():
-        if out.exists() and not out.is_dir():
-            raise typer.BadParameter(f"{out} is a file; give a folder for the study.")
+    with user_errors(), output_lock(out):
         spec = make_spec(cell_type_key, condition_key, control, dose_key, separator=separator, data=data)
         fixed = get_model(model).check_params(_model_params(None, set_params), where="--set")
         settings = {"trials": trials, "metric": metric, "inner_folds": inner_folds, "space": _model_params(space, None)}
         console.print(f"reading {escape(data)}")
-        raw = load_dataset(data)
+        raw = read_data(data, spec)
         if holdout is None:
             prepared = prepare(raw, spec, n_hvg=n_hvg)
         else:
@@ -98,14 +100,19 @@ def tune(
         f"{len(result.trials)} trials in {result.seconds:.0f} s; inner held-out groups: {escape(', '.join(result.inner_targets))}; "
         f"best mean {escape(result.metric)} {result.best_value:.4f}"
     )
-    print_frame(_shown(result.best_params), title="best hyperparameters")
+    print_frame(_shown(result), title="best hyperparameters")
     console.print(escape(f"saved to {out / BEST}; next: mtpert fit {data} --model {model} --params {out / BEST} --out MODEL_DIR"), soft_wrap=True)
 
 
-def _shown(params: dict[str, Any]) -> pd.DataFrame:
+def _shown(result: TuningResult) -> pd.DataFrame:
+    """The best hyperparameters, each said to be tuned or held fixed (by --set or the space)."""
     import pandas as pd
 
-    return pd.DataFrame({"value": [str(v) for v in params.values()]}, index=pd.Index(list(params), name="parameter"))
+    params = result.best_params
+    return pd.DataFrame(
+        {"value": [str(v) for v in params.values()], "source": ["fixed" if k in result.fixed else "tuned" for k in params]},
+        index=pd.Index(list(params), name="parameter"),
+    )
 
 
 @contextmanager

@@ -1,5 +1,6 @@
 """Data layer: dataset spec, preprocessing, OOD splits, public datasets and the simulator."""
 
+from mtpert.data.labels import normalize_labels
 from mtpert.data.modalities import clr, coding_genes, paired, read_modality
 from mtpert.data.pp import detect_kind, log_normalize, prepare, require_kind, select_hvgs
 from mtpert.data.priors import PriorNetwork, read_prior
@@ -56,6 +57,7 @@ __all__ = [
     "list_datasets",
     "load_dataset",
     "log_normalize",
+    "normalize_labels",
     "paired",
     "predictable_combinations",
     "prepare",

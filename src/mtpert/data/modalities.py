@@ -22,6 +22,7 @@ from anndata import AnnData
 
 from mtpert._array import dense
 from mtpert.data.pp import detect_kind, log_normalize
+from mtpert.data.spec import check_matrix
 from mtpert.errors import DataError
 
 RNA = "rna"
@@ -73,8 +74,23 @@ def read_modality(data: Any, key: str, *, names: Sequence[str] | str | None = No
             else the DataFrame's columns, else ``<key>_0, <key>_1, ...``.
 
     Raises:
-        DataError: no such modality, or names that do not match its columns.
+        DataError: no such modality, names that do not match its columns, or a name given to two
+            of its features.
     """
+    modality = _modality(data, key, names)
+    if not modality.var_names.is_unique:  # refused, not merged: the columns may differ
+        dupes = modality.var_names[modality.var_names.duplicated()].unique()[:5].tolist()
+        raise DataError(
+            f"Modality '{key}' gives one name to several features (e.g. {dupes}); they may hold "
+            "different measurements (two antibody clones), which results by feature name could not "
+            "tell apart. Give each feature its own name (names=[...] for an obsm array, "
+            ".var_names_make_unique() on an AnnData), or drop the repeats."
+        )
+    return modality
+
+
+def _modality(data: Any, key: str, names: Sequence[str] | str | None) -> AnnData:
+    """Modality ``key`` of ``data`` as :func:`read_modality` describes, its names unchecked."""
     if hasattr(data, "mod"):  # MuData, without importing mudata (an optional dependency)
         if key not in data.mod:
             raise DataError(f"The MuData has no modality '{key}'; it has {sorted(data.mod)}.")
@@ -121,9 +137,12 @@ def clr(counts: np.ndarray | sp.spmatrix) -> np.ndarray:
     return (logged - logged.mean(1, keepdims=True)).astype(np.float32)
 
 
-def preprocess(modality: AnnData, transform: Transform) -> AnnData:
-    """A copy of ``modality`` transformed: ``log`` (log-normalized counts; left as is if already
-    log data), ``clr`` (counts), or ``none``. The counts are kept in ``layers['counts']``."""
+def preprocess(modality: AnnData, transform: Transform, *, key: str | None = None) -> AnnData:
+    """A copy of ``modality`` (``key`` in ``read_modality``, for messages) transformed: ``log``
+    (log-normalized counts; left as is if already log data), ``clr`` (counts), or ``none``. The
+    counts are kept in ``layers['counts']``. Missing or infinite values are refused, named."""
+    what = "The modality" if key is None else f"Modality '{key}'"
+    check_matrix(modality.X, what=what, allow_negative=True)
     out = modality.copy()
     if transform == "none":
         return out
@@ -160,8 +179,8 @@ def paired(
         raise DataError(f"'{sources}' and '{targets}' do not hold the same cells in the same order.")
     if source.n_obs < 10:
         raise DataError(f"Only {source.n_obs} cells: too few to learn one modality from another.")
-    source = preprocess(source, source_transform)
+    source = preprocess(source, source_transform, key=sources)
     if min_cells > 0 and "counts" in source.layers:
         seen = np.asarray((source.layers["counts"] > 0).sum(0)).ravel() >= min_cells
         source = source[:, seen].copy()
-    return source, preprocess(target, target_transform)
+    return source, preprocess(target, target_transform, key=targets)

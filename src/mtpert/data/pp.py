@@ -53,6 +53,15 @@ DOUBLE_LOG_ADVICE = (
 )
 """What to do about data logged twice; :func:`require_kind` and ``mtpert data info`` say it."""
 
+COUNTS_MAX = 1e7
+"""Largest count of one gene in one cell accepted as a raw count. UMI assays (10x, Drop-seq)
+count 1e3-1e5 molecules in a whole cell, and full-length read counts (Smart-seq2/3) reach about
+1e7 reads per cell in all, so no gene comes near it in one cell. Whole numbers above it are
+values scaled or summed before saving, an integer overflow (4294967295 is -1 stored unsigned), or
+another matrix than counts; one of them would take nearly all of its cell's normalized total and
+flatten every other gene. Counts scaled by a smaller factor stay below it, and do no harm:
+normalizing to a fixed total per cell divides any such factor out."""
+
 KIND_SAMPLE_ROWS = 2000
 """Rows of an on-disk (backed) matrix that :func:`detect_kind` reads instead of all of it."""
 
@@ -90,20 +99,50 @@ def detect_kind(adata: AnnData) -> DataKind:
     return "unknown"
 
 
+def count_scale_problem(adata: AnnData) -> str | None:
+    """What is wrong with counts ``adata.X`` holding a value above :data:`COUNTS_MAX` (the
+    value, its gene and the likely causes), or None. Reads the rows :func:`detect_kind` reads."""
+    X = sample_rows(adata, KIND_SAMPLE_ROWS)
+    values = X.data if sp.issparse(X) else np.asarray(X)
+    if values.size == 0 or values.max() <= COUNTS_MAX:
+        return None
+    per_gene = X.max(axis=0)
+    per_gene = np.asarray(per_gene.todense() if sp.issparse(per_gene) else per_gene).ravel()
+    gene = int(per_gene.argmax())
+    return (
+        f"adata.X holds whole numbers, as raw counts do, but gene '{adata.var_names[gene]}' has "
+        f"{per_gene[gene]:.4g} in one cell: above {COUNTS_MAX:.0e}, more than any single-cell "
+        "assay counts for one gene in one cell. Likely the values were scaled or summed before "
+        "saving, overflowed an integer type, or come from another layer; pass the raw per-cell counts "
+        f"(e.g. adata.layers['{COUNTS_LAYER}'] or adata.raw)."
+    )
+
+
 def require_kind(adata: AnnData, expected: DataKind, *, what: str = "This step") -> None:
-    """Raise :class:`DataError` unless ``adata.X`` holds ``expected`` data."""
+    """Raise :class:`DataError` unless ``adata.X`` holds ``expected`` data (counts: within
+    :data:`COUNTS_MAX`)."""
     kind = detect_kind(adata)
     if kind != expected:
         raise DataError(f"{what} needs {expected} data. {_advice(kind, expected)}")
+    _require_count_scale(adata, kind, what)
 
 
 def require_counts_or_log(adata: AnnData, *, what: str = "This step") -> DataKind:
-    """What ``adata.X`` holds, which must be raw counts or log-normalized data (the two inputs
-    :func:`prepare` takes); anything else raises :class:`DataError` with advice."""
+    """What ``adata.X`` holds, which must be raw counts (within :data:`COUNTS_MAX`) or
+    log-normalized data (the two inputs :func:`prepare` takes); anything else raises
+    :class:`DataError` with advice."""
     kind = detect_kind(adata)
     if kind not in ("counts", "log"):
         raise DataError(f"{what} needs raw counts or log-normalized data. {_advice(kind)}")
+    _require_count_scale(adata, kind, what)
     return kind
+
+
+def _require_count_scale(adata: AnnData, kind: DataKind, what: str) -> None:
+    """Raise :class:`DataError` if ``adata.X`` holds counts (``kind``) beyond :data:`COUNTS_MAX`."""
+    problem = count_scale_problem(adata) if kind == "counts" else None
+    if problem is not None:
+        raise DataError(f"{what}: {problem}")
 
 
 def _advice(kind: DataKind, expected: DataKind | None = None) -> str:

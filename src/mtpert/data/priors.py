@@ -11,7 +11,10 @@ can use.
 
 from __future__ import annotations
 
+import lzma
 import os
+import zipfile
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,8 +93,16 @@ def read_prior(
     sep = "," if path.name.removesuffix(".gz").endswith(".csv") else "\t"
     try:
         table = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False)
-    except (OSError, ValueError, UnicodeDecodeError, EOFError) as error:
-        raise DataError(f"Prior network {path} cannot be read as a table: {error}") from error
+    except (
+        (OSError, ValueError, EOFError)  # unreadable, not text, cut short
+        + (zlib.error, lzma.LZMAError, zipfile.BadZipFile)  # damaged compressed data
+        + (ImportError,)  # pandas lacks the decompressor the file's suffix calls for
+    ) as error:
+        raise DataError(
+            f"Prior network {path} cannot be read as a table ({error}). Give a tab-separated text "
+            "file (comma-separated if named .csv), gzipped or not; a compressed file that is "
+            "damaged or cut short must be downloaded or copied again."
+        ) from error
     found = _columns(table, path)
     edges = pd.DataFrame(
         {

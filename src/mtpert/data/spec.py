@@ -17,6 +17,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from mtpert.data.backed import on_disk
+from mtpert.data.labels import check_labels, check_spec, parse_label
 from mtpert.errors import DataError
 
 _LATER_FIELDS = ("combination_separator", "guide_key")
@@ -57,10 +58,7 @@ class DatasetSpec:
     guide_key: str | None = None
 
     def __post_init__(self) -> None:
-        if self.combination_separator == "":
-            raise DataError("combination_separator is empty; give the text between combined perturbations, e.g. '+'.")
-        if self.combination_separator is not None and self.combination_separator in self.control:
-            raise DataError(f"The control label '{self.control}' contains the combination separator '{self.combination_separator}'.")
+        check_spec(self)  # a separator or control label that labels cannot be read with
 
     @property
     def obs_keys(self) -> list[str]:
@@ -75,11 +73,12 @@ class DatasetSpec:
         return {k: v for k, v in values.items() if k not in _LATER_FIELDS or v is not None}
 
     def parts(self, condition: str) -> tuple[str, ...]:
-        """The single perturbations a condition label combines (``"A+B"`` -> ``("A", "B")``);
-        a label of one perturbation, or the control, is its own one part."""
-        if self.combination_separator is None or condition == self.control:
-            return (condition,)
-        return tuple(p for p in condition.split(self.combination_separator) if p)
+        """The single perturbations a condition label combines (``"A+B"`` -> ``("A", "B")``),
+        read by :func:`mtpert.data.labels.parse_label`: without surrounding whitespace or parts
+        that are the control; a label of one perturbation, or the control, is its own one part.
+        A label that cannot be read unambiguously (``"A+"``, ``"A+A"``) raises
+        :class:`DataError`."""
+        return parse_label(condition, self) or (self.control,)
 
     def perturbations(self, adata: AnnData) -> list[str]:
         """Sorted distinct single perturbations of the data's conditions (combinations split)."""
@@ -128,7 +127,9 @@ class DatasetSpec:
         """Raise :class:`DataError` naming the problem and its fix if ``adata`` does not fit.
 
         Checks: unique cell names, the named obs keys exist, the cell-type/condition columns have
-        no missing values, control cells exist (and, unless ``require_perturbed`` is False,
+        no missing values, condition labels that read unambiguously and are in canonical form
+        (:func:`mtpert.data.labels.check_labels`; :func:`mtpert.data.normalize_labels` puts them
+        so), control cells exist (and, unless ``require_perturbed`` is False,
         perturbed cells), a numeric dose column, unique gene names, and an expression matrix that
         is finite and non-negative (read chunk by chunk when it is on disk, see
         :mod:`mtpert.data.backed`).
@@ -151,6 +152,7 @@ class DatasetSpec:
             n_missing = int(adata.obs[key].isna().sum())
             if n_missing:
                 raise DataError(f"obs['{key}'] has {n_missing} missing values; drop or label those cells.")
+        check_labels(adata, self)
         control = self.is_control(adata)
         if not control.any():
             seen = sorted(adata.obs[self.condition_key].astype(str).unique())[:10]
@@ -209,6 +211,17 @@ def check_min_cells(min_cells: int) -> None:
         )
 
 
+def fewer_cells_advice(min_cells: int) -> str:
+    """What to do about a target with fewer than ``min_cells`` cells: pick another, or lower
+    ``min_cells`` where it is above :data:`MIN_CELLS_FLOOR`. At the floor (where ``mtpert fit``
+    holds a group out, with no --min-cells option) lowering is impossible, so it is not advised."""
+    if min_cells <= MIN_CELLS_FLOOR:
+        return "Pick another target."
+    return (
+        "Pick another target, or lower min_cells (CLI: --min-cells) if you accept noisier scores."
+    )
+
+
 def require_groups(
     adata: AnnData,
     spec: DatasetSpec,
@@ -233,6 +246,5 @@ def require_groups(
         if n < min_cells:
             raise DataError(
                 f"Cell type '{cell_type}' has {n} cells under '{condition}', fewer than the {min_cells} "
-                "needed to hold it out and score it. Pick another target, or lower min_cells "
-                "(CLI: --min-cells) if you accept noisier scores."
+                f"needed to hold it out and score it. {fewer_cells_advice(min_cells)}"
             )

@@ -31,7 +31,14 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from mtpert.data.spec import DEFAULT_MIN_CELLS, DatasetSpec, check_min_cells, require_groups
+from mtpert.data.labels import check_labels
+from mtpert.data.spec import (
+    DEFAULT_MIN_CELLS,
+    DatasetSpec,
+    check_min_cells,
+    fewer_cells_advice,
+    require_groups,
+)
 from mtpert.errors import DataError
 
 
@@ -172,7 +179,7 @@ def holdout_group(
         raise DataError(
             f"'{group}' has at most {max(map(len, truths.values()))} perturbed cells per condition"
             f"{' and dose' if spec.dose_key else ''}, fewer than the {min_cells} needed to hold it out and "
-            "score it. Pick another target, or lower min_cells (CLI: --min-cells) if you accept noisier scores."
+            f"score it. {fewer_cells_advice(min_cells)}"
         )
     held = heldout_mask(adata, spec, group, group_key=key)
     train, val = _train_val(adata, spec, ~held, val_fraction, seed, key)
@@ -202,6 +209,9 @@ def holdout_condition(
     key = group_key or spec.cell_type_key
     spec.validate(adata)
     group = _group_labels(adata, key)
+    # validated: one label per set of parts, so 'B+A' names the data's 'A+B'
+    labels = {frozenset(spec.parts(c)): c for c in spec.conditions(adata)}
+    condition = labels.get(frozenset(spec.parts(condition)), condition)
     if condition not in spec.conditions(adata):
         raise DataError(f"No perturbed cells with condition '{condition}'; available conditions: {spec.conditions(adata)}.")
     if spec.dose_key is None and dose is not None:
@@ -243,10 +253,12 @@ def predictable_combinations(adata: AnnData, spec: DatasetSpec, *, min_cells: in
             "The spec has no combination_separator, so no condition is a combination; set "
             "DatasetSpec(combination_separator='+') (CLI: --separator) if labels such as 'A+B' combine perturbations."
         )
+    check_labels(adata, spec)  # one label per combination, so that a label stands for its parts
     perturbed = ~spec.is_control(adata)
     sizes = adata.obs.loc[perturbed, spec.condition_key].astype(str).value_counts()
-    enough = set(sizes.index[sizes >= min_cells])
-    return sorted(c for c in enough if len(spec.parts(c)) > 1 and all(p in enough for p in spec.parts(c)))
+    parts = {c: frozenset(spec.parts(c)) for c in sizes.index[sizes >= min_cells]}
+    singles = {part for p in parts.values() if len(p) == 1 for part in p}  # applied alone
+    return sorted(c for c, p in parts.items() if len(p) > 1 and p <= singles)
 
 
 def holdout_combinations(
@@ -280,7 +292,7 @@ def holdout_combinations(
     n_held = min(len(candidates) - 1, max(1, round(fraction * len(candidates))))  # some stay to learn from
     chosen = sorted(np.random.default_rng(split_seed).choice(candidates, n_held, replace=False))
     condition = adata.obs[spec.condition_key].astype(str).to_numpy()
-    held = np.isin(condition, chosen)
+    held = np.isin(condition, chosen)  # validated: each combination (set of parts) has one label
     group = _group_labels(adata, spec.cell_type_key)
     control = spec.is_control(adata)
     targets = []

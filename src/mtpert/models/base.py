@@ -7,7 +7,9 @@ cells would look under a condition. Inputs and outputs are AnnData with log-norm
 A saved model is a directory holding ``config.json`` (model name, mtpert version,
 hyperparameters, dataset spec, gene list, and what ``fit`` learned that is not a tensor) and
 ``weights.pt`` (a flat ``dict[str, torch.Tensor]`` read back with ``weights_only=True``, so
-loading never unpickles arbitrary objects). Loading checks that the two files belong together:
+loading never unpickles arbitrary objects). The model's class is found among the registered ones
+and the class ``load`` is called on, never imported by the name the file records, so loading runs
+no code from the file or from beside it. Loading checks that the two files belong together:
 each model's ``_restore`` builds its networks from the config and passes their tensor shapes to
 :func:`check_weights` before reading the weights in.
 """
@@ -18,7 +20,6 @@ import inspect
 import json
 import os
 import pickle
-import pkgutil
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
@@ -36,7 +37,7 @@ from mtpert._array import dense  # noqa: F401  (re-exported for older imports)
 from mtpert.data.pp import require_kind
 from mtpert.data.spec import DatasetSpec
 from mtpert.errors import CheckpointError, DataError, MtpertError
-from mtpert.io import atomic_write
+from mtpert.io import atomic_write_files
 from mtpert.models.search import Distribution
 from mtpert.train.loop import resolve_device
 
@@ -141,11 +142,11 @@ class PerturbationModel(ABC):
         return out
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the model to directory ``path`` (created; existing files replaced atomically)."""
+        """Write the model to directory ``path`` (created if missing). Its files are replaced
+        together or not at all: a failed save (a full disk) leaves a model saved there before
+        whole, and no new folder behind."""
         if self.genes is None:
             raise NotFittedError(f"{self.name}: fit the model before saving it.")
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
         config = {
             "model": self.name,
             "class": f"{type(self).__module__}:{type(self).__qualname__}",  # how load finds it
@@ -156,13 +157,22 @@ class PerturbationModel(ABC):
             "learned": self._learned(),
         }
         tensors = {k: torch.as_tensor(v).detach().cpu().contiguous() for k, v in self._tensors().items()}
-        atomic_write(path / WEIGHTS_FILE, lambda f: torch.save(tensors, f))
-        atomic_write(path / CONFIG_FILE, lambda f: f.write(json.dumps(config, indent=2).encode()))
-        return path
+        return atomic_write_files(
+            path,
+            {
+                WEIGHTS_FILE: lambda f: torch.save(tensors, f),
+                CONFIG_FILE: lambda f: f.write(json.dumps(config, indent=2).encode()),
+            },
+        )
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], device: str | None = None) -> PerturbationModel:
         """Read a model written by :meth:`save`; works on the base class or the right subclass.
+
+        Only a registered model class (mtpert's, or one added with
+        :func:`~mtpert.models.register_model` or an entry point) or the class this is called on
+        is built: nothing a saved file names is imported, since importing runs code. A model of
+        your own unregistered class is loaded with ``YourModel.load(path)``.
 
         ``device`` is where a network runs, whatever device it was saved from: ``auto`` (the
         default: CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``; models without a
@@ -183,7 +193,7 @@ class PerturbationModel(ABC):
                 stacklevel=2,
             )
         try:
-            model_cls = _model_class(config, path / CONFIG_FILE)
+            model_cls = _model_class(config, path / CONFIG_FILE, cls)
             if not issubclass(model_cls, cls):
                 raise MtpertError(
                     f"{path} holds a '{config['model']}' model ({model_cls.__name__}), "
@@ -365,44 +375,46 @@ def _read_weights(file: Path, device: torch.device) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def _model_class(config: dict[str, Any], file: Path) -> type[PerturbationModel]:
-    """The class of the model ``config`` (read from ``file``) describes.
+def _model_class(
+    config: dict[str, Any], file: Path, requested: type[PerturbationModel]
+) -> type[PerturbationModel]:
+    """The class of the model ``config`` (read from ``file``) describes, among the classes mtpert
+    may build: the registered ones (mtpert's, :func:`~mtpert.models.register_model`'s and the
+    plugins') and ``requested``, the class ``load`` was called on. Nothing the file names is
+    imported: a saved model is data, and importing a module runs its code, found wherever the
+    module search path leads (the current folder included).
 
-    Found by the ``module:qualname`` that :meth:`PerturbationModel.save` records, imported, so a
-    user's own subclass loads without being registered; the import runs only code installed here
-    and anything but a PerturbationModel subclass is refused. Where that module cannot be imported
-    (moved since), by its registered name; else by the class name alone among the registered
-    classes (models saved by mtpert 0.1 recorded only that; it also finds a combination of options
-    without a preset, e.g. ``mtvae_adv_ot``, of a class moved since).
+    Found by the ``module:qualname`` that :meth:`PerturbationModel.save` records. Models saved by
+    mtpert 0.1 recorded the class name alone, and a class may have moved to another module of its
+    package since: these are found by the class name (within the package recorded), preferring
+    ``requested`` and then the preset the file names (this also finds a combination of options
+    without a preset, e.g. ``mtvae_adv_ot``, of a class moved since); a file that names no class,
+    by its preset's name.
     """
     from mtpert.models.registry import MODELS
 
-    saved_class = config.get("class")
-    import_failure = ""
-    if isinstance(saved_class, str) and ":" in saved_class:
-        try:
-            found = pkgutil.resolve_name(saved_class)
-        except Exception as error:  # noqa: BLE001 (importing a module may raise anything; fall back by name)
-            import_failure = (
-                f"; importing {saved_class} failed ({type(error).__name__}: {error}): install the "
-                "package defining it, or define the class at the top level of an importable module"
-            )
-        else:
-            if not (isinstance(found, type) and issubclass(found, PerturbationModel)):
-                raise CheckpointError(
-                    f"{file} names {saved_class} as the model's class, which is not a "
-                    "PerturbationModel subclass; the file was not written by PerturbationModel.save, "
-                    "or was edited. Re-save the model."
-                )
-            return found
-    if config["model"] in MODELS:
-        return MODELS[config["model"]].cls
-    classes = {preset.cls.__qualname__: preset.cls for preset in MODELS.values()}
-    if isinstance(saved_class, str) and saved_class.rpartition(":")[2] in classes:
-        return classes[saved_class.rpartition(":")[2]]
+    saved = config.get("class") if isinstance(config.get("class"), str) else ""
+    module, _, qualname = saved.rpartition(":")
+    preset = MODELS.get(config["model"])
+    own = [] if inspect.isabstract(requested) else [requested]
+    known = [*own, *([preset.cls] if preset else []), *(p.cls for p in MODELS.values())]
+    for cls in known:
+        if f"{cls.__module__}:{cls.__qualname__}" == saved:
+            return cls
+    if not saved and preset is not None:
+        return preset.cls
+    for cls in known:
+        same_package = not module or module.partition(".")[0] == cls.__module__.partition(".")[0]
+        if qualname and cls.__qualname__ == qualname and same_package:
+            return cls
+    named = f"names the model class '{saved}'" if saved else "names no model class"
+    caller = "" if own == [] else f", nor {requested.__qualname__}, the class load was called on"
     raise CheckpointError(
-        f"{file} describes a '{config['model']}' model ({saved_class}), which this mtpert "
-        f"does not have{import_failure}; registered models: {', '.join(MODELS)}."
+        f"{file} {named} for its '{config['model']}' model, which is neither one of mtpert's "
+        f"models nor registered{caller}. mtpert does not import the classes a saved model names, "
+        "as importing runs code. If it is your own model class, import it and load the model "
+        f"through it ({qualname or 'YourModel'}.load(path)), or register it "
+        "(mtpert.models.register_model, or an entry point in the group 'mtpert.models')."
     )
 
 

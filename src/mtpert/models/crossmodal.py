@@ -51,7 +51,7 @@ from torch import Tensor, nn
 
 from mtpert._array import dense
 from mtpert.errors import CheckpointError, ConfigError, DataError, UnknownNameError
-from mtpert.io import atomic_write
+from mtpert.io import atomic_write_files
 from mtpert.models.base import NotFittedError
 from mtpert.plugins import ClassPluginRegistry
 from mtpert.train.data import Batch, CellData
@@ -326,7 +326,7 @@ class MultimodalAE(CrossModalModel):
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the fitted model to folder ``path``: its settings and feature names as JSON, its
-        weights and input scaling as tensors (no pickle), each file written atomically."""
+        weights and input scaling as tensors (no pickle), replaced together or not at all."""
         if self.net is None or self.source_features is None or self.target_features is None:
             raise NotFittedError(f"{self.name}: fit the model before saving it.")
         folder = Path(path)
@@ -340,25 +340,53 @@ class MultimodalAE(CrossModalModel):
         if self.projection is not None:
             arrays |= {"projection_mean": torch.as_tensor(self.projection[0]), "projection_components": torch.as_tensor(self.projection[1])}
         weights = {f"net.{k}": v.detach().cpu() for k, v in self.net.state_dict().items()} | arrays
-        atomic_write(folder / "weights.pt", lambda f: torch.save(weights, f))
-        atomic_write(folder / "crossmodal.json", lambda f: f.write(json.dumps(settings, indent=2).encode()))
-        return folder
+        return atomic_write_files(
+            folder,
+            {
+                "weights.pt": lambda f: torch.save(weights, f),
+                "crossmodal.json": lambda f: f.write(json.dumps(settings, indent=2).encode()),
+            },
+        )
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], device: str = "auto") -> MultimodalAE:
-        """Read a model written by :meth:`save`.
+        """Read a model written by :meth:`save`: the settings as JSON, the tensors with
+        ``weights_only=True`` (nothing is unpickled, no code runs).
 
         Raises:
-            CheckpointError: a file is missing or unreadable, or the weights do not fit the settings.
+            CheckpointError: a file is missing or unreadable, lacks a setting or tensor that
+                :meth:`save` writes, or the weights do not fit the settings.
         """
         folder = Path(path)
+        settings_file, weights_file = folder / "crossmodal.json", folder / "weights.pt"
         try:
-            settings = json.loads((folder / "crossmodal.json").read_text())
-            tensors = torch.load(folder / "weights.pt", map_location="cpu", weights_only=True)
+            settings = json.loads(settings_file.read_text())
+            tensors = torch.load(weights_file, map_location="cpu", weights_only=True)
         except (OSError, ValueError, RuntimeError, EOFError, IndexError, KeyError, pickle.UnpicklingError) as error:
             raise CheckpointError(f"Cannot read a cross-modal model from {folder} (missing, truncated or not one): {error!r}") from None
-        sources, targets = settings.pop("source_features"), settings.pop("target_features")
-        model = cls(settings.pop("fusion"), hidden=tuple(settings.pop("hidden")), device=device, **settings)
+        named_tensors = isinstance(tensors, dict) and all(
+            isinstance(k, str) and isinstance(v, Tensor) for k, v in tensors.items()
+        )
+        if not (isinstance(settings, dict) and named_tensors):
+            raise CheckpointError(
+                f"{folder} does not hold a cross-modal model as MultimodalAE.save writes one "
+                "(settings as a JSON object, weights as named tensors); fit and save it again."
+            )
+        features = ("source_features", "target_features")
+        _require(settings_file, settings, ("fusion", "hidden", *features))
+        scales = tuple(f"scale_{m}_{i}" for m in ("s", "t") for i in (0, 1))
+        projection = ("projection_mean", "projection_components")
+        projected = projection if tensors.keys() & set(projection) else ()
+        _require(weights_file, tensors, scales + projected)
+        sources, targets = (settings.pop(key) for key in features)
+        fusion, hidden = settings.pop("fusion"), settings.pop("hidden")
+        try:
+            model = cls(fusion, hidden=tuple(hidden), device=device, **settings)
+        except (TypeError, ValueError) as error:  # settings this mtpert does not take
+            raise CheckpointError(
+                f"{settings_file} holds settings this mtpert cannot build a {cls.__name__} from "
+                f"({error}); fit and save the model again."
+            ) from None
         model.source_features, model.target_features = sources, targets
         model.scale = {m: (tensors[f"scale_{m}_0"].numpy(), tensors[f"scale_{m}_1"].numpy()) for m in ("s", "t")}
         model.projection = (
@@ -406,6 +434,18 @@ class MultimodalAE(CrossModalModel):
         predict = self.prediction_function()
         with torch.no_grad(), cpu_threads(self.num_threads):
             return predict(torch.as_tensor(x, device=self.device)).cpu().numpy()
+
+
+def _require(file: Path, saved: dict[str, object], keys: tuple[str, ...]) -> None:
+    """Refuse a saved cross-modal model whose ``file`` lacks some of ``keys`` (all of which
+    :meth:`MultimodalAE.save` writes), naming them."""
+    missing = [k for k in keys if k not in saved]
+    if missing:
+        raise CheckpointError(
+            f"{file} lacks {missing}, which every saved cross-modal model has; it was edited, or "
+            "comes from another program or model. Put back the files saved together, or fit and "
+            "save the model again."
+        )
 
 
 def feature_pearson(truth: AnnData, pred: AnnData) -> pd.Series:

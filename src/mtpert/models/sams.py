@@ -224,8 +224,14 @@ class SamsParams(Hyperparameters):
         super().__post_init__()
         check_choice("alignment", self.alignment, get_args(Alignment))
         check_choice("prediction", self.prediction, get_args(Prediction))
-        if (self.alignment == "prior") != (self.prior is not None):
-            raise ValueError("Give prior= (a TF -> target table) exactly when alignment='prior'.")
+        if self.prior is not None and self.alignment != "prior":
+            raise ValueError(
+                f"prior={self.prior!r} is used only by alignment='prior', and alignment is "
+                f"{self.alignment!r}, so it would be ignored: set alignment='prior', or leave "
+                "out prior."
+            )
+        if self.alignment == "prior" and self.prior is None:
+            raise ValueError("alignment='prior' needs prior=, the path of a TF -> target table.")
         if not 0.0 < self.mask_prior < 1.0:
             raise ValueError(f"mask_prior must be in (0, 1), got {self.mask_prior}.")
         negative = [

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from numbers import Integral, Real
 from typing import Any
 
 from mtpert.errors import ConfigError
@@ -56,7 +57,7 @@ class Choice:
 
     def __post_init__(self) -> None:
         if not self.values:
-            raise ConfigError("A choice needs at least one value.")
+            raise ConfigError("choices is empty; list at least one value (or give one value to hold it fixed).")
 
 
 Distribution = FloatRange | IntRange | Choice
@@ -68,8 +69,9 @@ def read_space(values: Mapping[str, Any], *, where: str = "space") -> tuple[dict
     the fixed values (anything not a mapping) that override a model's declared ranges.
 
     Raises:
-        ConfigError: a mapping that is neither a range (``low`` and ``high``) nor a choice
-            (``choices``), or that has keys of neither.
+        ConfigError: naming the hyperparameter: a mapping that is neither a range (``low`` and
+            ``high``) nor a choice (``choices``), a bound that is not a number, an empty range or
+            an empty choice.
     """
     tuned: dict[str, Distribution] = {}
     fixed: dict[str, Any] = {}
@@ -78,29 +80,38 @@ def read_space(values: Mapping[str, Any], *, where: str = "space") -> tuple[dict
             fixed[name] = value
             continue
         keys = set(value)
-        if keys == {"choices"}:
-            choices = value["choices"]
-            if not isinstance(choices, Sequence) or isinstance(choices, str):
-                raise ConfigError(f"{where}.{name}.choices must be a list, got {choices!r}.")
-            tuned[name] = Choice(tuple(_hashable(c) for c in choices))
-            continue
-        if not {"low", "high"} <= keys <= {"low", "high", "log", "step"}:
+        if keys != {"choices"} and not {"low", "high"} <= keys <= {"low", "high", "log", "step"}:
             raise ConfigError(
                 f"{where}.{name} must be a range {{low, high[, log][, step]}}, a list of {{choices}}, "
                 f"or a fixed value; got the keys {sorted(keys)}."
             )
         try:
-            low, high = _number(value["low"]), _number(value["high"])
-            log = bool(value.get("log", False))
-            if "step" in value or (isinstance(low, int) and isinstance(high, int)):
-                tuned[name] = IntRange(int(low), int(high), log, int(value.get("step", 1)))
-            else:
-                tuned[name] = FloatRange(float(low), float(high), log)
-        except (TypeError, ValueError) as error:
-            raise ConfigError(f"{where}.{name}: low, high and step must be numbers ({error}).") from None
+            tuned[name] = _choice(value["choices"]) if keys == {"choices"} else _range(value)
         except ConfigError as error:
             raise ConfigError(f"{where}.{name}: {error}") from None
     return tuned, fixed
+
+
+def _choice(choices: Any) -> Choice:
+    if not isinstance(choices, Sequence) or isinstance(choices, str):
+        raise ConfigError(f"choices must be a list, got {choices!r}.")
+    return Choice(tuple(_hashable(c) for c in choices))
+
+
+def _range(value: Mapping[str, Any]) -> FloatRange | IntRange:
+    """A range: of integers where ``step`` is given or both ends are written as integers (any
+    kind: Python's, numpy's, or text), else of floats."""
+    low, high = _number(value["low"], "low"), _number(value["high"], "high")
+    log = value.get("log", False)
+    if not isinstance(log, bool):
+        raise ConfigError(f"log must be true or false, got {log!r}.")
+    if "step" not in value and not (isinstance(low, Integral) and isinstance(high, Integral)):
+        return FloatRange(float(low), float(high), log)
+    bounds = {"low": low, "high": high, "step": _number(value.get("step", 1), "step")}
+    fractional = [f"{k}={v}" for k, v in bounds.items() if not float(v).is_integer()]
+    if fractional:
+        raise ConfigError(f"a range with a step is of integers, but {', '.join(fractional)}; give whole numbers, or leave step out.")
+    return IntRange(int(low), int(high), log, int(bounds["step"]))
 
 
 def _check_range(low: float, high: float, log: bool) -> None:
@@ -110,16 +121,18 @@ def _check_range(low: float, high: float, log: bool) -> None:
         raise ConfigError(f"A log-scale range needs low > 0, got {low}.")
 
 
-def _number(value: Any) -> int | float:
-    """A number, from a number or its text (YAML reads ``1e-4`` as text)."""
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise TypeError(f"{value!r} is not a number")
+def _number(value: Any, key: str) -> Real:
+    """A number (any kind: Python's or numpy's), or one written as text (YAML reads ``1e-4`` as
+    text); ``key`` names it in the error."""
+    if isinstance(value, Real) and not isinstance(value, bool):
+        return value
     if isinstance(value, str):
-        try:
-            return int(value)
-        except ValueError:
-            return float(value)
-    return value
+        for kind in (int, float):
+            try:
+                return kind(value)
+            except ValueError:
+                pass
+    raise ConfigError(f"low, high and step must be numbers; {key} is {value!r}.")
 
 
 def _hashable(value: Any) -> Any:

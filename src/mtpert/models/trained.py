@@ -106,7 +106,10 @@ class TrainedModel(PerturbationModel):
                 f"{type(self).__name__} has no parameter {', '.join(unknown)}; its parameters: "
                 f"{', '.join(self.parameters())}."
             )
-        self.params = self.Params(**hparams)
+        try:
+            self.params = self.Params(**hparams)
+        except ValueError as error:  # a value out of its range: the caller's input, not a bug
+            raise ConfigError(f"{type(self).__name__}: {error}") from None
         super().__init__(spec, **asdict(self.params))
         self.device = resolve_device(device)
         self.num_threads = num_threads

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -31,6 +32,7 @@ from rich import get_console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import Tensor, nn
 
+from mtpert.errors import ConfigError
 from mtpert.train.data import Batch, CellData
 
 Schedule = Literal["plateau", "cosine"]
@@ -117,22 +119,40 @@ class TrainConfig:
     disc_steps: int = 5
 
     def __post_init__(self) -> None:
-        positive = ("lr", "batch_size", "max_epochs", "patience", "grad_clip", "disc_steps")
-        problems = [
-            f"{k} must be > 0, got {getattr(self, k)}" for k in positive if not getattr(self, k) > 0
-        ]
-        problems += [
-            f"{k} must be >= 0, got {getattr(self, k)}"
-            for k in ("warmup_epochs", "weight_decay")
-            if getattr(self, k) < 0
-        ]
+        """Refuse a setting of the wrong type or out of its range here, when the model is made,
+        rather than as a failure deep inside training (``max_epochs=0`` would train nothing)."""
+        problems = [_number_problem(k, getattr(self, k), positive=True) for k in _POSITIVE]
+        problems += [_number_problem(k, getattr(self, k), positive=False) for k in _NON_NEGATIVE]
         problems += [
             f"{k} must be one of {list(get_args(allowed))}, got {getattr(self, k)!r}"
             for k, allowed in (("schedule", Schedule), ("precision", Precision))
             if getattr(self, k) not in get_args(allowed)
         ]
-        if problems:
-            raise ValueError("Bad training settings: " + "; ".join(problems) + ".")
+        found = [p for p in problems if p is not None]
+        if found:
+            raise ConfigError(
+                f"Bad training settings: {'; '.join(found)}. Give each a value in its range."
+            )
+
+
+_POSITIVE = ("lr", "batch_size", "max_epochs", "patience", "grad_clip", "disc_steps")
+_NON_NEGATIVE = ("warmup_epochs", "weight_decay")
+_WHOLE = frozenset({"batch_size", "max_epochs", "patience", "warmup_epochs", "disc_steps"})
+"""The :class:`TrainConfig` settings that count (cells, epochs, steps): integers."""
+
+
+def _number_problem(name: str, value: object, *, positive: bool) -> str | None:
+    """What is wrong with training setting ``name`` = ``value``, or None: a counting setting
+    (:data:`_WHOLE`) must be an integer, any other a number; each above 0 (``positive``) or at
+    least 0. NaN fails every comparison, so it is refused too (infinity is not: an infinite
+    ``grad_clip`` clips nothing)."""
+    whole = name in _WHOLE
+    kind = numbers.Integral if whole else numbers.Real
+    if isinstance(value, bool) or not isinstance(value, kind):
+        return f"{name} must be {'an integer' if whole else 'a number'}, got {value!r}"
+    if value > 0 if positive else value >= 0:
+        return None
+    return f"{name} must be {'> 0' if positive else '>= 0'}, got {value!r}"
 
 
 def train(
