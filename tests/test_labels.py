@@ -328,6 +328,29 @@ def test_fit_reads_the_data_with_its_labels_normalized(tmp_path) -> None:
     assert "'B+A' -> 'A+B'" in result.output and "it predicts: A, A+B, B" in result.output
 
 
+def test_a_command_says_a_renaming_as_one_warning_line_without_python_source(tmp_path) -> None:
+    path = tmp_path / "data.h5ad"
+    screen({"p": "A", "q": "B", "r": "B+A|A+B"}).write_h5ad(path)
+    result = runner.invoke(app, ["data", "info", str(path), "--separator", "+"])
+    assert result.exit_code == 0, result.output
+    assert "warning: Renamed 1 labels" in result.output
+    assert "UserWarning" not in result.output and "normalize_labels(" not in result.output
+
+
+def test_predict_reads_the_asked_condition_as_labels_are_read() -> None:
+    data = screen({"p": "A", "q": "B", "r": "A+B"})
+    log_normalize(data)
+    model = get_model("additive")(SCREEN).fit(data)
+    control = data[data.obs["condition"].astype(str) == "control"]
+    spelled = model.predict(control, " B + A ")
+    assert set(spelled.obs["condition"]) == {"B+A"}  # whitespace gone; the set of parts decides
+    np.testing.assert_allclose(spelled.X, model.predict(control, "A+B").X)
+    with pytest.raises(DataError, match="empty part"):
+        model.predict(control, "A+")
+    with pytest.raises(DataError, match="is the control condition"):
+        model.predict(control, "control ")
+
+
 def test_data_info_shows_the_parts_and_the_renamed_labels(tmp_path) -> None:
     path = tmp_path / "data.h5ad"
     screen({"p": "A", "q": "B", "r": "B+A|A+B", "s": "D + C"}).write_h5ad(path)

@@ -20,6 +20,7 @@ from mtpert.cli.options import (
     console,
     make_spec,
     read_data,
+    seed_option,
     user_errors,
 )
 
@@ -274,7 +275,7 @@ def simulate(
     cells: Annotated[int, typer.Option(min=1, help="Cells per cell type x condition x dose group.")] = 100,
     species: Annotated[int, typer.Option(min=1, help="Species; above 1 adds obs['species'] (hold it out with --group-key species).")] = 1,
     effect_size: Annotated[float, typer.Option(help="Natural-log fold change of a responsive gene at full response.")] = 1.0,
-    seed: Annotated[int, typer.Option(help="The same arguments and seed give the same data.")] = 0,
+    seed: Annotated[int, seed_option("The same arguments and seed give the same data.")] = 0,
 ) -> None:
     """Simulated raw counts with the true response stored in uns['simulation'] (mtpert.data.simulate).
 

@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.progress import Progress
 
-from mtpert.cli.options import console, print_frame, user_errors
+from mtpert.cli.options import console, print_frame, seed_option, user_errors
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -21,7 +21,7 @@ NO_CHANGE = "control"
 def demo(
     out: Annotated[Path, typer.Option(help="Directory for the results table and figures.")] = Path("mtpert-demo"),
     models: Annotated[str, typer.Option(help="Comma-separated registered model names.")] = "control,mean_shift",
-    seed: Annotated[int, typer.Option(help="Seed for the simulation, split and models.")] = 1,
+    seed: Annotated[int, seed_option("Seed for the simulation, split and models.")] = 1,
 ) -> None:
     """Simulate a perturbation experiment, hold out each cell type, fit and score the models."""
     from mtpert.benchmark.demo import demo_summary, run_demo

@@ -28,6 +28,7 @@ from mtpert.cli.options import (
     err_console,
     make_spec,
     read_data,
+    seed_option,
     user_errors,
 )
 
@@ -75,7 +76,7 @@ def fit(
         list[str] | None, typer.Option("--set", help="A model parameter as KEY=VALUE, e.g. --set max_epochs=50; repeatable; overrides --params.")
     ] = None,
     n_hvg: Annotated[int, typer.Option(min=0, help="Highly variable genes to keep (0: all genes).")] = 2000,
-    seed: Annotated[int, typer.Option(help="Seed of the train/validation division and of the model.")] = 1,
+    seed: Annotated[int, seed_option("Seed of the train/validation division and of the model.")] = 1,
     device: Device = None,
     force: Force = False,
     cell_type_key: CellTypeKey = None,

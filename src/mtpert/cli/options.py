@@ -47,6 +47,17 @@ GuideKey = Annotated[
     str | None,
     typer.Option(help="obs column naming each cell's guide RNA (pooled screens); `mtpert data info` shows the guides per perturbation."),
 ]
+MAX_SEED = 2**32 - 1
+"""Largest seed numpy's legacy and scikit-learn's generators take (as
+:data:`mtpert.benchmark.grid.MAX_SEED`, written out so that --help loads no benchmark code)."""
+
+
+def seed_option(help: str) -> typer.models.OptionInfo:
+    """A ``--seed`` option that refuses what no generator takes (negative, or above
+    :data:`MAX_SEED`) before any work, rather than failing inside numpy."""
+    return typer.Option(min=0, max=MAX_SEED, help=help)
+
+
 MinCells = Annotated[
     int, typer.Option(min=2, help="Fewest control and perturbed cells a held-out group needs (at least 2).")
 ]  # 2 is mtpert.data.spec.MIN_CELLS_FLOOR, written out so that --help loads no data code
@@ -80,20 +91,12 @@ def make_spec(
 
 def read_data(data: str, spec: DatasetSpec) -> AnnData:
     """Dataset ``data`` (an .h5ad file or a registered name) with its condition labels in
-    canonical form (:func:`mtpert.data.normalize_labels`), saying which it renamed: how every
-    command reads data."""
-    import warnings
-
+    canonical form (:func:`mtpert.data.normalize_labels`, which warns of what it renamed): how
+    every command reads data."""
     from mtpert.data import load_dataset, normalize_labels
-    from mtpert.data.labels import renaming_note
 
     adata = load_dataset(data)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # said below, as commands say their warnings
-        renamed = normalize_labels(adata, spec)
-    if renamed:
-        note = renaming_note(renamed, spec.condition_key)
-        console.print(f"[yellow]warning:[/] {escape(note)}", highlight=False)
+    normalize_labels(adata, spec)
     return adata
 
 
@@ -115,16 +118,26 @@ def print_frame(frame: pd.DataFrame, *, title: str | None = None, digits: int = 
     console.print(table)
 
 
+def _show_warning(message: Warning | str, category: type[Warning], *_: object, **__: object) -> None:
+    """Print a warning as the commands print theirs (``warning: ...``), without the source line
+    Python would show: a user of the command line did not write that line."""
+    err_console.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False)
+
+
 @contextmanager
 def user_errors() -> Iterator[None]:
     """Turn a user's error into a one-line message and exit code 2, not a traceback: mtpert's
     input errors, a missing file, a file or folder that cannot be written. Anything else is a bug
     in mtpert: its traceback is shown, with a request to report it, and the exit code is 1."""
+    import warnings
+
     import mtpert
     from mtpert.errors import MtpertError
 
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            yield
     except (MtpertError, FileNotFoundError) as error:
         err_console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False)
         raise typer.Exit(code=2) from None

@@ -22,6 +22,7 @@ from mtpert.cli.options import (
     make_spec,
     print_frame,
     read_data,
+    seed_option,
     user_errors,
 )
 
@@ -56,7 +57,7 @@ def tune(
     ] = None,
     jobs: Annotated[int, typer.Option(min=1, help="Processes running trials at once (one thread each).")] = 1,
     n_hvg: Annotated[int, typer.Option(min=0, help="Highly variable genes to keep (0: all genes).")] = 2000,
-    seed: Annotated[int, typer.Option(min=0, help="Seed of the inner splits, of every fit and of the sampler.")] = 1,
+    seed: Annotated[int, seed_option("Seed of the inner splits, of every fit and of the sampler.")] = 1,
     cell_type_key: CellTypeKey = None,
     condition_key: ConditionKey = None,
     control: Control = None,
@@ -73,6 +74,7 @@ def tune(
     from mtpert.benchmark.holdout import Holdout, make_fold
     from mtpert.benchmark.tuning import tune as run_study
     from mtpert.data import prepare
+    from mtpert.data.spec import MIN_CELLS_FLOOR
     from mtpert.io import atomic_write, write_table
     from mtpert.lock import output_lock
     from mtpert.models import get_model
@@ -86,7 +88,9 @@ def tune(
         if holdout is None:
             prepared = prepare(raw, spec, n_hvg=n_hvg)
         else:
-            fold = make_fold(raw, spec, Holdout(holdout, group_key=group_key), seed=seed, n_hvg=n_hvg)
+            fold = make_fold(  # held out only to be kept from tuning, not scored: any size will do
+                raw, spec, Holdout(holdout, group_key=group_key), seed=seed, n_hvg=n_hvg, min_cells=MIN_CELLS_FLOOR
+            )
             prepared = fold.data[fold.split.train.union(fold.split.val)]
             console.print(f"tuning without the {len(fold.split.heldout):,} held-out cells of {escape(holdout)}")
         with _trial_progress(trials) as on_trial:

@@ -34,6 +34,7 @@ from anndata import AnnData
 
 import mtpert
 from mtpert._array import dense  # noqa: F401  (re-exported for older imports)
+from mtpert.data.labels import parse_label
 from mtpert.data.pp import require_kind
 from mtpert.data.spec import DatasetSpec
 from mtpert.errors import CheckpointError, DataError, MtpertError
@@ -121,14 +122,20 @@ class PerturbationModel(ABC):
     def predict(self, control: AnnData, condition: str, dose: float | None = None) -> AnnData:
         """Predict ``control`` cells under ``condition`` (at ``dose``).
 
+        ``condition`` is read as labels in the data are (:func:`mtpert.data.labels.parse_label`):
+        ``' A + B '`` asks for ``'A+B'``, ``'A+'`` is refused; a combination is known by its set
+        of parts, whatever their order.
+
         Returns a new AnnData: one predicted cell per input cell, the model's genes, the input's
         obs with the condition (and dose) columns set to what was predicted.
         """
         control = self._aligned(control)
         if self.spec.dose_key is not None and dose is None:
             raise DataError(f"This dataset has doses (obs['{self.spec.dose_key}']); pass dose= to predict.")
-        if condition == self.spec.control:
+        parts = parse_label(condition, self.spec)  # refuses a label that cannot be read
+        if not parts:
             raise DataError(f"'{condition}' is the control condition; ask for a perturbation to predict.")
+        condition = (self.spec.combination_separator or "").join(parts)  # ' A + B ' is 'A+B'
         with self._running():
             X = np.asarray(self._predict(control, condition, dose), dtype=np.float32)
         if X.shape != control.shape:
