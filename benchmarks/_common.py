@@ -1,4 +1,8 @@
-"""What every benchmark script needs: where the shared data is, and how to record a run."""
+"""What every benchmark script needs: where the shared data is, and how to record a run.
+
+Each script lives in its study's folder (``benchmarks/<study>/``) and writes its results there,
+beside itself; it finds this module with ``sys.path.insert(0, <benchmarks/>)``.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +22,9 @@ import pandas as pd
 from mtpert.io import atomic_write, write_table
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results"
+BENCHMARKS = REPO / "benchmarks"
+RESULTS = Path(sys.argv[0]).resolve().parent
+"""The study folder of the script being run: where its results are written."""
 
 
 def kang_path() -> Path:
@@ -75,8 +81,8 @@ def pinned_command() -> str:
 
 
 def record(name: str, table: pd.DataFrame, report: Callable[[str, float], str], start: float) -> str:
-    """The end of a benchmark script: ``results/<name>.csv`` (the table, written first, so a
-    failing report loses no number), then ``results/<name>.md`` from ``report(command,
+    """The end of a benchmark script: ``<study>/<name>.csv`` (the table, written first, so a
+    failing report loses no number), then ``<study>/<name>.md`` from ``report(command,
     seconds)`` with :func:`pinned_command` and the seconds since ``start``, both atomically;
     prints the report and returns it."""
     write_table(table, RESULTS / f"{name}.csv")

@@ -9,8 +9,7 @@ import pytest
 import torch
 
 from mtpert._array import dense
-from mtpert.benchmark.holdout import seed_everything
-from mtpert.data import DatasetSpec, prepare, simulate_screen
+from mtpert.data import DatasetSpec, prepare, seed_everything, simulate_screen
 from mtpert.errors import ConfigError, DataError, MissingDependencyError
 from mtpert.models import get_model
 from mtpert.models.attribution import attribute

@@ -1,9 +1,8 @@
 """The documentation: the tutorial notebook runs, the site builds, and the READMEs' paths exist.
 
-Every file under ``benchmarks/results/`` is either written by a command that
-``benchmarks/README.md`` names, or a note written by hand (``*.notes.md``, which no script
-writes); the tests here check that the READMEs, the docs and those notes name only files that
-exist, and that the benchmarks README accounts for every results file.
+Each study under ``benchmarks/`` has hand-written ``NOTES.md`` (tests/test_studies.py checks the
+study folders); the tests here check that the READMEs, the docs and those notes name only files
+that exist.
 """
 
 from __future__ import annotations
@@ -22,14 +21,25 @@ REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs"
 TUTORIAL = DOCS / "tutorial.ipynb"
 BENCHMARKS = REPO / "benchmarks"
-RESULTS = BENCHMARKS / "results"
-API_PACKAGES = ("data", "models", "train", "metrics", "benchmark", "pl", "io")
+API_PACKAGES = (
+    "data",
+    "models",
+    "train",
+    "metrics",
+    "scoring",
+    "tuning",
+    "uncertainty",
+    "benchmark",
+    "pl",
+    "io",
+)
+GUIDE_PAGES = sorted((DOCS / "guide").glob("*.md"))
+README_MAX_LINES = 120
 
 # A path under benchmarks/ as the documents write it: letters, digits, _ - . / and glob stars.
 PATH_CHARS = r"[\w*./-]*[\w*/]"
 REPO_PATH = re.compile(rf"(?<![\w/])benchmarks/{PATH_CHARS}")
-RESULTS_PATH = re.compile(rf"(?<![\w/])results/{PATH_CHARS}")  # relative to benchmarks/
-NOTES_NAME = re.compile(r"`([\w./-]+\.(?:md|csv|png))`")  # names in notes, relative to results/
+NOTES_NAME = re.compile(r"`([\w./-]+\.(?:md|csv|png))`")  # names in notes, relative to their study
 
 
 def markdown_of(path: Path) -> str:
@@ -55,14 +65,12 @@ def named_paths() -> dict[str, set[Path]]:
     for document in documents:
         text = markdown_of(document)
         paths = {REPO / p for p in REPO_PATH.findall(text)}
-        if document.parent == BENCHMARKS:
-            paths |= {BENCHMARKS / p for p in RESULTS_PATH.findall(text)}
         named[str(document.relative_to(REPO))] = paths
-    for note in sorted(RESULTS.glob("*.notes.md")):
+    for note in sorted(BENCHMARKS.glob("*/NOTES.md")):
         text = note.read_text()
         paths = {REPO / p for p in REPO_PATH.findall(text)}
         paths |= {
-            RESULTS / name
+            note.parent / name
             for name in NOTES_NAME.findall(text)
             if not name.startswith("benchmarks/")
         }
@@ -84,21 +92,6 @@ def test_every_results_file_a_readme_names_exists() -> None:
     }
     missing = {document: paths for document, paths in missing.items() if paths}
     assert not missing, f"paths named but absent (renamed or never committed?): {missing}"
-    assert len(named_paths()["benchmarks/README.md"]) > 20  # the parser found the results table
-
-
-def test_every_results_file_is_accounted_for_in_the_benchmarks_readme() -> None:
-    """Each entry under benchmarks/results/ is named in benchmarks/README.md: a generated file
-    beside the command that writes it, or a note written by hand."""
-    named = {
-        p.relative_to(RESULTS).parts[0]
-        for p in named_paths()["benchmarks/README.md"]
-        if RESULTS in p.parents
-    }
-    entries = {p.name for p in RESULTS.iterdir()}
-    assert not entries - named, (
-        f"results with no command or note in benchmarks/README.md: {sorted(entries - named)}"
-    )
 
 
 def test_tutorial_is_stored_without_outputs() -> None:
@@ -146,12 +139,15 @@ def test_docs_site_builds_strictly_and_documents_every_public_name(tmp_path) -> 
     pytest.importorskip(
         "mkdocs_jupyter", reason="building the site needs the docs extra: pip install -e '.[docs]'"
     )
+    pytest.importorskip(
+        "markdown_exec", reason="building the site needs the docs extra: pip install -e '.[docs]'"
+    )
     site = tmp_path / "site"
     env = {
         **os.environ,
         "MTPERT_DOCS_EXECUTE": "false",
         "NO_MKDOCS_2_WARNING": "1",
-    }  # the run is tested above
+    }  # the notebook's run is tested above; the user guide's examples run in this build
     build = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
         check=False,
@@ -171,6 +167,10 @@ def test_docs_site_builds_strictly_and_documents_every_public_name(tmp_path) -> 
     cli = (site / "cli" / "index.html").read_text()
     for command in ("benchmark", "report", "evaluate", "data-info"):
         assert f'id="mtpert-{command}"' in cli  # each command's --help, taken at build time
+    for page in GUIDE_PAGES:  # each guide page shows the output of its example, run while building
+        html = (site / "guide" / page.stem / "index.html").read_text()
+        assert '<div class="result"' in html, f"{page.name}: no executed example"
+        assert "Traceback" not in html, f"{page.name}: an example raised"
 
 
 def public_names(package: str) -> list[str]:
@@ -185,3 +185,36 @@ def public_names(package: str) -> list[str]:
         and (inspect.isfunction(value) or inspect.isclass(value))
         and value.__module__ == module.__name__
     ]
+
+
+def code_blocks(text: str, info: str) -> list[str]:
+    """The fenced code blocks of Markdown ``text`` whose info string (``python``, ``bash``...)
+    matches the regular expression ``info``."""
+    return re.findall(rf"^```{info}\n(.*?)^```", text, flags=re.DOTALL | re.MULTILINE)
+
+
+def test_readme_is_a_front_door() -> None:
+    """Short; its test command is exactly what CI runs; its links lead to files that exist; every
+    guide page is in the site's navigation and is linked from the README."""
+    readme = (REPO / "README.md").read_text()
+    assert len(readme.splitlines()) <= README_MAX_LINES
+    commands = [block.strip() for block in code_blocks(readme, "bash")]
+    ci = (REPO / ".ci" / "run").read_text()
+    assert commands[0].endswith(".venv/bin/mtpert demo")
+    assert commands[1] in ci.splitlines(), "the README's test command is not the one .ci/run runs"
+    links = re.findall(r"\]\(([^)#]+)\)", readme)
+    assert not [link for link in links if not (REPO / link).exists()], links
+    nav = (REPO / "mkdocs.yml").read_text()
+    for page in GUIDE_PAGES:
+        assert f"guide/{page.name}" in nav and f"docs/guide/{page.name}" in readme, page.name
+        assert code_blocks(page.read_text(), 'python exec="on".*'), f"{page.name}: no example"
+
+
+@pytest.mark.slow
+def test_readme_library_example_runs(capsys) -> None:
+    """The README's Python example runs as written (with fewer epochs, to stay fast)."""
+    (example,) = code_blocks((REPO / "README.md").read_text(), "python")
+    assert 'get_model("mtae")(spec)' in example
+    fast = example.replace('get_model("mtae")(spec)', 'get_model("mtae")(spec, max_epochs=2)')
+    exec(fast, {})  # noqa: S102 (the repository's own README)
+    assert "r2_top100" in capsys.readouterr().out

@@ -19,13 +19,13 @@ from anndata import AnnData
 from matplotlib.figure import Figure
 
 from mtpert._array import dense
-from mtpert.benchmark.holdout import seed_everything
 from mtpert.data import (
     DatasetSpec,
     eligible_groups,
     holdout_condition,
     holdout_group,
     prepare,
+    seed_everything,
     simulate,
     single_dose,
 )

@@ -227,3 +227,23 @@ def test_counts_beyond_any_assay_are_refused_naming_the_value_and_gene(tmp_path)
 def test_counts_as_large_as_a_deep_cell_holds_are_accepted() -> None:
     data = prepare(_with_count(COUNTS_MAX), DatasetSpec(), n_hvg=0)
     assert np.isfinite(data.X.toarray()).all()
+
+
+# ---------------------------------------------------------------- seeds no generator takes
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["data", "simulate", "--out", "{tmp}/s.h5ad"],
+        ["fit", "{tmp}/s.h5ad", "--model", "mean_shift", "--out", "{tmp}/m"],
+        ["demo", "--out", "{tmp}/d"],
+        ["tune", "{tmp}/s.h5ad", "--model", "mtae", "--out", "{tmp}/t"],
+    ],
+)
+@pytest.mark.parametrize("seed", ["-1", str(2**32)])
+def test_a_seed_no_generator_takes_is_refused_before_any_work(tmp_path, command, seed) -> None:
+    """numpy takes seeds from 0 to 2**32 - 1; -1 used to end in numpy's 'expected non-negative
+    integer' and mtpert's internal-error traceback, after the work had begun."""
+    result = runner.invoke(app, [a.format(tmp=tmp_path) for a in command] + ["--seed", seed])
+    assert result.exit_code == 2, result.output
+    assert "Invalid value for '--seed'" in result.output and "Traceback" not in result.output
+    assert not any(tmp_path.iterdir())  # nothing written, nothing read

@@ -33,12 +33,12 @@ from typer.testing import CliRunner
 import mtpert
 from mtpert.benchmark import BenchmarkConfig, expand, run_benchmark
 from mtpert.benchmark import store as store_module
-from mtpert.benchmark.tuning import TuneSettings, tune
 from mtpert.cli import app
 from mtpert.data import DatasetSpec, prepare, simulate, simulate_screen
 from mtpert.errors import ConfigError
 from mtpert.models.search import Choice, IntRange, read_space
 from mtpert.models.simple import MeanShift
+from mtpert.tuning import TuneSettings, tune
 
 runner = CliRunner(env={"COLUMNS": "200"})
 SPEC = DatasetSpec()
@@ -303,3 +303,15 @@ def test_search_space_messages_name_the_real_problem(space, expected) -> None:
         TuneSettings.read({"space": space})
     assert expected in str(error.value)
     assert "must be numbers" not in str(error.value) or "'x'" in str(error.value)
+
+
+def test_a_data_file_rewritten_between_two_benchmarks_in_one_process_is_read_again(tmp_path) -> None:
+    """The benchmark caches the data it read per process; a file rewritten with other cells must
+    be read again (and the old results refused), not served from the cache under its path."""
+    path = tmp_path / "sim.h5ad"
+    simulate(n_cell_types=3, n_genes=60, n_cells=30, seed=0).write_h5ad(path)
+    config = BenchmarkConfig(data=str(path), models=("control",), seeds=(1,), n_hvg=0, noise_ceiling_repeats=0)
+    run_benchmark(config, tmp_path / "bench")
+    simulate(n_cell_types=3, n_genes=60, n_cells=30, seed=1).write_h5ad(path)
+    with pytest.raises(ConfigError, match="has other content"):
+        run_benchmark(config, tmp_path / "bench")

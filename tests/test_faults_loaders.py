@@ -34,7 +34,6 @@ from mtpert.models import registry as registry_module
 from mtpert.models.crossmodal import MultimodalAE
 from mtpert.models.registry import BUILTIN_MODELS, ENTRY_POINT_GROUP
 from mtpert.plugins import PluginWarning
-from mtpert.train import TrainConfig
 
 SPEC = DatasetSpec()
 
@@ -169,8 +168,7 @@ def saved_crossmodal(tmp_path_factory: pytest.TempPathFactory) -> Path:
         simulate(n_cell_types=2, n_genes=40, n_cells=20, seed=1), n_proteins=4, seed=1
     )
     rna, prot = paired(sim, "protein_counts")
-    train = TrainConfig(max_epochs=1, batch_size=32)
-    model = MultimodalAE("poe", hidden=(8,), latent_dim=2, input_pcs=3, train=train, num_threads=1)
+    model = MultimodalAE("poe", hidden=(8,), latent_dim=2, input_pcs=3, max_epochs=1, batch_size=32, num_threads=1)
     return model.fit(rna, prot).save(tmp_path_factory.mktemp("crossmodal") / "model")
 
 
@@ -203,7 +201,7 @@ def test_a_crossmodal_checkpoint_missing_a_key_names_it(
 
 def test_a_complete_crossmodal_checkpoint_still_loads(saved_crossmodal: Path) -> None:
     loaded = MultimodalAE.load(saved_crossmodal, device="cpu")
-    assert loaded.fusion == "poe" and loaded.projection is not None
+    assert loaded.params.fusion == "poe" and loaded.projection is not None
 
 
 # ---------------------------------------------------------------------- prior networks

@@ -370,7 +370,7 @@ def test_other_write_errors_are_not_called_a_full_disk(tmp_path) -> None:
 # ============================================================================ running tuning trials
 def test_a_running_trial_is_failed_only_when_its_process_is_gone(tmp_path, caplog) -> None:
     optuna = pytest.importorskip("optuna")
-    from mtpert.benchmark import tuning
+    from mtpert import tuning
 
     data = prepare(simulate(n_genes=40, n_cells=30, seed=3), DatasetSpec(), n_hvg=0)
     journal = tmp_path / "study.journal"

@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 
 from mtpert._array import dense
-from mtpert.benchmark.holdout import seed_everything
-from mtpert.data import simulate
+from mtpert.data import seed_everything, simulate
 from mtpert.data.simulate import true_log_means
 from mtpert.errors import DataError
 from mtpert.models import LatentShiftModel

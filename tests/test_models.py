@@ -23,13 +23,13 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import cross_val_score
 
 from mtpert._array import dense
-from mtpert.benchmark.holdout import seed_everything
 from mtpert.data import (
     DatasetSpec,
     heldout_mask,
     holdout_condition,
     holdout_group,
     prepare,
+    seed_everything,
     simulate,
 )
 from mtpert.data.simulate import true_log_means

@@ -14,13 +14,13 @@ import pytest
 import scipy.sparse as sp
 
 from mtpert._array import dense
-from mtpert.benchmark.holdout import seed_everything
 from mtpert.data import (
     DatasetSpec,
     heldout_mask,
     holdout_combinations,
     holdout_group,
     prepare,
+    seed_everything,
     simulate_screen,
     true_log_means,
 )

@@ -30,7 +30,6 @@ from mtpert.cli import app
 from mtpert.data import DatasetSpec, prepare, simulate
 from mtpert.errors import CheckpointError, ConfigError, MtpertError
 from mtpert.models import MeanShift, ModelRegistry, PerturbationModel, get_model, list_models
-from mtpert.models import crossmodal as crossmodal_module
 from mtpert.models import registry as registry_module
 from mtpert.models.crossmodal import (
     BUILTIN_CROSSMODAL,
@@ -127,7 +126,7 @@ def crossmodal(plugin_dir: Path, monkeypatch: pytest.MonkeyPatch) -> CrossModalR
     in for ``CROSSMODAL_MODELS``."""
     monkeypatch.syspath_prepend(str(plugin_dir))
     fresh = CrossModalRegistry(BUILTIN_CROSSMODAL, CROSSMODAL_ENTRY_POINT_GROUP)
-    monkeypatch.setattr(crossmodal_module, "CROSSMODAL_MODELS", fresh)
+    monkeypatch.setattr(registry_module, "CROSSMODAL_MODELS", fresh)
     return fresh
 
 

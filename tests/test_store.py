@@ -13,10 +13,10 @@ import pandas as pd
 import pytest
 
 from mtpert.benchmark import BenchmarkConfig, expand
-from mtpert.benchmark.holdout import Prediction
 from mtpert.benchmark.store import PROVENANCE, ROW_COUNT, ResultStore, RunResult
 from mtpert.data import DatasetSpec, holdout_group, prepare, simulate
 from mtpert.data.fingerprint import data_sha256
+from mtpert.scoring import Prediction
 
 SPEC = DatasetSpec()
 

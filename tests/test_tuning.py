@@ -11,16 +11,15 @@ from typer.testing import CliRunner
 
 pytest.importorskip("optuna")
 
+from mtpert import tuning as tuning_module
 from mtpert.benchmark import BenchmarkConfig, run_benchmark, write_report
-from mtpert.benchmark import tuning as tuning_module
-from mtpert.benchmark.holdout import make_fold
 from mtpert.benchmark.store import MemoryStore
-from mtpert.benchmark.tuning import TuneSettings, inner_splits, tune
 from mtpert.cli import app
-from mtpert.data import DatasetSpec, prepare, simulate
+from mtpert.data import DatasetSpec, make_fold, prepare, simulate
 from mtpert.errors import ConfigError, DataError
 from mtpert.models import get_model
 from mtpert.models.search import Choice, FloatRange, IntRange, read_space
+from mtpert.tuning import TuneSettings, inner_splits, tune
 
 SPEC = DatasetSpec()
 FAST = {"max_epochs": 3, "num_threads": 1}

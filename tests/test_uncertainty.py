@@ -12,7 +12,9 @@ import pytest
 
 from mtpert import pl
 from mtpert.benchmark import BenchmarkConfig, make_fold, run_benchmark, write_report
-from mtpert.benchmark.uncertainty import (
+from mtpert.data import DatasetSpec, simulate
+from mtpert.errors import ConfigError
+from mtpert.uncertainty import (
     Calibration,
     ChangeDraws,
     calibrate,
@@ -21,8 +23,6 @@ from mtpert.benchmark.uncertainty import (
     predict_draws,
     true_change,
 )
-from mtpert.data import DatasetSpec, simulate
-from mtpert.errors import ConfigError
 
 SPEC = DatasetSpec()
 FAST = {"max_epochs": 10, "num_threads": 1, "progress": False}

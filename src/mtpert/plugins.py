@@ -11,16 +11,26 @@ break it: a plugin that fails to load or to register is skipped with a :class:`P
 naming it, its package and the error (a plugin calling ``sys.exit`` included: it must not end
 the command that happened to load it). :class:`PluginRegistry` is such a registry, read like a
 dict; the model and metric registries are its two kinds.
+
+mtpert's own classes are declared in its registries by ``"module:qualname"`` path, not imported:
+:func:`import_class` imports one when it is used, :func:`class_description` reads its docstring
+from the module's source without running it, so that listing them (``mtpert models``) imports
+neither the models nor torch.
 """
 
 from __future__ import annotations
 
+import ast
 import re
 import threading
 import warnings
 from abc import abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from functools import cache
+from importlib import import_module
+from importlib.abc import InspectLoader
 from importlib.metadata import EntryPoint, entry_points
+from importlib.util import find_spec
 from typing import Any, ClassVar, TypeVar
 
 from mtpert.errors import ConfigError
@@ -145,6 +155,61 @@ class PluginRegistry(Mapping[str, T]):
 def first_line(text: str | None) -> str:
     """The first non-empty line of a docstring (``""`` for none): an entry's one-line description."""
     return next(iter((text or "").strip().splitlines()), "")
+
+
+def class_path(cls: type | str) -> str:
+    """``"module:qualname"`` of class ``cls``, given as the class or as that path already."""
+    return cls if isinstance(cls, str) else f"{cls.__module__}:{cls.__qualname__}"
+
+
+def class_name(cls: type | str) -> str:
+    """The name of class ``cls`` (given as the class or its path), importing nothing."""
+    return class_path(cls).partition(":")[2].rpartition(".")[2]
+
+
+def import_class(cls: type | str) -> type:
+    """Class ``cls`` itself, imported first where it is given by its ``"module:qualname"`` path."""
+    if not isinstance(cls, str):
+        return cls
+    module, _, qualname = cls.partition(":")
+    found: Any = import_module(module)
+    for name in qualname.split("."):
+        found = getattr(found, name)
+    return found
+
+
+def class_description(cls: type | str) -> str:
+    """The first line of class ``cls``'s docstring (:func:`first_line`). A class given by its
+    path is not imported for it: the docstring is read from its module's source, parsed and not
+    run; only where that source is not at hand, or the class is not a ``class`` statement in it,
+    is the class imported."""
+    if isinstance(cls, str):
+        module, _, qualname = cls.partition(":")
+        found = _class_docstrings(module).get(qualname)
+        if found is not None:
+            return first_line(found)
+    return first_line(import_class(cls).__doc__)
+
+
+@cache
+def _class_docstrings(module: str) -> dict[str, str]:
+    """The docstrings of the classes that module ``module``'s source defines, by qualname (``""``
+    for a class without one); none where the source cannot be found. Nothing is imported but the
+    module's parent packages, which :func:`importlib.util.find_spec` needs."""
+    loader = getattr(find_spec(module), "loader", None)
+    source = loader.get_source(module) if isinstance(loader, InspectLoader) else None
+    if source is None:
+        return {}
+    found: dict[str, str] = {}
+    pending: list[tuple[str, ast.AST]] = [("", ast.parse(source))]
+    while pending:
+        prefix, node = pending.pop()
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.ClassDef):
+                qualname = prefix + child.name
+                found[qualname] = ast.get_docstring(child, clean=False) or ""
+                pending.append((qualname + ".", child))
+    return found
 
 
 def _provider(point: EntryPoint) -> str:

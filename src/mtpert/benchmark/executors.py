@@ -29,23 +29,8 @@ import torch
 from anndata import AnnData
 
 from mtpert.benchmark.grid import NOISE_CEILING, RunSpec
-from mtpert.benchmark.holdout import (
-    Holdout,
-    fit_and_score,
-    fold_data,
-    noise_ceiling,
-    rank_scores,
-    target_scores,
-)
 from mtpert.benchmark.store import RunResult
-from mtpert.benchmark.tuning import TUNE, TuningResult, tune
-from mtpert.benchmark.uncertainty import (
-    UNCERTAINTY,
-    UncertaintySettings,
-    calibrate,
-    fit_ensemble,
-    interval_scores,
-)
+from mtpert.data.folds import Holdout, fold_data
 from mtpert.data.labels import normalize_labels
 from mtpert.data.registry import load_dataset
 from mtpert.data.spec import DatasetSpec
@@ -53,7 +38,16 @@ from mtpert.data.split import Split
 from mtpert.errors import ConfigError, MissingDependencyError
 from mtpert.models.base import PerturbationModel
 from mtpert.models.registry import get_model
+from mtpert.scoring import fit_and_score, noise_ceiling, rank_scores, target_scores
 from mtpert.train.loop import on_epoch
+from mtpert.tuning import TUNE, TuningResult, tune
+from mtpert.uncertainty import (
+    UNCERTAINTY,
+    UncertaintySettings,
+    calibrate,
+    fit_ensemble,
+    interval_scores,
+)
 
 QUIET = {"progress": False}
 """Constructor options that change how a model reports, not what it learns; set in workers."""
@@ -110,7 +104,7 @@ def execute(task: Task) -> RunResult:
     run is doing is posted on this process's board (see :class:`LocalExecutor`).
 
     Where a group has several conditions or doses, the table also holds the ``rank`` of each
-    prediction among them (:func:`mtpert.benchmark.holdout.rank_scores`).
+    prediction among them (:func:`mtpert.scoring.rank_scores`).
     """
     with _posted(task.run.id):
         return _execute(task)
@@ -235,15 +229,30 @@ def in_memory(adata: AnnData, key: str) -> Iterator[str]:
         yield key
     finally:
         del _IN_MEMORY[key]
-        load.cache_clear()
-        _prepared.cache_clear()
+        _load.cache_clear()
+        _prepared_version.cache_clear()
+
+
+def load(data: str, spec: DatasetSpec) -> AnnData:
+    """The raw dataset, read once per process and version of its file with its labels in
+    canonical form (:func:`~mtpert.data.normalize_labels`); or the AnnData given with
+    :func:`in_memory`, as it is."""
+    return _load(data, spec, _version(data))
+
+
+def _version(data: str) -> tuple[int, int, int] | None:
+    """What tells one content of the file ``data`` from another without reading it (inode, size,
+    modification time), so that a file rewritten between two benchmarks in one process is read
+    again, not served from the cache; None where ``data`` is not a file (a registered name)."""
+    try:
+        status = os.stat(data)
+    except OSError:
+        return None
+    return (status.st_ino, status.st_size, status.st_mtime_ns)
 
 
 @lru_cache(maxsize=1)
-def load(data: str, spec: DatasetSpec) -> AnnData:
-    """The raw dataset, read once per process with its labels in canonical form
-    (:func:`~mtpert.data.normalize_labels`); or the AnnData given with :func:`in_memory`, as
-    it is."""
+def _load(data: str, spec: DatasetSpec, version: tuple[int, int, int] | None) -> AnnData:
     if data in _IN_MEMORY:
         return _IN_MEMORY[data]
     adata = load_dataset(data)
@@ -251,9 +260,22 @@ def load(data: str, spec: DatasetSpec) -> AnnData:
     return adata
 
 
-@lru_cache(maxsize=2)
 def _prepared(data: str, spec: DatasetSpec, holdout: Holdout, n_hvg: int, hvg_on_all_cells: bool, min_cells: int) -> AnnData:
-    """Data prepared for one held-out target, kept for the next run of the same target."""
+    """Data prepared for one held-out target, kept for the next run of the same target (of the
+    same version of the data's file)."""
+    return _prepared_version(data, spec, _version(data), holdout, n_hvg, hvg_on_all_cells, min_cells)
+
+
+@lru_cache(maxsize=2)
+def _prepared_version(
+    data: str,
+    spec: DatasetSpec,
+    version: tuple[int, int, int] | None,
+    holdout: Holdout,
+    n_hvg: int,
+    hvg_on_all_cells: bool,
+    min_cells: int,
+) -> AnnData:
     return fold_data(load(data, spec), spec, holdout, n_hvg=n_hvg, hvg_on_all_cells=hvg_on_all_cells, min_cells=min_cells)
 
 

@@ -34,9 +34,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from mtpert.benchmark.holdout import Holdout, SplitKind
-from mtpert.benchmark.tuning import TUNE, TuneSettings, free_space
-from mtpert.benchmark.uncertainty import UNCERTAINTY, UncertaintySettings
+from mtpert.data.folds import Holdout, SplitKind
 from mtpert.data.pp import require_counts_or_log
 from mtpert.data.spec import DEFAULT_MIN_CELLS, MIN_CELLS_FLOOR, DatasetSpec
 from mtpert.data.split import (
@@ -48,6 +46,8 @@ from mtpert.data.split import (
 from mtpert.errors import ConfigError, DataError
 from mtpert.models.base import RUNTIME_OPTIONS, PerturbationModel
 from mtpert.models.registry import MODELS, ModelPreset, get_model
+from mtpert.tuning import TUNE, TuneSettings, free_space
+from mtpert.uncertainty import UNCERTAINTY, UncertaintySettings
 
 log = logging.getLogger("mtpert.benchmark")
 
@@ -92,10 +92,10 @@ class BenchmarkConfig:
             ``{mtae: {}, mtae_residual: {model: mtae, prediction: residual}}``, so one directory
             compares settings of one model. Read into ``models`` (the names), ``variants`` and
             ``model_params``. A ``tune`` entry (``{mtae_tuned: {model: mtae, tune: {trials:
-            30}}}``, see :class:`~mtpert.benchmark.tuning.TuneSettings`) tunes the model before
+            30}}}``, see :class:`~mtpert.tuning.TuneSettings`) tunes the model before
             each run on that run's training cells only, its study kept under ``tuning/``; an
             ``uncertainty`` entry (``{members: 5, folds: 3}``, see
-            :class:`~mtpert.benchmark.uncertainty.UncertaintySettings`) adds calibrated
+            :class:`~mtpert.uncertainty.UncertaintySettings`) adds calibrated
             intervals for each target's change, scored in the report's uncertainty section.
         holdout: what to hold out, or ``"all"`` (everything with ``min_cells`` cells to score;
             the others are skipped with the reason): with ``split="group"`` groups of
@@ -187,7 +187,7 @@ class BenchmarkConfig:
 
     def _checked_params(self, name: str, values: Mapping[str, Any]) -> dict[str, Any]:
         """Model ``name``'s hyperparameters checked against its constructor, and its ``tune``
-        settings (:class:`~mtpert.benchmark.tuning.TuneSettings`) in their canonical form."""
+        settings (:class:`~mtpert.tuning.TuneSettings`) in their canonical form."""
         values = dict(values)
         tune, uncertainty = values.pop(TUNE, None), values.pop(UNCERTAINTY, None)
         checked = MODELS[self.registered(name)].check_params(values, where=f"model_params.{name}")
@@ -354,7 +354,7 @@ class RunSpec:
 
     @property
     def holdout(self) -> Holdout:
-        """The run's held-out cells, as :func:`mtpert.benchmark.make_fold` takes them."""
+        """The run's held-out cells, as :func:`mtpert.data.make_fold` takes them."""
         return Holdout(self.target, self.split, self.dose, self.group_key, self.prep.get("combination_fraction", 0.5))
 
     @property

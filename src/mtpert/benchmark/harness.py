@@ -15,13 +15,15 @@ from anndata import AnnData
 
 from mtpert.benchmark.executors import Executor, LocalExecutor, RunFailure, Task, in_memory, load
 from mtpert.benchmark.grid import BenchmarkConfig, Grid, expand
-from mtpert.benchmark.holdout import Prediction, ProgressCallback
 from mtpert.benchmark.store import MemoryStore, ResultStore, RunResult
 from mtpert.data.fingerprint import data_sha256
 from mtpert.data.spec import DEFAULT_MIN_CELLS, DatasetSpec
 from mtpert.errors import ConfigError
+from mtpert.scoring import Prediction
 
 Store = ResultStore | MemoryStore
+ProgressCallback = Callable[[str], None]
+"""Called with a short message after each fitted model."""
 
 log = logging.getLogger("mtpert.benchmark")
 
@@ -130,7 +132,7 @@ def run_holdout(
         seeds: each seed fixes the train/validation split and the model's initialization.
         model_params: optional hyperparameters per model name.
         on_progress: called with a short message after each fitted model.
-        on_prediction: called with every :class:`~mtpert.benchmark.holdout.Prediction`, e.g. to
+        on_prediction: called with every :class:`~mtpert.scoring.Prediction`, e.g. to
             plot or save it.
 
     Returns:

@@ -1,15 +1,17 @@
-"""The benchmark report: a verdict in plain words, the figures, then the tables behind them.
+"""The benchmark report: the verdict as a table, the means beside it, the figures, the details.
 
-The report opens with one paragraph computed from the tables (which model is best on which
-metrics, and whether it beats mean shift, on how many held-out targets), then its figures (each
-names its held-out target and seed), then the headline table, the comparison with mean shift,
-costs, and each metric per held-out target. On data with doses it adds a table per dose for each
-metric, the rank of each prediction among the doses, and the dose-response figure of the
+The report opens with the verdict: each model against each baseline that ran, the metrics it
+won, tied and lost (:func:`~mtpert.benchmark.verdict.paired_verdict`: a paired bootstrap over
+held-out targets and seeds), and beside it the mean of each metric per model with the noise
+ceiling; then its figures (each names its held-out target and seed), then the verdict per
+metric, costs, and each metric per held-out target. On data with doses it adds a table per dose
+for each metric, the rank of each prediction among the doses, and the dose-response figure of the
 showcase group. Metrics are described from the registry (:data:`mtpert.metrics.METRICS`), so a
 metric added by a user or a plugin is reported like mtpert's own.
 
 :func:`write_report` reads a benchmark directory and writes ``report/report.html`` (self-contained:
-figures embedded), ``report/summary.md``, and every figure as PNG and PDF under ``report/figures``;
+figures embedded), ``report/summary.md``, ``report/verdict.csv`` (the verdict per model,
+baseline and metric), and every figure as PNG and PDF under ``report/figures``;
 a report on some of the models goes to its own folder. Names from the data are written as text in
 both the HTML and the Markdown, never as markup. The tables are public functions too, for notebooks.
 """
@@ -33,23 +35,24 @@ import pandas as pd
 
 from mtpert.benchmark.grid import NOISE_CEILING, BenchmarkConfig
 from mtpert.benchmark.store import PROVENANCE, ResultStore
-from mtpert.benchmark.uncertainty import PREFIX as UQ_PREFIX
+from mtpert.benchmark.verdict import MIN_PAIRS, RESAMPLES, paired_verdict, verdict_counts
 from mtpert.data.split import condition_label
 from mtpert.errors import ConfigError
-from mtpert.io import atomic_write, safe_name
+from mtpert.io import atomic_write, safe_name, write_table
 from mtpert.metrics import METRICS, top_degs
 from mtpert.metrics.registry import BUILTIN
 from mtpert.pl import (
     calibration_curve,
     deg_dotplot,
     mean_expression_scatter,
-    metric_by_model,
+    metric_grid,
     metric_heatmap,
     pca_overlay,
     perturbation_heatmap,
 )
 from mtpert.pl._text import literal, visible
 from mtpert.pl.dose import dose_response
+from mtpert.uncertainty import PREFIX as UQ_PREFIX
 
 HEADLINE = (
     "deg_overlap_top100", "r2_all", "r2_top20", "r2_top100", "pearson_delta_all",
@@ -69,11 +72,10 @@ R², MSE and direction on its DEGs), whether predictions tell perturbations apar
 (``discrimination``), the genetic interaction of combinations (``gi_*``), two distances, and how
 much change a model invents where the truth has none (``effect_false_positive``)."""
 
-BASELINES = ("mean_shift", "additive", "global_mean", "linear")
-"""The baselines models are compared with, where the benchmark ran them: mean shift (held-out
-groups), the additive model (combinations), the mean change of all training perturbations and
-the linear model on perturbation embeddings (screens). The first one present leads the verdict."""
-BASELINE = BASELINES[0]
+BASELINES = ("control", "mean_shift", "additive", "global_mean", "linear")
+"""The baselines models are compared with, where the benchmark ran them: predicting no change,
+mean shift (held-out groups), the additive model (combinations), the mean change of all training
+perturbations and the linear model on perturbation embeddings (screens)."""
 MAX_SHOWN_CONDITIONS = 3
 """Conditions of the showcase group drawn as PCA, scatter and dot plot: those with the largest
 true effect (a screen has tens; the per-perturbation heatmaps cover them all)."""
@@ -104,37 +106,6 @@ def best_models(mean: pd.DataFrame, higher_is_better: pd.Series) -> pd.DataFrame
     for metric, value in best.items():
         marks.loc[models.index, metric] = np.isclose(models[metric], value)
     return marks
-
-
-def against_baseline(results: pd.DataFrame, baseline: str = BASELINE, metrics: Sequence[str] = HEADLINE) -> pd.DataFrame:
-    """Each model against ``baseline`` on each metric.
-
-    Columns: ``model``, ``metric``, ``mean``, ``baseline_mean``, ``targets_better`` (held-out
-    targets where the model's seed-averaged value is better), ``targets`` and ``beats``: better on
-    average *and* on more than half the targets, so one lucky target does not make a win.
-    """
-    data = results[results["metric"].isin(metrics)]
-    per_target = data.groupby(["model", "group", "condition", "dose", "metric"], dropna=False)["value"].mean().unstack("model")
-    if baseline not in per_target.columns:
-        raise KeyError(f"No '{baseline}' runs to compare with; add it to the models.")
-    higher = data.groupby("metric")["higher_is_better"].first()
-    rows = []
-    for model in per_target.columns.drop([baseline, NOISE_CEILING], errors="ignore"):
-        for metric in [m for m in metrics if m in higher.index]:
-            both = per_target.xs(metric, level="metric")[[model, baseline]].dropna()
-            if both.empty:  # e.g. effect_false_positive where every true change is detectable
-                continue
-            sign = 1.0 if higher[metric] else -1.0
-            better = int((sign * (both[model] - both[baseline]) > 0).sum())
-            mean, base = both[model].mean(), both[baseline].mean()
-            rows.append(
-                {
-                    "model": model, "metric": metric, "mean": mean, "baseline_mean": base,
-                    "targets_better": better, "targets": len(both),
-                    "beats": bool(sign * (mean - base) > 0 and better > len(both) / 2),
-                }
-            )  # fmt: skip
-    return pd.DataFrame(rows)
 
 
 def costs(results: pd.DataFrame) -> pd.DataFrame:
@@ -208,77 +179,6 @@ def provenance(results: pd.DataFrame) -> pd.DataFrame:
     return table.rename_axis("mtpert (commit)")
 
 
-def verdicts(comparison: pd.DataFrame, baseline: str = BASELINE) -> list[str]:
-    """One plain sentence per model: the metrics on which it beats ``baseline``, and those it does not."""
-    lines = []
-    for model, rows in comparison.groupby("model", sort=False):
-        won = rows[rows["beats"]]
-        if won.empty:
-            lines.append(f"{model} does not beat {baseline} on any metric.")
-            continue
-        wins = ", ".join(f"{r.metric} ({r.targets_better}/{r.targets} targets)" for r in won.itertuples())
-        lost = rows.loc[~rows["beats"], "metric"].tolist()
-        lines.append(f"{model} beats {baseline} on {wins}" + (f"; not on {', '.join(lost)}." if lost else "; on every metric."))
-    return lines
-
-
-def overall_verdict(
-    mean: pd.DataFrame,
-    marks: pd.DataFrame,
-    comparison: pd.DataFrame,
-    *,
-    n_targets: int,
-    seeds: Sequence[int],
-    baseline: str = BASELINE,
-) -> str:
-    """One paragraph from the tables: which model is best on how many (and which) metrics, and
-    whether it beats ``baseline`` (:func:`against_baseline`), on how many held-out targets.
-
-    ``mean`` and ``marks``: :func:`headline` means and :func:`best_models` marks, models in
-    report order (the first of tied models leads); ``comparison``: empty without baseline runs.
-    """
-    models = [m for m in mean.index if m != NOISE_CEILING]
-    if not models or mean.empty:
-        return "No model has results to compare."
-    best_on = {m: [c for c in mean.columns if marks.loc[m, c]] for m in models}
-    leader = max(models, key=lambda m: len(best_on[m]))  # max keeps the first of tied models
-    runs = f"{n_targets} held-out target{'s' * (n_targets != 1)} x {len(seeds)} seed{'s' * (len(seeds) != 1)}"
-    n_best, n_metrics = len(best_on[leader]), mean.shape[1]
-    where = (
-        f"all {n_best} metrics" if n_best == n_metrics
-        else f"{n_best} of {n_metrics} metrics ({', '.join(best_on[leader]) or 'none'})"
-    )  # fmt: skip
-    others = [f"{m} on {len(best_on[m])} ({', '.join(best_on[m])})" for m in models if m != leader and best_on[m]]
-    text = [f"Over {runs}, {leader} is best on {where}" + (f"; {'; '.join(others)}." if others else ".")]
-    if comparison.empty:
-        return " ".join([*text, f"There are no {baseline} runs to compare with."])
-    beats = "better on average and on more than half of the targets"
-
-    def scored(rows: pd.DataFrame) -> str:
-        return ", ".join(f"{r.metric} ({r.targets_better}/{r.targets} targets)" for r in rows.itertuples())
-
-    if leader != baseline:
-        mine = comparison[comparison["model"] == leader]
-        won, lost = mine[mine["beats"]], mine[~mine["beats"]]
-        if won.empty:
-            text.append(f"It does not beat {baseline} on any metric ({beats}); targets on which it is better: {scored(lost)}.")
-        else:
-            but = f", but not on {scored(lost)}." if len(lost) else "; on every metric."
-            text.append(f"It beats {baseline} ({beats}) on {scored(won)}{but}")
-    challengers = comparison[(comparison["model"] != leader) & comparison["beats"]]
-    if challengers.empty:
-        other, defined = ("other ", "") if leader != baseline else ("", f" ({beats})")
-        text.append(f"No {other}model beats {baseline} on any metric{defined}.")
-    else:
-        wins = challengers.groupby("model", sort=False)["metric"].apply(list)
-        text.append(
-            ("Of the other models, " if leader != baseline else f"Against {baseline} ({beats}), ")
-            + "; ".join(f"{m} beats {baseline} on {', '.join(metrics)}" for m, metrics in wins.items())
-            + "."
-        )
-    return " ".join(text)
-
-
 # ---------------------------------------------------------------------------- the report
 @dataclass(frozen=True)
 class Figure:
@@ -339,18 +239,15 @@ def write_report(
     mean, spread = mean.reindex(order), spread.reindex(order)
     marks = best_models(mean, results.groupby("metric")["higher_is_better"].first())
     baselines = [b for b in BASELINES if b in order and (b != "additive" or _has_combinations(results, config))]
-    comparisons = {b: against_baseline(results, b, metrics) for b in baselines}
-    comparisons = {  # sentences and tables list the models in the report's order, not alphabetically
-        b: c.sort_values("model", key=lambda m: m.map(order.index), kind="stable") for b, c in comparisons.items() if len(c)
-    }
-    primary = next(iter(comparisons), BASELINE)
+    compared = [m for m in order if m != NOISE_CEILING]
+    detail = paired_verdict(results, baselines, metrics, models=compared)
+    detail = detail.sort_values(  # the report's order of models, baselines and metrics, not alphabetical
+        ["model", "baseline", "metric"], key=lambda c: c.map({n: i for i, n in enumerate([*compared, *metrics])}), kind="stable"
+    )
     seeds = sorted(results["seed"].unique())
     n_targets = len(results[["group", "condition", "dose"]].drop_duplicates())
-    verdict = overall_verdict(mean, marks, comparisons.get(primary, pd.DataFrame()), n_targets=n_targets, seeds=seeds, baseline=primary)
-    verdict = " ".join(
-        [_incomplete(results), verdict, *(_leader_against(mean, marks, c, b) for b, c in list(comparisons.items())[1:]), _detectable(results)]
-    ).strip()
-    written: dict[str, Path] = {}
+    notes = " ".join(filter(None, [_incomplete(results), _detectable(results)]))
+    written: dict[str, Path] = {"verdict": write_table(detail, folder / "verdict.csv")}
     figures = []
     pngs = {}  # each figure rendered once per format; the PNG is also embedded in the HTML
     for f in _figures(results, store, config, order, metrics, _runs_label(n_targets, seeds)):
@@ -363,10 +260,11 @@ def write_report(
                 written[f"{f.name}.{fmt}"] = atomic_write(folder / "figures" / f"{f.name}.{fmt}", lambda fh, b=buffer: fh.write(b.getvalue()))
         plt.close(f.figure)
         figures.append(f)
-    sections = _sections(results, mean, spread, marks, comparisons, costs(results).reindex(order), store)
+    lead = _verdict_sections(results, mean, spread, marks, detail, baselines)
+    sections = _sections(results, mean, detail, costs(results).reindex(order), store)
     title = f"mtpert benchmark: {config.data if config else store.root.name}"
-    html_text = _html(title, verdict, sections, figures, pngs)
-    markdown_text = _markdown(title, verdict, sections, figures, formats)
+    html_text = _html(title, notes, lead, figures, sections, pngs)
+    markdown_text = _markdown(title, notes, lead, figures, sections, formats)
     written["html"] = atomic_write(folder / "report.html", lambda fh: fh.write(html_text.encode()))
     written["markdown"] = atomic_write(folder / "summary.md", lambda fh: fh.write(markdown_text.encode()))
     return written
@@ -384,42 +282,59 @@ class _Table:
     note: str
     cells: pd.DataFrame  # strings
     bold: pd.DataFrame | None = None
+    collapsed: bool = False  # shown folded (HTML and Markdown <details>), for long detail tables
 
 
-def _sections(results, mean, spread, marks, comparisons, cost, store) -> list[_Table | _Sentences]:
-    """The report's content in order: tables (rendered to HTML and Markdown alike) and sentences."""
+def _verdict_sections(results, mean, spread, marks, detail, baselines) -> list[_Table | _Sentences]:
+    """What the report opens with: the verdict table (:func:`verdict_counts`) and, beside it,
+    the mean of each metric per model with the noise ceiling."""
     seeds = sorted(results["seed"].unique())
     targets = results[["group", "condition", "dose"]].drop_duplicates()
-    cells = mean.map(_fmt) + np.where(spread.notna(), " ± " + spread.map(_fmt), "")
-    out: list[_Table | _Sentences] = [
-        _Table(
-            "Mean over held-out targets and seeds",
-            f"{len(targets)} held-out targets x {len(seeds)} seeds ({', '.join(map(str, seeds))}); ± the std "
-            "of the per-seed means. Bold: best model per column. *_rel: distance to the truth relative to "
-            "the control's (< 1 beats predicting no change). The noise_ceiling row scores half of the true "
-            "cells as a prediction of the other half: how well real cells predict real cells. Halves hold half "
-            "the cells, so on noise-sensitive metrics (DEG overlap, distances) a model scored against all true "
-            "cells can pass it: read it as a reference, not a bound."
-            + "".join(f" {_described(m, results)}" for m in mean.columns if _needs_description(m)),
-            cells,
-            marks,
-        ),
-    ]
-    if not comparisons:
-        out.append(_Sentences("Against the baselines", [f"No runs of a baseline ({', '.join(BASELINES)}), so no comparison with one."]))
-    for baseline, comparison in comparisons.items():
-        out.append(_Sentences(f"Against {baseline}", verdicts(comparison, baseline)))
-        table = comparison.assign(
-            cell=comparison["targets_better"].astype(str) + "/" + comparison["targets"].astype(str)
-            + np.where(comparison["beats"], " ✓", "")
-        ).pivot(index="model", columns="metric", values="cell")
-        out.append(
-            _Table(
-                f"Held-out targets on which each model beats {baseline}",
-                "✓: better on average and on more than half of the targets (each averaged over seeds).",
-                table.reindex([m for m in mean.index if m in table.index])[[m for m in mean.columns if m in table.columns]],
-            )
+    if baselines:
+        counts = verdict_counts(detail, [m for m in mean.index if m != NOISE_CEILING], baselines)
+        verdict: _Table | _Sentences = _Table(
+            "Verdict: each model against each baseline",
+            f"Of the {mean.shape[1]} metrics of the next table, how many each model (row) won, tied and lost against "
+            "each baseline (column). Per metric: the paired difference model − baseline on each held-out target and "
+            f"seed ({len(targets)} x {len(seeds)} pairs; positive = better, whichever way the metric improves), and "
+            f"its bootstrap 95% confidence interval ({RESAMPLES:,} resamples of the pairs): won if the interval lies "
+            f"above zero, lost if below, else tied; too few pairs under {MIN_PAIRS}. A metric a model has no score "
+            "on (e.g. Pearson of the change for control) is left out. Each interval: 'Verdict per metric', verdict.csv.",
+            counts.rename(columns=lambda b: f"vs {b}"),
         )
+    else:
+        verdict = _Sentences("Verdict", [f"No runs of a baseline ({', '.join(BASELINES)}), so no comparison with one."])
+    cells = mean.map(_fmt) + np.where(spread.notna(), " ± " + spread.map(_fmt), "")
+    means = _Table(
+        "Mean over held-out targets and seeds",
+        f"{len(targets)} held-out targets x {len(seeds)} seeds ({', '.join(map(str, seeds))}); ± the std "
+        "of the per-seed means. Bold: best model per column. *_rel: distance to the truth relative to "
+        "the control's (< 1 beats predicting no change). The noise_ceiling row scores half of the true "
+        "cells as a prediction of the other half: how well real cells predict real cells. Halves hold half "
+        "the cells, so on noise-sensitive metrics (DEG overlap, distances) a model scored against all true "
+        "cells can pass it: read it as a reference, not a bound."
+        + "".join(f" {_described(m, results)}" for m in mean.columns if _needs_description(m)),
+        cells,
+        marks,
+    )
+    return [verdict, means]
+
+
+def _sections(results, mean, detail, cost, store) -> list[_Table | _Sentences]:
+    """The report's content after the figures, in order: tables (rendered to HTML and Markdown
+    alike) and sentences."""
+    out: list[_Table | _Sentences] = []
+    if len(detail):
+        numbers = detail[["difference", "ci_low", "ci_high"]].map(_fmt)
+        cells = pd.concat([detail[["baseline", "metric"]], numbers, detail[["pairs", "verdict"]].astype(str)], axis=1)
+        out.append(_Table(
+            "Verdict per metric",
+            "difference: mean over the pairs (held-out target and seed) of model − baseline, negated where lower is "
+            "better, so that positive means the model is better; ci_low, ci_high: its bootstrap 95% confidence "
+            "interval; won / lost: the interval lies above / below zero. Also in verdict.csv.",
+            cells.set_index(detail["model"]),
+            collapsed=True,
+        ))  # fmt: skip
     out.append(_Table("Cost per run", "Seconds per run; peak resident memory of the worker process during a run (MiB).", _cost_cells(cost)))
     intervals = uncertainty(results)
     if len(intervals):
@@ -453,19 +368,6 @@ def _sections(results, mean, spread, marks, comparisons, cost, store) -> list[_T
             out.append(_Table("Groups not held out (too few cells)", "", table.astype(str)))
     out.append(_Table("Provenance", "The code that made the runs (each run file records it, with the data's sha256).", provenance(results).fillna("").astype(str)))
     return out
-
-
-def _leader_against(mean: pd.DataFrame, marks: pd.DataFrame, comparison: pd.DataFrame, baseline: str) -> str:
-    """One sentence: how the model best on the most metrics fares against another ``baseline``."""
-    models = [m for m in mean.index if m not in (NOISE_CEILING, baseline)]
-    if not models:
-        return ""
-    leader = max(models, key=lambda m: int(marks.loc[m].sum()))
-    rows = comparison[comparison["model"] == leader]
-    won, lost = (", ".join(f"{r.metric} ({r.targets_better}/{r.targets})" for r in part.itertuples()) for part in (rows[rows["beats"]], rows[~rows["beats"]]))
-    if not won:
-        return f"Against {baseline}, {leader} wins on no metric."
-    return f"Against {baseline}, {leader} wins on {won}" + (f"; not on {lost}." if lost else ".")
 
 
 def _detectable(results: pd.DataFrame) -> str:
@@ -549,17 +451,14 @@ def _file_label(label: str) -> str:
 def _figures(results, store, config, order, metrics, span: str) -> Iterator[Figure]:
     """The report's figures, one at a time (each is drawn, saved and closed before the next): two over every run (``span`` says which), then, for the showcase
     group, one per figure kind for its first kept seed, named after that target and seed."""
-    n = len(metrics)
-    fig, axes = plt.subplots(2, (n + 1) // 2, figsize=(3.0 * ((n + 1) // 2), 7.5), layout="constrained")
-    for ax, metric in zip(axes.ravel(), metrics, strict=False):
-        metric_by_model(results, metric, ax=ax, order=order)
-    for ax in axes.ravel()[n:]:
-        ax.set_visible(False)
+    fig = metric_grid(results, metrics, order=order)
     fig.suptitle(f"Each metric per model: {span}")
     yield Figure("metrics_by_model", f"Each metric per model: one dot per held-out target and seed ({span}).", fig)
     present = [m for m in HEATMAP_METRICS if m in set(results["metric"])]
     n_groups = results["group"].nunique()
-    fig, axes = plt.subplots(1, len(present), figsize=(len(present) * (2.5 + 0.7 * n_groups), 1.5 + 0.4 * len(order)), layout="constrained", squeeze=False)
+    fig, axes = plt.subplots(  # one column of model names, on the left: the panels share their rows
+        1, len(present), sharey=True, figsize=(1.5 + len(present) * (2.5 + 0.7 * n_groups), 1.5 + 0.4 * len(order)), layout="constrained", squeeze=False
+    )
     for ax, metric in zip(axes[0], present, strict=True):
         metric_heatmap(results, metric, ax=ax, order=order)
     fig.suptitle(f"Mean over seeds: {span}")
@@ -684,23 +583,31 @@ _CSS = """body{font-family:system-ui,sans-serif;max-width:1600px;margin:2em auto
 table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:13px}th,td{border:1px solid #ccc;padding:3px 8px;text-align:right;white-space:nowrap}
 .wide{overflow-x:auto}
 th:first-child,td:first-child{text-align:left}thead th{background:#f3f3f3}p.note{color:#555;font-size:13px}
-p.verdict{font-size:15px;line-height:1.5;max-width:75em}img{max-width:100%;border:1px solid #eee}figure{margin:1em 0 2em}figcaption{color:#555;font-size:13px}"""
+p.verdict{font-size:15px;line-height:1.5;max-width:75em}summary h2{display:inline;cursor:pointer}img{max-width:100%;border:1px solid #eee}figure{margin:1em 0 2em}figcaption{color:#555;font-size:13px}"""
 
 
-def _html(title: str, verdict: str, sections, figures: list[Figure], pngs: dict[str, bytes]) -> str:
+def _html(title: str, notes: str, lead, figures: list[Figure], sections, pngs: dict[str, bytes]) -> str:
+    """The report as one HTML page: title, ``notes`` (when any), the ``lead`` sections, the
+    figures (embedded), then the other ``sections``."""
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{_h(title)}</title><style>{_CSS}</style></head><body>",
-             f"<h1>{_h(title)}</h1>", f"<p class='verdict'>{_h(verdict)}</p>", "<h2>Figures</h2>"]  # fmt: skip
+             f"<h1>{_h(title)}</h1>", *([f"<p class='verdict'>{_h(notes)}</p>"] if notes else [])]  # fmt: skip
+    parts += [_html_section(section) for section in lead]
+    parts.append("<h2>Figures</h2>")
     for f in figures:
         data = base64.b64encode(pngs[f.name]).decode()
         parts.append(f"<figure id='{_h(f.name)}'><img alt='{_h(f.name)}' src='data:image/png;base64,{data}'><figcaption>{_h(f.caption)}</figcaption></figure>")
-    for section in sections:
-        if isinstance(section, _Sentences):
-            items = "".join(f"<li>{_h(s)}</li>" for s in section.lines)
-            parts.append(f"<h2>{_h(section.title)}</h2><ul class='verdicts'>{items}</ul>")
-            continue
-        parts.append(f"<h2>{_h(section.title)}</h2>" + (f"<p class='note'>{_h(section.note)}</p>" if section.note else ""))
-        parts.append(_html_table(section))
+    parts += [_html_section(section) for section in sections]
     return "\n".join(parts) + "</body></html>\n"
+
+
+def _html_section(section: _Table | _Sentences) -> str:
+    if isinstance(section, _Sentences):
+        items = "".join(f"<li>{_h(s)}</li>" for s in section.lines)
+        return f"<h2>{_h(section.title)}</h2><ul class='verdicts'>{items}</ul>"
+    note = f"<p class='note'>{_h(section.note)}</p>" if section.note else ""
+    if section.collapsed:
+        return f"<details><summary><h2>{_h(section.title)}</h2></summary>{note}{_html_table(section)}</details>"
+    return f"<h2>{_h(section.title)}</h2>{note}{_html_table(section)}"
 
 
 def _h(text: object) -> str:
@@ -742,17 +649,24 @@ def _markdown_table(t: _Table) -> str:
     return cells.to_markdown(disable_numparse=True, colalign=("left",) + ("right",) * cells.shape[1])
 
 
-def _markdown(title: str, verdict: str, sections, figures: list[Figure], formats: Sequence[str]) -> str:
-    """The report as Markdown: verdict, figures (shown when PNGs were written, else linked), tables."""
-    parts = [f"# {_md(title)}\n", f"{_md(verdict)}\n", "## Figures\n"]
+def _markdown(title: str, notes: str, lead, figures: list[Figure], sections, formats: Sequence[str]) -> str:
+    """The report as Markdown, in the order of :func:`_html`; figures shown when PNGs were
+    written, else linked."""
+    parts = [f"# {_md(title)}\n", *([f"{_md(notes)}\n"] if notes else [])]
+    parts += [_markdown_section(section) for section in lead]
+    parts.append("## Figures\n")
     for f in figures:
         files = " and ".join(f"`figures/{f.name}.{fmt}`" for fmt in formats)
         image = f"![{_md(f.name)}](figures/{f.name}.png)\n\n" if "png" in formats else ""
         parts.append(f"{image}{_md(f.caption)} ({files})\n")
-    for section in sections:
-        if isinstance(section, _Sentences):
-            parts.append(f"## {_md(section.title)}\n\n" + "\n".join(f"- {_md(s)}" for s in section.lines) + "\n")
-            continue
-        note = f"{_md(section.note)}\n\n" if section.note else ""
-        parts.append(f"## {_md(section.title)}\n\n{note}{_markdown_table(section)}\n")
+    parts += [_markdown_section(section) for section in sections]
     return "\n".join(parts)
+
+
+def _markdown_section(section: _Table | _Sentences) -> str:
+    if isinstance(section, _Sentences):
+        return f"## {_md(section.title)}\n\n" + "\n".join(f"- {_md(s)}" for s in section.lines) + "\n"
+    note = f"{_md(section.note)}\n\n" if section.note else ""
+    if section.collapsed:  # raw HTML, which Markdown renderers (GitHub, mkdocs) pass through
+        return f"<details><summary>{_h(section.title)}</summary>\n\n{note}{_markdown_table(section)}\n\n</details>\n"
+    return f"## {_md(section.title)}\n\n{note}{_markdown_table(section)}\n"

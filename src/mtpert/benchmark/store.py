@@ -52,7 +52,6 @@ import pandas as pd
 
 import mtpert
 from mtpert.benchmark.grid import BenchmarkConfig, RunSpec, dataset_id
-from mtpert.benchmark.holdout import Prediction
 from mtpert.data.split import condition_label
 from mtpert.errors import ConfigError
 from mtpert.io import (
@@ -64,6 +63,7 @@ from mtpert.io import (
 )
 from mtpert.lock import output_lock
 from mtpert.models.base import PerturbationModel
+from mtpert.scoring import Prediction
 
 log = logging.getLogger("mtpert.benchmark")
 

@@ -20,13 +20,20 @@ NO_CHANGE = "control"
 
 def demo(
     out: Annotated[Path, typer.Option(help="Directory for the results table and figures.")] = Path("mtpert-demo"),
-    models: Annotated[str, typer.Option(help="Comma-separated registered model names.")] = "control,mean_shift",
+    models: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated registered model names. Default: control, mean_shift and the model "
+            "to start with (mtpert.benchmark.demo.DEMO_MODELS)."
+        ),
+    ] = None,
     seed: Annotated[int, seed_option("Seed for the simulation, split and models.")] = 1,
 ) -> None:
     """Simulate a perturbation experiment, hold out each cell type, fit and score the models."""
-    from mtpert.benchmark.demo import demo_summary, run_demo
+    from mtpert.benchmark.demo import DEMO_MODELS, demo_summary, demo_verdict, run_demo
 
-    names = list(dict.fromkeys(m.strip() for m in models.split(",") if m.strip()))
+    given = models.split(",") if models is not None else DEMO_MODELS
+    names = list(dict.fromkeys(m.strip() for m in given if m.strip()))
     with user_errors(), Progress(console=console, transient=True) as progress:
         task = progress.add_task("fitting models", total=None)
         results = run_demo(out, models=names, seed=seed, on_progress=lambda msg: progress.update(task, description=msg))
@@ -36,27 +43,41 @@ def demo(
         "and what it measures (↑: higher is better, ↓: lower)."
     )
     print_frame(summary)
-    for line in _verdict(summary, names):
+    counts, detail = demo_verdict(results, names)
+    if len(counts):
+        console.print(
+            "Each model against each baseline (columns), paired over the held-out cell types: on how "
+            "many metrics it is better (won: the bootstrap 95% interval of the difference lies above "
+            "zero), worse (lost), or neither (tied).",
+            highlight=False,
+        )
+        print_frame(counts.rename(columns=lambda b: f"vs {b}"))
+    for line in _verdict(summary, detail, names):
         console.print(escape(line), highlight=False)
     console.print(f"Results and figures in [bold]{escape(str(out))}/[/] (results.csv, metrics.png, scatter.png)")
 
 
-def _verdict(summary: pd.DataFrame, models: list[str]) -> list[str]:
-    """Which model is best on most metrics, and why a model can do worse than predicting no change."""
+def _verdict(summary: pd.DataFrame, detail: pd.DataFrame, models: list[str]) -> list[str]:
+    """Which model is best on most metrics; why the mean shift is hard to beat on this simulator;
+    and why a model can do worse than predicting no change (``detail``: the demo's verdicts)."""
     best = summary["best"].str.split(", ")
     wins = {m: sum(m in names for names in best) for m in models}
     leader = max(wins, key=wins.__getitem__)
     lines = [f"Best: {leader}, on {wins[leader]} of {len(summary)} metrics."]
-    if NO_CHANGE not in models:
+    if "mean_shift" in models and leader == "mean_shift":
+        lines.append(
+            "On this simulator each cell type's response is a part shared by all cell types plus a "
+            "random part of its own that nothing in its control cells reveals. The mean shift adds "
+            "the shared part, about the best any model can predict here, so it is hard to beat; "
+            "which model is best on your data, `mtpert benchmark` tells."
+        )
+    if detail.empty:
         return lines
-    higher = summary["measures"].str.startswith("↑")
-    baseline = summary[NO_CHANGE]
-    for model in (m for m in models if m != NO_CHANGE):
-        score = summary[model]
-        worse = summary.index[(higher & (score < baseline)) | (~higher & (score > baseline))]
-        if len(worse):
-            lines.append(f"{model} is worse than '{NO_CHANGE}', which predicts no change, on {', '.join(worse)}.")
-    if len(lines) > 1:
+    lost = detail[(detail["baseline"] == NO_CHANGE) & (detail["verdict"] == "lost")]
+    for model, rows in lost.groupby("model", sort=False):
+        worse = ", ".join(rows["metric"])
+        lines.append(f"{model} is worse than '{NO_CHANGE}', which predicts no change, on {worse}.")
+    if len(lost):
         lines.append(
             "Why a model can lose to no change: most genes do not respond, and no change is exact on them, which "
             "r2_all rewards; the *_rel distances compare whole cell distributions (1 = no change), and decoded "

@@ -93,8 +93,7 @@ def fit(
     so that `mtpert predict --group GROUP` followed by `mtpert evaluate` scores an honest
     out-of-distribution prediction.
     """
-    from mtpert.benchmark.holdout import Holdout, make_fold, seed_everything
-    from mtpert.data import prepare
+    from mtpert.data import Holdout, make_fold, prepare, seed_everything
     from mtpert.data.spec import MIN_CELLS_FLOOR
     from mtpert.data.split import train_val
     from mtpert.errors import ConfigError

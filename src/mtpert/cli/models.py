@@ -17,28 +17,33 @@ def models() -> None:
     A preset is its class with a few options set; pass any other option with
     `mtpert fit --set KEY=VALUE`, or model_params in a benchmark config.
     """
-    from mtpert.models.crossmodal import CROSSMODAL_MODELS
-    from mtpert.models.registry import get_model, list_models
-    from mtpert.plugins import first_line
+    # The registry is read without importing the models (nor torch): names, options and
+    # descriptions are declared or read from the sources; plugins are imported to be listed.
+    from mtpert.models.registry import CROSSMODAL_MODELS, MODELS, ModelPreset
+    from mtpert.plugins import class_description, class_name
 
+    by_class: dict[str, list[ModelPreset]] = {}
+    for preset in MODELS.values():
+        by_class.setdefault(preset.class_path, []).append(preset)
     table = Table("model", "options set (others: the class defaults)", box=None, show_edge=False, pad_edge=False)
-    presets = list_models()
-    for (cls, description), members in presets.groupby(["class", "description"], sort=False):
+    for presets in by_class.values():
         table.add_section()
-        table.add_row(f"[bold]{escape(cls)}[/]", escape(description))
-        for name, row in members.iterrows():
-            options = [f"{k}={v}" for k, v in row["options"].items()]
-            if get_model(str(name)).one_dose_at_a_time:
+        table.add_row(f"[bold]{escape(presets[0].class_name)}[/]", escape(presets[0].description))
+        for preset in presets:
+            options = [f"{k}={v}" for k, v in preset.params.items()]
+            if preset.one_dose_at_a_time:
                 options.append(ONE_DOSE)
-            table.add_row(f"  {escape(str(name))}", escape(", ".join(options)) or "[dim](class defaults)[/]")
+            shown = escape(", ".join(options)) or "[dim](class defaults)[/]"
+            table.add_row(f"  {escape(preset.name)}", shown)
     console.print(table)
     console.print(
-        f"{len(presets)} models. On data with doses, a model marked '{ONE_DOSE}' is fitted on the control cells and "
+        f"{len(MODELS)} models. On data with doses, a model marked '{ONE_DOSE}' is fitted on the control cells and "
         "one dose per fit, as it was published. Change any option with `mtpert fit --set KEY=VALUE`."
     )
     crossmodal = Table("cross-modal model", "class: what it does", box=None, show_edge=False, pad_edge=False)
-    for name, cls in CROSSMODAL_MODELS.items():
-        crossmodal.add_row(escape(name), escape(f"{cls.__name__}: {first_line(cls.__doc__)}"))
+    for name in CROSSMODAL_MODELS:
+        path = CROSSMODAL_MODELS.path(name)
+        crossmodal.add_row(escape(name), escape(f"{class_name(path)}: {class_description(path)}"))
     console.print()
     console.print(crossmodal)
     console.print(

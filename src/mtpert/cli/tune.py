@@ -29,7 +29,7 @@ from mtpert.cli.options import (
 if TYPE_CHECKING:
     import pandas as pd
 
-    from mtpert.benchmark.tuning import TuningResult
+    from mtpert.tuning import TuningResult
 
 STUDY = "study.journal"
 BEST = "best_params.json"
@@ -71,13 +71,12 @@ def tune(
     in --out/study.journal; the best hyperparameters go to --out/best_params.json, ready for
     `mtpert fit --params`, and every trial to --out/trials.csv.
     """
-    from mtpert.benchmark.holdout import Holdout, make_fold
-    from mtpert.benchmark.tuning import tune as run_study
-    from mtpert.data import prepare
+    from mtpert.data import Holdout, make_fold, prepare
     from mtpert.data.spec import MIN_CELLS_FLOOR
     from mtpert.io import atomic_write, write_table
     from mtpert.lock import output_lock
     from mtpert.models import get_model
+    from mtpert.tuning import tune as run_study
 
     with user_errors(), output_lock(out):
         spec = make_spec(cell_type_key, condition_key, control, dose_key, separator=separator, data=data)

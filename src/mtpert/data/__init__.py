@@ -1,5 +1,6 @@
-"""Data layer: dataset spec, preprocessing, OOD splits, public datasets and the simulator."""
+"""Data layer: dataset spec, preprocessing, OOD splits and folds, public datasets and the simulator."""
 
+from mtpert.data.folds import Fold, Holdout, SplitKind, fold_data, make_fold, seed_everything
 from mtpert.data.labels import normalize_labels
 from mtpert.data.modalities import clr, coding_genes, paired, read_modality
 from mtpert.data.pp import detect_kind, log_normalize, prepare, require_kind, select_hvgs
@@ -38,9 +39,12 @@ __all__ = [
     "DATASETS",
     "DEFAULT_MIN_CELLS",
     "DatasetSpec",
+    "Fold",
+    "Holdout",
     "PriorNetwork",
     "RemoteDataset",
     "Split",
+    "SplitKind",
     "Target",
     "add_proteins",
     "clr",
@@ -50,6 +54,7 @@ __all__ = [
     "download_dataset",
     "eligible_conditions",
     "eligible_groups",
+    "fold_data",
     "heldout_mask",
     "holdout_combinations",
     "holdout_condition",
@@ -57,6 +62,7 @@ __all__ = [
     "list_datasets",
     "load_dataset",
     "log_normalize",
+    "make_fold",
     "normalize_labels",
     "paired",
     "predictable_combinations",
@@ -65,6 +71,7 @@ __all__ = [
     "read_modality",
     "read_prior",
     "require_kind",
+    "seed_everything",
     "select_hvgs",
     "simulate",
     "simulate_screen",

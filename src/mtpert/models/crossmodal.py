@@ -37,8 +37,9 @@ import json
 import os
 import pickle
 from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, Self
 
 import numpy as np
 import pandas as pd
@@ -50,12 +51,19 @@ from sklearn.neighbors import KNeighborsRegressor
 from torch import Tensor, nn
 
 from mtpert._array import dense
-from mtpert.errors import CheckpointError, ConfigError, DataError, UnknownNameError
+from mtpert.errors import CheckpointError, DataError
 from mtpert.io import atomic_write_files
 from mtpert.models.base import NotFittedError
-from mtpert.plugins import ClassPluginRegistry
+from mtpert.models.registry import (  # noqa: F401  (re-exported: the registry moved there)
+    BUILTIN_CROSSMODAL,
+    CROSSMODAL_ENTRY_POINT_GROUP,
+    CROSSMODAL_MODELS,
+    CrossModalRegistry,
+    get_crossmodal,
+    register_crossmodal,
+)
+from mtpert.models.trained import Hyperparameters, NetworkModel
 from mtpert.train.data import Batch, CellData
-from mtpert.train.loop import TrainConfig, cpu_threads, resolve_device, train
 
 Fusion = Literal["early", "poe", "mixture", "late"]
 FUSIONS: tuple[str, ...] = ("early", "poe", "mixture", "late")
@@ -251,73 +259,126 @@ class MultimodalNet(nn.Module):
         return self(inputs, present)[0]["t"]
 
 
-class MultimodalAE(CrossModalModel):
-    """Multimodal autoencoder predicting the target modality from the source (see the module
-    docstring for the fusions).
+@dataclass(frozen=True, kw_only=True)
+class MultimodalParams(Hyperparameters):
+    """Hyperparameters of :class:`MultimodalAE`, with the training settings and seed.
 
-    Args:
+    Attributes:
         fusion: ``early``, ``poe``, ``mixture`` or ``late``.
         hidden: widths of each encoder's hidden layers (decoders mirror them).
         latent_dim: size of the shared latent state.
+        dropout: dropout rate of the hidden layers.
         modality_dropout: probability of hiding a cell's target modality in a training minibatch.
+        kl_weight: weight of the latent's KL divergence (``poe`` and ``mixture``), per feature.
+        val_fraction: cells held out of training for early stopping.
         input_pcs: the source enters as its top principal components (fitted on the training
             cells, part of the differentiable prediction, so attributions still reach each source
             feature); None: the features themselves. On 400 cells x 2,000 genes, 20 components
             did as well as ridge regression and the raw genes did worse (overfitting).
-        kl_weight: weight of the latent's KL divergence (``poe`` and ``mixture``), per feature.
-        val_fraction: cells held out of training for early stopping.
-        train: training settings (:class:`mtpert.train.TrainConfig`).
         seed: seeds initialization, the validation cells and the minibatch order.
     """
 
+    fusion: Fusion = "poe"
+    hidden: tuple[int, ...] = (256,)
+    latent_dim: int = 32
+    dropout: float = 0.1
+    modality_dropout: float = 0.5
+    kl_weight: float = 1e-3
+    val_fraction: float = 0.15
+    input_pcs: int | None = 20
+    batch_size: int = 64
+    max_epochs: int = 200
+    patience: int = 20
+    seed: int | None = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._widths("hidden")
+        if self.fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}.")
+        if not 0 <= self.modality_dropout < 1:
+            raise ValueError(f"modality_dropout must be in [0, 1), got {self.modality_dropout}.")
+        if self.input_pcs is not None and self.input_pcs < 1:
+            raise ValueError(f"input_pcs must be at least 1 (or None), got {self.input_pcs}.")
+
+
+class MultimodalAE(NetworkModel, CrossModalModel):
+    """Multimodal autoencoder predicting the target modality from the source (see the module
+    docstring for the fusions). Trained like the perturbation models that train networks
+    (:class:`~mtpert.models.trained.NetworkModel`): hyperparameters are the fields of
+    :class:`MultimodalParams`, runtime options are given to the constructor (as defaults), to
+    :meth:`fit` and to :meth:`load`, and are never saved.
+
+    Args:
+        fusion: ``early``, ``poe``, ``mixture`` or ``late`` (None: ``poe``).
+        device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
+        num_threads: torch CPU threads while fitting and predicting; None keeps torch's setting.
+        progress: report each training epoch.
+        **hparams: the other fields of :class:`MultimodalParams`.
+    """
+
+    Params = MultimodalParams
+    params: MultimodalParams
+
     def __init__(
-        self, fusion: Fusion = "poe", *, hidden: tuple[int, ...] = (256,), latent_dim: int = 32, dropout: float = 0.1,
-        modality_dropout: float = 0.5, kl_weight: float = 1e-3, val_fraction: float = 0.15, input_pcs: int | None = 20,
-        train: TrainConfig | None = None, seed: int = 0, device: str = "auto", num_threads: int | None = None, progress: bool = False,
-    ) -> None:  # fmt: skip
+        self,
+        fusion: Fusion | None = None,
+        *,
+        device: str = "auto",
+        num_threads: int | None = None,
+        progress: bool = False,
+        **hparams: Any,
+    ) -> None:
         super().__init__()
-        if fusion not in FUSIONS:
-            raise ConfigError(f"fusion must be one of {FUSIONS}, got {fusion!r}.")
-        if not 0 <= modality_dropout < 1:
-            raise ConfigError(f"modality_dropout must be in [0, 1), got {modality_dropout}.")
-        self.fusion, self.hidden, self.latent_dim, self.dropout = fusion, tuple(hidden), latent_dim, dropout
-        self.modality_dropout, self.kl_weight, self.val_fraction = modality_dropout, kl_weight, val_fraction
-        if input_pcs is not None and input_pcs < 1:
-            raise ConfigError(f"input_pcs must be at least 1 (or None), got {input_pcs}.")
-        self.input_pcs = input_pcs
-        self.train_config = train or TrainConfig(lr=1e-3, max_epochs=200, patience=20, batch_size=64)
-        self.seed, self.device, self.num_threads, self.progress = seed, resolve_device(device), num_threads, progress
+        if fusion is not None:
+            hparams["fusion"] = fusion
+        self._configure(hparams, device=device, num_threads=num_threads, progress=progress)
         self.net: MultimodalNet | None = None
         self.history: pd.DataFrame | None = None
 
     @property
     def name(self) -> str:  # type: ignore[override]
-        return f"multimodal_{self.fusion}"
+        return f"multimodal_{self.params.fusion}"
+
+    def fit(
+        self,
+        source: AnnData,
+        target: AnnData,
+        *,
+        device: str | None = None,
+        num_threads: int | None = None,
+        progress: bool | None = None,
+    ) -> Self:
+        """:meth:`CrossModalModel.fit`, on ``device`` and ``num_threads`` threads, reporting each
+        epoch if ``progress`` (None: as set); they stay the model's runtime options."""
+        with self._running(device, num_threads, progress):
+            super().fit(source, target)
+        return self
+
+    def _network(self, n_source: int, n_target: int) -> MultimodalNet:
+        p = self.params
+        return MultimodalNet(
+            n_source, n_target, fusion=p.fusion, hidden=p.hidden, latent_dim=p.latent_dim,
+            dropout=p.dropout, modality_dropout=p.modality_dropout, kl_weight=p.kl_weight,
+        )  # fmt: skip
 
     def _fit(self, x: np.ndarray, y: np.ndarray, source: AnnData) -> None:
-        rng = np.random.default_rng(self.seed)
-        order = rng.permutation(len(x))
-        n_val = round(self.val_fraction * len(x))
+        seed = self._seed()
+        order = np.random.default_rng(seed).permutation(len(x))
+        n_val = round(self.params.val_fraction * len(x))
         val, fit = order[:n_val], order[n_val:]
         self.projection = None
-        if self.input_pcs is not None:
-            pca = PCA(max(1, min(self.input_pcs, len(fit) - 1, x.shape[1])), random_state=self.seed).fit(x[fit])
+        if self.params.input_pcs is not None:
+            pca = PCA(max(1, min(self.params.input_pcs, len(fit) - 1, x.shape[1])), random_state=seed).fit(x[fit])
             self.projection = (pca.mean_.astype(np.float32), pca.components_.T.astype(np.float32))
             x = self._project(x)
         self.scale = {"s": (x[fit].mean(0), x[fit].std(0) + 1e-6), "t": (y[fit].mean(0), y[fit].std(0) + 1e-6)}
         packed = np.hstack([self._standard(x, "s"), self._standard(y, "t")]).astype(np.float32)
         data = CellData(packed[fit], np.zeros(len(fit), dtype=np.int64))
         held = CellData(packed[val], np.zeros(len(val), dtype=np.int64)) if n_val else None
-        torch.manual_seed(self.seed)
-        self.net = MultimodalNet(
-            x.shape[1], y.shape[1], fusion=self.fusion, hidden=self.hidden, latent_dim=self.latent_dim,
-            dropout=self.dropout, modality_dropout=self.modality_dropout, kl_weight=self.kl_weight,
-        )  # fmt: skip
-        with cpu_threads(self.num_threads):
-            self.history = train(
-                self.net, data, held, self.train_config, device=self.device,
-                generator=torch.Generator().manual_seed(self.seed), progress=self.progress,
-            )  # fmt: skip
+        with self._seeded(seed) as generator:
+            self.net = self._network(x.shape[1], y.shape[1])
+            self.history = self._train(self.net, data, held, generator)
         self.net.eval()
 
     def _project(self, x: np.ndarray) -> np.ndarray:
@@ -325,17 +386,15 @@ class MultimodalAE(CrossModalModel):
         return (x - mean) @ components
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the fitted model to folder ``path``: its settings and feature names as JSON, its
-        weights and input scaling as tensors (no pickle), replaced together or not at all."""
+        """Write the fitted model to folder ``path``: its hyperparameters and feature names as
+        JSON, its weights and input scaling as tensors (no pickle), replaced together or not at
+        all. The runtime options are not saved."""
         if self.net is None or self.source_features is None or self.target_features is None:
             raise NotFittedError(f"{self.name}: fit the model before saving it.")
         folder = Path(path)
-        settings = {
-            "fusion": self.fusion, "hidden": list(self.hidden), "latent_dim": self.latent_dim, "dropout": self.dropout,
-            "modality_dropout": self.modality_dropout, "kl_weight": self.kl_weight, "val_fraction": self.val_fraction,
-            "input_pcs": self.input_pcs, "seed": self.seed,
-            "source_features": self.source_features, "target_features": self.target_features,
-        }  # fmt: skip
+        settings = asdict(self.params) | {
+            "source_features": self.source_features, "target_features": self.target_features
+        }
         arrays = {f"scale_{m}_{i}": torch.as_tensor(v) for m, pair in self.scale.items() for i, v in enumerate(pair)}
         if self.projection is not None:
             arrays |= {"projection_mean": torch.as_tensor(self.projection[0]), "projection_components": torch.as_tensor(self.projection[1])}
@@ -349,9 +408,18 @@ class MultimodalAE(CrossModalModel):
         )
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], device: str = "auto") -> MultimodalAE:
-        """Read a model written by :meth:`save`: the settings as JSON, the tensors with
-        ``weights_only=True`` (nothing is unpickled, no code runs).
+    def load(
+        cls,
+        path: str | os.PathLike[str],
+        device: str = "auto",
+        *,
+        num_threads: int | None = None,
+        progress: bool = False,
+    ) -> MultimodalAE:
+        """Read a model written by :meth:`save`, to run with the runtime options given: the
+        settings as JSON, the tensors with ``weights_only=True`` (nothing is unpickled, no code
+        runs). A model saved before its training settings were saved with it (they do not change
+        its predictions) loads with the defaults in their place.
 
         Raises:
             CheckpointError: a file is missing or unreadable, lacks a setting or tensor that
@@ -379,9 +447,8 @@ class MultimodalAE(CrossModalModel):
         projected = projection if tensors.keys() & set(projection) else ()
         _require(weights_file, tensors, scales + projected)
         sources, targets = (settings.pop(key) for key in features)
-        fusion, hidden = settings.pop("fusion"), settings.pop("hidden")
         try:
-            model = cls(fusion, hidden=tuple(hidden), device=device, **settings)
+            model = cls(device=device, num_threads=num_threads, progress=progress, **settings)
         except (TypeError, ValueError) as error:  # settings this mtpert does not take
             raise CheckpointError(
                 f"{settings_file} holds settings this mtpert cannot build a {cls.__name__} from "
@@ -393,10 +460,7 @@ class MultimodalAE(CrossModalModel):
             (tensors["projection_mean"].numpy(), tensors["projection_components"].numpy()) if "projection_mean" in tensors else None
         )
         n_source = model.projection[1].shape[1] if model.projection is not None else len(sources)
-        model.net = MultimodalNet(
-            n_source, len(targets), fusion=model.fusion, hidden=model.hidden, latent_dim=model.latent_dim,
-            dropout=model.dropout, modality_dropout=model.modality_dropout, kl_weight=model.kl_weight,
-        )  # fmt: skip
+        model.net = model._network(n_source, len(targets))
         state = {k.removeprefix("net."): v for k, v in tensors.items() if k.startswith("net.")}
         try:
             model.net.load_state_dict(state)
@@ -432,7 +496,7 @@ class MultimodalAE(CrossModalModel):
 
     def _predict(self, x: np.ndarray) -> np.ndarray:
         predict = self.prediction_function()
-        with torch.no_grad(), cpu_threads(self.num_threads):
+        with torch.no_grad(), self._running():
             return predict(torch.as_tensor(x, device=self.device)).cpu().numpy()
 
 
@@ -457,60 +521,3 @@ def feature_pearson(truth: AnnData, pred: AnnData) -> pd.Series:
     with np.errstate(invalid="ignore", divide="ignore"):
         r = np.where(denom > 0, (yc * pc).sum(0) / denom, np.nan)
     return pd.Series(r, index=truth.var_names, name="pearson")
-
-
-CROSSMODAL_ENTRY_POINT_GROUP = "mtpert.crossmodal"
-"""Entry-point group through which installed packages add cross-modal models."""
-
-
-class CrossModalRegistry(ClassPluginRegistry[type[CrossModalModel]]):
-    """Cross-modal model classes by name, read like a dict (:class:`~mtpert.plugins.PluginRegistry`):
-    mtpert's, those added with :meth:`register`, and those of the plugins of entry-point group
-    ``group``, whose entry point names a :class:`CrossModalModel` subclass (registered under the
-    entry point's name) or a function that calls :func:`register_crossmodal`."""
-
-    kind = "cross-modal model"
-    plugin_class = "CrossModalModel"
-    plugin_function = "mtpert.models.register_crossmodal"
-
-    def register(self, name: str, cls: type[CrossModalModel], /) -> type[CrossModalModel]:
-        """Add ``cls`` as ``name``; refused: an unusable name, a name taken by another class
-        (:class:`ConfigError`), a class that is not a :class:`CrossModalModel` (:class:`TypeError`)."""
-        self.check_name(name, "scripts and file names")
-        if not (isinstance(cls, type) and issubclass(cls, CrossModalModel)):
-            raise TypeError(f"Cross-modal model '{name}': {cls!r} is not a subclass of mtpert.models.CrossModalModel.")
-        return self._add(name, cls)
-
-    @staticmethod
-    def _identity(entry: type[CrossModalModel]) -> str:
-        """The class by ``module:qualname`` (a class defined again by a rerun cell is the same)."""
-        return f"{entry.__module__}:{entry.__qualname__}"
-
-    _describe = _identity
-
-
-BUILTIN_CROSSMODAL: tuple[tuple[str, type[CrossModalModel]], ...] = (
-    ("own_gene", OwnGene), ("ridge", RidgeMap), ("knn", NeighbourMean), ("multimodal", MultimodalAE),
-)  # fmt: skip
-"""mtpert's own cross-modal models, by name."""
-
-CROSSMODAL_MODELS = CrossModalRegistry(BUILTIN_CROSSMODAL, CROSSMODAL_ENTRY_POINT_GROUP)
-"""Every cross-modal model class by name: mtpert's, those of :func:`register_crossmodal` and those
-of installed plugins. ``get_crossmodal("multimodal")(fusion="late")`` builds one."""
-
-
-def register_crossmodal(name: str, cls: type[CrossModalModel], /) -> type[CrossModalModel]:
-    """Make cross-modal model class ``cls`` available as ``name`` (:data:`CROSSMODAL_MODELS`,
-    :func:`get_crossmodal`, ``mtpert models``); call it from a ``mtpert.crossmodal`` entry point
-    so that every process finds it."""
-    return CROSSMODAL_MODELS.register(name, cls)
-
-
-def get_crossmodal(name: str) -> type[CrossModalModel]:
-    """The cross-modal model class registered as ``name``; call it with its options to build one."""
-    try:
-        return CROSSMODAL_MODELS[name]
-    except KeyError:
-        raise UnknownNameError(
-            f"Unknown cross-modal model '{name}'; registered: {', '.join(CROSSMODAL_MODELS)}."
-        ) from None

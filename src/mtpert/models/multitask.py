@@ -30,7 +30,7 @@ and its mean change is bounded by the largest the model predicts for a training 
 condition (``bound_change``). Without them, on a screen of three cell lines with small effects
 (McFaline 2023, a line held out), the decoder extrapolated to the new line's cells with changes
 3-4 times any it was trained on, and decoded cells were far narrower than real ones: R² of the
-mean expression 0.53 against 0.96 for predicting no change (``benchmarks/results/screens_defaults.md``).
+mean expression 0.53 against 0.96 for predicting no change (``benchmarks/screens_defaults/screens_defaults.md``).
 """
 
 from __future__ import annotations
@@ -380,7 +380,7 @@ class MultiTaskParams(Hyperparameters):
     regularizer (None chooses; at 3e-3 the adversarial game no longer pulled the latent towards
     N(0, I) on simulated cells). Against the generic schedule (1e-3 held until plateaus, 85-100
     epochs on Kang) it fits in a third to a half of the time, as accurate on three screens and
-    0.006 lower in R² top-100 DEGs on Kang (``benchmarks/results/perf_grid_schedule.md``);
+    0.006 lower in R² top-100 DEGs on Kang (``benchmarks/perf_grid_schedule/perf_grid_schedule.md``);
     ``schedule="plateau", lr=1e-3, max_epochs=100`` trains as before.
     """
 

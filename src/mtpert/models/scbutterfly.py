@@ -336,7 +336,7 @@ class ScButterfly(PerConditionModel):
       training cells (the original: PyTorch's 1 and 0), so the decoders do not spend their epochs
       learning the gene means. On Kang CD14 Mono (3 seeds) this is the whole difference to the
       original: top-100 DEG R² 0.820 vs 0.658, and 0.661 with the original's start
-      (``benchmarks/results/parity_scbutterfly_cd14_mono_*.md``).
+      (``benchmarks/parity_scbutterfly/parity_scbutterfly_cd14_mono_*.md``).
     * A training set whose size leaves a last minibatch of one cell loses that pair (BatchNorm
       needs two); the original drops the last minibatch instead.
     * Predictions are clipped at 0, the floor of log data (the LeakyReLU output can dip below).

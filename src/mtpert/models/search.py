@@ -8,7 +8,7 @@ a user overrides or extends it with plain data, as a benchmark config or ``mtper
      "max_epochs": {"low": 20, "high": 200, "step": 20}, # integers (both ends written as integers)
      "dropout": 0.1}                                     # a fixed value: not tuned
 
-Nothing here imports Optuna; :mod:`mtpert.benchmark.tuning` turns a space into its suggestions.
+Nothing here imports Optuna; :mod:`mtpert.tuning` turns a space into its suggestions.
 """
 
 from __future__ import annotations

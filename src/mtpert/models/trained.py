@@ -20,7 +20,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields
+from dataclasses import Field, asdict, dataclass, fields
 from typing import Any, ClassVar, get_type_hints
 
 import numpy as np
@@ -30,7 +30,7 @@ from torch import nn
 
 from mtpert.data.spec import DatasetSpec
 from mtpert.errors import ConfigError
-from mtpert.models.base import PREDICT_BATCH, NotFittedError, PerturbationModel
+from mtpert.models.base import PREDICT_BATCH, RUNTIME_OPTIONS, NotFittedError, PerturbationModel
 from mtpert.models.search import Distribution, FloatRange
 from mtpert.train.data import CellData
 from mtpert.train.loop import TrainConfig, cpu_threads, resolve_device, train
@@ -45,7 +45,7 @@ class Hyperparameters(TrainConfig):
     Attributes:
         seed: seeds initialization, minibatch order, dropout and whatever else the family draws;
             None draws it from torch's global generator (so
-            :func:`mtpert.benchmark.holdout.seed_everything` governs it).
+            :func:`mtpert.data.seed_everything` governs it).
     """
 
     seed: int | None = None
@@ -69,89 +69,39 @@ class Hyperparameters(TrainConfig):
             raise ValueError(f"{', '.join(bad)}: must be >= 1.")
 
 
-class TrainedModel(PerturbationModel):
-    """Base class of models that train networks: the constructor takes the hyperparameters of
-    ``Params`` as keyword arguments, plus the runtime options as defaults for ``fit``.
-
-    Subclasses set ``Params`` (a :class:`Hyperparameters` subclass; read as ``self.params``),
-    implement ``_fit`` with :meth:`_seed`, :meth:`_seeded` and :meth:`_train`, store each trained
-    network's history in ``self._histories``, and extend :meth:`_learned` and :meth:`_restore`
-    (calling ``super()``) with what else they learn.
-
-    Args:
-        spec: obs keys of the dataset.
-        device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
-        num_threads: torch CPU threads while fitting and predicting; None keeps torch's setting
-            (one per core). Use 1 when other processes busy the cores: threads that wait on each
-            other then slow training down many times over.
-        progress: report each epoch while training (a progress bar on a terminal, an INFO record
-            of the ``mtpert.train`` logger otherwise).
-        **hparams: the fields of ``Params``.
+class NetworkModel:
+    """What every model that trains networks shares, whatever it predicts (perturbation models
+    through :class:`TrainedModel`, cross-modal ones directly): hyperparameters declared once as
+    the fields of ``Params`` (a :class:`Hyperparameters` subclass, read as ``self.params``), the
+    runtime options kept apart from them, and seeded training on the runtime's device and threads.
     """
 
     Params: ClassVar[type[Hyperparameters]] = Hyperparameters
 
-    def __init__(
-        self,
-        spec: DatasetSpec,
-        *,
-        device: str = "auto",
-        num_threads: int | None = None,
-        progress: bool = True,
-        **hparams: Any,
+    def _configure(
+        self, hparams: dict[str, Any], *, device: str, num_threads: int | None, progress: bool
     ) -> None:
+        """Set ``self.params`` from ``hparams`` (the fields of ``Params``) and the runtime options."""
         unknown = sorted(set(hparams) - {f.name for f in fields(self.Params)})
         if unknown:
             raise TypeError(
                 f"{type(self).__name__} has no parameter {', '.join(unknown)}; its parameters: "
-                f"{', '.join(self.parameters())}."
+                f"{', '.join([*(f.name for f in self._ordered_fields()), *RUNTIME_OPTIONS])}."
             )
         try:
             self.params = self.Params(**hparams)
         except ValueError as error:  # a value out of its range: the caller's input, not a bug
             raise ConfigError(f"{type(self).__name__}: {error}") from None
-        super().__init__(spec, **asdict(self.params))
         self.device = resolve_device(device)
         self.num_threads = num_threads
         self.progress = progress
-        self._histories: list[pd.DataFrame] = []
 
     @classmethod
-    def parameters(cls) -> dict[str, inspect.Parameter]:
-        """The family's own hyperparameters, then the training settings and seed, then the
-        runtime options."""
-        hints = get_type_hints(cls.Params)
+    def _ordered_fields(cls) -> list[Field[Any]]:
+        """The fields of ``Params``: the family's own, then the training settings and seed."""
         shared = {f.name for f in fields(Hyperparameters)}
-        ordered = sorted(fields(cls.Params), key=lambda f: f.name in shared)
-        hyper = {
-            f.name: inspect.Parameter(
-                f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=hints[f.name]
-            )
-            for f in ordered
-        }
-        runtime = {n: p for n, p in super().parameters().items() if p.kind is p.KEYWORD_ONLY}
-        return hyper | runtime
+        return sorted(fields(cls.Params), key=lambda f: f.name in shared)
 
-    # ------------------------------------------------------------------ public API
-    @property
-    def history(self) -> pd.DataFrame:
-        """Per-epoch training history: ``epoch``, ``lr``, ``train_<term>`` and ``val_<term>``
-        losses (several networks: one block of rows each)."""
-        return pd.concat(self._fitted_histories(), ignore_index=True)
-
-    def fit_summary(self) -> dict[str, float]:
-        """Fitted values (``n_params``), ``epochs`` run (summed over the networks trained), and
-        each loss term of the last epoch (``final_<term>``, averaged over the networks)."""
-        histories = self._fitted_histories()
-        last = pd.DataFrame([h.iloc[-1] for h in histories])
-        terms = [c for c in last.columns if c.startswith(("train_", "val_"))]
-        return {
-            **super().fit_summary(),
-            "epochs": float(sum(len(h) for h in histories)),
-            **{f"final_{c}": float(last[c].mean()) for c in terms},
-        }
-
-    # ------------------------------------------------------------------ for subclasses
     def _seed(self) -> int:
         """The seed of this fit: ``params.seed``, or one drawn from torch's global generator."""
         if self.params.seed is not None:
@@ -166,13 +116,6 @@ class TrainedModel(PerturbationModel):
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
             yield torch.Generator().manual_seed(seed)
-
-    def _predict_cells(self, predict: Callable[[torch.Tensor], torch.Tensor], cells: CellData) -> np.ndarray:
-        """``predict`` (a model's ``prediction_function``) applied to ``cells`` batch by batch on the
-        model's device, without gradients, clipped at 0 (expression is never negative)."""
-        with torch.no_grad():
-            out = [predict(b.x).clamp_min(0.0).cpu().numpy() for b in cells.batches(PREDICT_BATCH, device=self.device)]
-        return np.concatenate(out)
 
     def _train(
         self,
@@ -203,6 +146,81 @@ class TrainedModel(PerturbationModel):
     def _run_on(self, device: str) -> torch.device:
         self.device = resolve_device(device)
         return self.device
+
+
+class TrainedModel(NetworkModel, PerturbationModel):
+    """Base class of models that train networks: the constructor takes the hyperparameters of
+    ``Params`` as keyword arguments, plus the runtime options as defaults for ``fit``.
+
+    Subclasses set ``Params`` (a :class:`Hyperparameters` subclass; read as ``self.params``),
+    implement ``_fit`` with :meth:`_seed`, :meth:`_seeded` and :meth:`_train`, store each trained
+    network's history in ``self._histories``, and extend :meth:`_learned` and :meth:`_restore`
+    (calling ``super()``) with what else they learn.
+
+    Args:
+        spec: obs keys of the dataset.
+        device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
+        num_threads: torch CPU threads while fitting and predicting; None keeps torch's setting
+            (one per core). Use 1 when other processes busy the cores: threads that wait on each
+            other then slow training down many times over.
+        progress: report each epoch while training (a progress bar on a terminal, an INFO record
+            of the ``mtpert.train`` logger otherwise).
+        **hparams: the fields of ``Params``.
+    """
+
+    def __init__(
+        self,
+        spec: DatasetSpec,
+        *,
+        device: str = "auto",
+        num_threads: int | None = None,
+        progress: bool = True,
+        **hparams: Any,
+    ) -> None:
+        self._configure(hparams, device=device, num_threads=num_threads, progress=progress)
+        super().__init__(spec, **asdict(self.params))
+        self._histories: list[pd.DataFrame] = []
+
+    @classmethod
+    def parameters(cls) -> dict[str, inspect.Parameter]:
+        """The family's own hyperparameters, then the training settings and seed, then the
+        runtime options."""
+        hints = get_type_hints(cls.Params)
+        hyper = {
+            f.name: inspect.Parameter(
+                f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=hints[f.name]
+            )
+            for f in cls._ordered_fields()
+        }
+        runtime = {n: p for n, p in super().parameters().items() if p.kind is p.KEYWORD_ONLY}
+        return hyper | runtime
+
+    # ------------------------------------------------------------------ public API
+    @property
+    def history(self) -> pd.DataFrame:
+        """Per-epoch training history: ``epoch``, ``lr``, ``train_<term>`` and ``val_<term>``
+        losses (several networks: one block of rows each)."""
+        return pd.concat(self._fitted_histories(), ignore_index=True)
+
+    def fit_summary(self) -> dict[str, float]:
+        """Fitted values (``n_params``), ``epochs`` run (summed over the networks trained), and
+        each loss term of the last epoch (``final_<term>``, averaged over the networks)."""
+        histories = self._fitted_histories()
+        last = pd.DataFrame([h.iloc[-1] for h in histories])
+        terms = [c for c in last.columns if c.startswith(("train_", "val_"))]
+        return {
+            **super().fit_summary(),
+            "epochs": float(sum(len(h) for h in histories)),
+            **{f"final_{c}": float(last[c].mean()) for c in terms},
+        }
+
+    # ------------------------------------------------------------------ for subclasses
+    def _predict_cells(self, predict: Callable[[torch.Tensor], torch.Tensor], cells: CellData) -> np.ndarray:
+        """``predict`` (a model's ``prediction_function``) applied to ``cells`` batch by batch on the
+        model's device, without gradients, clipped at 0 (expression is never negative)."""
+        with torch.no_grad():
+            out = [predict(b.x).clamp_min(0.0).cpu().numpy() for b in cells.batches(PREDICT_BATCH, device=self.device)]
+        return np.concatenate(out)
 
     @contextmanager
     def sampling_dropout(self, seed: int = 0) -> Iterator[None]:

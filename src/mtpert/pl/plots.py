@@ -17,6 +17,10 @@ from mtpert._array import dense
 from mtpert.pl._labels import PointLabels
 from mtpert.pl._text import literal
 
+ROW_INCHES = 0.25
+"""Height per model in :func:`metric_by_model` and :func:`metric_grid`: room for one line of
+10-point text."""
+
 
 def _axes(ax: Axes | None, size: tuple[float, float]) -> Axes:
     return ax if ax is not None else plt.subplots(figsize=size)[1]
@@ -83,7 +87,10 @@ def metric_by_model(
     ax: Axes | None = None,
     order: Sequence[str] | None = None,
 ) -> Axes:
-    """One box per model of ``metric`` over held-out groups and seeds, with each run as a dot.
+    """One horizontal box per model of ``metric`` over held-out groups and seeds, with each run
+    as a dot; the models are rows (the first on top), so their names stay legible however many
+    there are. The title marks the direction (↑ higher is better, ↓ lower) where ``results``
+    has a ``higher_is_better`` column.
 
     ``results`` is a long table with columns ``model``, ``metric`` and ``value``, as written by
     :func:`mtpert.benchmark.run_holdout`.
@@ -92,15 +99,41 @@ def metric_by_model(
     if data.empty:
         raise ValueError(f"No rows for metric '{metric}'; available: {sorted(results['metric'].unique())}.")
     models = list(order) if order is not None else sorted(data["model"].unique())
-    ax = _axes(ax, (1.2 + 0.9 * len(models), 3.5))
+    ax = _axes(ax, (3.5, 0.8 + ROW_INCHES * len(models)))
     values = [data.loc[data["model"] == m, "value"].dropna().to_numpy() for m in models]
-    ax.boxplot(values, showfliers=False, widths=0.6)
-    ax.set_xticks(range(1, len(models) + 1), [literal(m) for m in models], rotation=30, ha="right")
+    rows = np.arange(len(models), 0, -1)  # the first model on top
+    ax.boxplot(values, positions=rows, orientation="horizontal", showfliers=False, widths=0.6)
+    ax.set_yticks(rows, [literal(m) for m in models])
     jitter = np.random.default_rng(0)
-    for i, v in enumerate(values, start=1):
-        ax.scatter(i + jitter.uniform(-0.15, 0.15, len(v)), v, s=8, alpha=0.7, zorder=3)
-    ax.set_ylabel(literal(metric))
+    for row, v in zip(rows, values, strict=True):
+        ax.scatter(v, row + jitter.uniform(-0.15, 0.15, len(v)), s=8, alpha=0.7, zorder=3)
+    arrow = "" if "higher_is_better" not in data else " ↑" if data["higher_is_better"].iloc[0] else " ↓"
+    ax.set_title(literal(metric) + arrow, fontsize=10)
     return ax
+
+
+def metric_grid(
+    results: pd.DataFrame,
+    metrics: Sequence[str],
+    *,
+    order: Sequence[str] | None = None,
+    ncols: int = 4,
+) -> plt.Figure:
+    """:func:`metric_by_model` for each of ``metrics``, at most ``ncols`` panels a row, sharing
+    the models' axis: the model names are written once per row of panels, and the figure grows
+    with the number of models, so at 20 models no two names overlap."""
+    models = list(order) if order is not None else sorted(results["model"].unique())
+    cols = min(ncols, len(metrics))
+    rows = -(-len(metrics) // cols)
+    height = max(2.2, 1.0 + ROW_INCHES * len(models))
+    fig, axes = plt.subplots(
+        rows, cols, sharey=True, squeeze=False, layout="constrained", figsize=(1.0 + 2.8 * cols, height * rows)
+    )
+    for ax, metric in zip(axes.ravel(), metrics, strict=False):
+        metric_by_model(results, metric, ax=ax, order=models)
+    for ax in axes.ravel()[len(metrics) :]:
+        ax.set_visible(False)
+    return fig
 
 
 def metric_heatmap(

@@ -15,12 +15,12 @@ from mtpert.pl._text import literal
 
 def calibration_curve(table: pd.DataFrame, *, ax: Axes | None = None, title: str | None = None) -> Axes:
     """Empirical coverage (y) against the nominal level (x), one line per method, from
-    :func:`mtpert.benchmark.uncertainty.interval_table` rows (several targets are averaged, their
+    :func:`mtpert.uncertainty.interval_table` rows (several targets are averaged, their
     spread shown as a band of ± one standard deviation). On the diagonal: calibrated; below it:
     intervals too narrow."""
     missing = {"method", "level", "coverage"} - set(table.columns)
     if missing:
-        raise ValueError(f"table lacks the columns {sorted(missing)}; pass mtpert.benchmark.uncertainty.interval_table rows.")
+        raise ValueError(f"table lacks the columns {sorted(missing)}; pass mtpert.uncertainty.interval_table rows.")
     ax = ax if ax is not None else plt.subplots(figsize=(4.5, 4.5))[1]
     ax.plot([0, 1], [0, 1], ls="--", lw=0.8, c="k", label="calibrated")
     for method, rows in table.groupby("method", sort=False):

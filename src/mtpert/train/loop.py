@@ -288,7 +288,7 @@ def _scheduled_lr(config: TrainConfig, step: int, warmup_steps: int, total_steps
 def _adamw(params: list[Tensor], config: TrainConfig, device: torch.device) -> torch.optim.AdamW:
     """AdamW, fused into one kernel per step on CPU and CUDA: on CPU the per-parameter loop of
     the default implementation took a fifth of each training step (see
-    benchmarks/results/perf_profile.notes.md)."""
+    benchmarks/perf_kang_fold/NOTES.md)."""
     fused = device.type in ("cpu", "cuda") or None
     return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, fused=fused)
 

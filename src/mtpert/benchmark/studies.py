@@ -1,0 +1,124 @@
+"""A benchmark directory's finished runs as one table, and back.
+
+The run store (``DIR/runs/<id>.parquet``, see :mod:`mtpert.benchmark.store`) keeps one file per
+finished run, so that a grid resumes run by run; that suits a machine running the grid, not a
+repository keeping its results. :func:`pack_runs` writes them as one table, ``DIR/runs.parquet``,
+and :func:`unpack_runs` recreates each run file from it, so that ``mtpert benchmark --out DIR``
+finds those runs done and ``mtpert report DIR`` rebuilds the report.
+
+Packing is lossless: run files may have different columns (the store added columns over time,
+e.g. ``hparams`` and ``run_slot``; old files lack them) and types (``dose`` is all-null in a
+study without doses). The packed table is their union, with missing values where a run lacks a
+column; each run's own Arrow schema (its columns in order, their types and the pandas metadata)
+and its rows are recorded in the packed file's key-value metadata, and unpacking casts each run's
+rows back to it, so the file it writes reads back as the original did.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mtpert.benchmark.store import _read_run
+from mtpert.errors import ConfigError, DataError
+from mtpert.io import atomic_path
+
+PACKED = "runs.parquet"
+"""The packed table's file name, beside the store's ``runs/``."""
+
+RUNS_KEY = b"mtpert_runs"
+"""Key of the packed file's metadata listing each run: its file name, rows and Arrow schema."""
+
+
+def pack_runs(root: str | os.PathLike[str]) -> Path:
+    """Write ``root/runs.parquet`` from every run file in ``root/runs/`` and return its path.
+
+    Refuses a run file that does not read back whole (the store would redo its run) or that is
+    CSV (written without pyarrow; it has no Arrow schema to keep): packing must not hide either.
+    """
+    root = Path(root)
+    files = sorted((root / "runs").glob("*.parquet"))
+    csv = sorted((root / "runs").glob("*.csv"))
+    if csv:
+        raise ConfigError(
+            f"{root / 'runs'} holds CSV run files ({csv[0].name}, ...); packing keeps parquet runs only. "
+            "Rerun the benchmark with pyarrow installed, or pack another directory."
+        )
+    if not files:
+        raise FileNotFoundError(f"No run files in {root / 'runs'}; run `mtpert benchmark --out {root}` first.")
+    tables, entries = [], []
+    for file in files:
+        _, problem = _read_run(file)
+        if problem is not None:
+            raise DataError(f"Run file {file} {problem}; rerun `mtpert benchmark --out {root}` to redo it, then pack.")
+        table = pq.read_table(file)
+        tables.append(table)
+        entries.append({"file": file.name, "rows": table.num_rows, "schema": _encode(table.schema)})
+    packed = pa.concat_tables([t.replace_schema_metadata(None) for t in tables], promote_options="permissive")
+    packed = packed.replace_schema_metadata({RUNS_KEY: json.dumps(entries).encode()})
+    target = root / PACKED
+    with atomic_path(target) as tmp:
+        pq.write_table(packed, tmp)
+    return target
+
+
+def unpack_runs(root: str | os.PathLike[str]) -> list[Path]:
+    """Recreate ``root/runs/<id>.parquet`` for every run in ``root/runs.parquet``; return the
+    files written. A run file already there is left as it is: it is the run store's own, maybe
+    newer than the packed table."""
+    root = Path(root)
+    source = root / PACKED
+    if not source.is_file():
+        raise FileNotFoundError(f"No packed runs {source}; pack a run store with `mtpert study pack {root}`.")
+    packed = pq.read_table(source)
+    entries = _entries(packed, source)
+    written, start = [], 0
+    for entry in entries:
+        rows = packed.slice(start, entry["rows"])
+        start += entry["rows"]
+        target = root / "runs" / entry["file"]
+        if target.exists():
+            continue
+        schema = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(entry["schema"])))
+        table = _restore(rows, schema)
+        with atomic_path(target) as tmp:
+            pq.write_table(table, tmp)
+        written.append(target)
+    if start != packed.num_rows:
+        raise DataError(f"{source} has {packed.num_rows} rows but its runs account for {start}; it was edited. Pack it again.")
+    return written
+
+
+def run_stores(path: str | os.PathLike[str], packed: bool) -> list[Path]:
+    """The run stores at or under ``path``: folders holding ``runs/`` (``packed=False``) or a
+    packed ``runs.parquet`` (``packed=True``), in order."""
+    path = Path(path)
+    if packed:
+        return sorted(p.parent for p in path.rglob(PACKED))
+    return sorted(p.parent for p in path.rglob("runs") if p.is_dir())
+
+
+def _restore(rows: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``rows`` of the packed table as their run file had them: its columns, in its order and
+    types (a column all-null in that run, such as ``dose``, is of type null there)."""
+    columns = [
+        pa.nulls(rows.num_rows) if field.type == pa.null() else rows.column(field.name).cast(field.type)
+        for field in schema
+    ]
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _encode(schema: pa.Schema) -> str:
+    return base64.b64encode(schema.serialize().to_pybytes()).decode()
+
+
+def _entries(packed: pa.Table, source: Path) -> list[dict]:
+    metadata = packed.schema.metadata or {}
+    if RUNS_KEY not in metadata:
+        raise DataError(f"{source} was not written by `mtpert study pack` (it lists no runs); pack the run store again.")
+    return json.loads(metadata[RUNS_KEY])
