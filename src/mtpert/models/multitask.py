@@ -31,13 +31,16 @@ condition (``bound_change``). Without them, on a screen of three cell lines with
 (McFaline 2023, a line held out), the decoder extrapolated to the new line's cells with changes
 3-4 times any it was trained on, and decoded cells were far narrower than real ones: R² of the
 mean expression 0.53 against 0.96 for predicting no change (``benchmarks/screens_defaults/screens_defaults.md``).
+
+With ``anchor`` set (preset ``mtae_anchored``), the predicted change is a simple baseline's plus a
+gated correction the network learns on top of it (:mod:`mtpert.models.anchor`).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal, get_args
 
 import numpy as np
@@ -51,9 +54,24 @@ from torch import Tensor, nn
 from mtpert._array import dense
 from mtpert.data.backed import OnDisk
 from mtpert.errors import DataError
-from mtpert.models.base import PREDICT_BATCH, NotFittedError, check_choice, check_weights
+from mtpert.models.anchor import (
+    ANCHOR_MIN_CELLS,
+    AnchorKind,
+    Anchors,
+    anchor_per_cell,
+    gate,
+    mean_and_noise,
+)
+from mtpert.models.base import (
+    PREDICT_BATCH,
+    PREDICTION_KEY,
+    NotFittedError,
+    check_choice,
+    check_weights,
+)
 from mtpert.models.film import CONDITIONINGS, ConditionedMLP, ConditionEncoder, Conditioning
 from mtpert.models.search import Choice, Distribution, FloatRange
+from mtpert.models.simple import MeanChanges, mean_changes
 from mtpert.models.trained import Hyperparameters, TrainedModel
 from mtpert.train.data import Batch, CellData, cell_matrix
 from mtpert.train.loop import Schedule, cpu_threads
@@ -367,6 +385,21 @@ class MultiTaskParams(Hyperparameters):
             training group that has the condition (for a combination not trained on, the sum of
             its parts' bounds). A model trained on few groups can extrapolate to a new group's
             cells far beyond any response it has seen; the bound keeps it from inventing one.
+        anchor: ``none`` (the network predicts the whole change), or the baseline the change
+            starts from, ``mean_shift``, ``additive`` or ``auto`` (see :mod:`mtpert.models.anchor`):
+            the network is trained on each training group's cells minus the anchor computed
+            without that group, and predicts ``anchor + gate * correction``. Needs
+            ``prediction='residual'``.
+        gate_folds: with an anchor, the training groups are split into this many inner folds
+            (at most one per group); a network fit without each fold predicts its groups, and
+            each condition's gate is the weight in [0, 1] of the correction that minimizes the
+            squared error of the fold's mean change, less what its agreement owes to sampling
+            noise (:func:`~mtpert.models.anchor.gate`), so no group judges a correction it was
+            trained on. Fewer than 2 training groups: gate 0 (the
+            anchor alone). A combination not trained on gets gate 0 (no inner evidence). 0: no
+            gate (the whole correction). Inner refits rather than one fit's agreement between
+            groups: a network reproduces every group it was trained on, so only a held-out group
+            tells whether its correction carries over. Costs ``gate_folds`` extra fits.
         hidden: encoder hidden widths (the decoder mirrors them).
         latent_dim: latent size.
         dose_dim: width of the dose embedding, used when the spec has a dose key.
@@ -394,6 +427,8 @@ class MultiTaskParams(Hyperparameters):
     condition_encoder: bool = False
     prediction: Prediction | None = None
     bound_change: bool = True
+    anchor: AnchorKind = "none"
+    gate_folds: int = 3
     hidden: tuple[int, ...] = (256, 128)
     latent_dim: int = 64
     dose_dim: int = 16
@@ -420,6 +455,14 @@ class MultiTaskParams(Hyperparameters):
                 "prediction='residual' subtracts the decoding under the control condition, which "
                 "objective='ot' never trains; use objective='both' or prediction='decoded'."
             )
+        check_choice("anchor", self.anchor, get_args(AnchorKind))
+        if self.anchor != "none" and self.prediction != "residual":
+            raise ValueError(
+                f"anchor='{self.anchor}' adds the network's change to the anchor's, which needs "
+                "prediction='residual' (and an objective other than 'ot'); or use anchor='none'."
+            )
+        if self.gate_folds < 0:
+            raise ValueError(f"gate_folds must be >= 0, got {self.gate_folds}.")
         if self.condition_encoder and self.conditioning == "multihead":
             raise ValueError(
                 "multihead gives the decoder one output layer per condition and has no encoder form; "
@@ -438,7 +481,6 @@ class MultiTaskModel(TrainedModel):
 
     Params = MultiTaskParams
     params: MultiTaskParams
-    predicts_unseen_doses = True
     net: MultiTaskNet | None = None
     conditions: list[str]
     """Control, then the conditions of the training cells (condition index order)."""
@@ -447,6 +489,12 @@ class MultiTaskModel(TrainedModel):
     change_bounds: dict[str, float] | None = None
     """Per training condition, the largest mean change the model predicts for a training group
     that has it (root mean square over genes; see ``bound_change``); None: predictions unbounded."""
+    anchors: Anchors | None = None
+    """With an anchor: each training condition's mean change over the training groups."""
+    gates: dict[str, float] | None = None
+    """With an anchor: the weight of the network's correction per training condition."""
+    gate_note: str = ""
+    """How the gates were chosen (or why they are all 0)."""
 
     @property
     def name(self) -> str:  # type: ignore[override]
@@ -460,7 +508,13 @@ class MultiTaskModel(TrainedModel):
         parts += ["condenc"] if p.condition_encoder else []
         parts += ["decoded"] if p.prediction == "decoded" and p.objective != "ot" else []
         parts += [] if p.bound_change else ["unbounded"]
+        parts += [] if p.anchor == "none" else ["anchored"] + ([] if p.anchor == "auto" else [p.anchor])
         return "_".join(parts)
+
+    @property
+    def predicts_unseen_doses(self) -> bool:  # type: ignore[override]
+        """The dose is encoded continuously, but an anchor is a mean change at a training dose."""
+        return self.params.anchor == "none"
 
     @property
     def predicts_unseen_combinations(self) -> bool:  # type: ignore[override]
@@ -508,20 +562,28 @@ class MultiTaskModel(TrainedModel):
                 "which needs X in memory; load it (adata.to_memory()) or use objective='reconstruction' "
                 "to train from the backed file."
             )
-        pca = self._pairing_space(train_data, seed) if objective != "reconstruction" else None
-        data = self._cell_data(train_data, pca, seed)
+        table, net_train, net_val = None, train_data, val if val is not None and val.n_obs else None
+        if self.params.anchor != "none":
+            table = mean_changes(train_data, spec, ANCHOR_MIN_CELLS, model=self.name)
+            net_train = self._minus_anchor(train_data, table)
+            net_val = None if net_val is None else self._minus_anchor(net_val, table)
+        pca = self._pairing_space(net_train, seed) if objective != "reconstruction" else None
+        data = self._cell_data(net_train, pca, seed)
         if data.partner is not None and not (data.partner >= 0).any():
             raise DataError(
                 f"objective='{objective}' pairs control and perturbed cells of the same cell "
                 "type, but no training cell type has both; use objective='reconstruction'."
             )
-        val_data = self._cell_data(val, pca, seed) if val is not None and val.n_obs else None
+        val_data = None if net_val is None else self._cell_data(net_val, pca, seed)
         counts = np.bincount(data.condition, minlength=len(self.conditions)).astype(np.float64)
         class_weight = torch.as_tensor(len(data) / (len(counts) * np.maximum(counts, 1.0)))
         with self._seeded(seed) as generator:
             self.net = self._build(class_weight)
             self.net.start_at_mean(torch.as_tensor(data.column_means(), dtype=torch.float32))
             self._histories = [self._train(self.net, data, val_data, generator)]
+        if table is not None:
+            self.anchors = Anchors.of(table)
+            self.gates, self.gate_note = self._choose_gates(train_data, table, seed)
         self.change_bounds = self._change_bounds(train_data) if self.params.bound_change else None
 
     def _predict(self, control: AnnData, condition: str, dose: float | None) -> np.ndarray:
@@ -557,6 +619,7 @@ class MultiTaskModel(TrainedModel):
             raise DataError(f"dose must be >= 0, got {dose}.")
         net, device = self._fitted_net(), self.device
         code = code.to(device)
+        shift, weight = self._anchoring(condition, dose, index)
 
         def predict(x: Tensor) -> Tensor:
             n = x.shape[0]
@@ -568,10 +631,98 @@ class MultiTaskModel(TrainedModel):
             )
             pred = net.decode(z, target)
             if self.params.prediction == "residual":  # the cell itself plus the decoded change
-                pred = x + pred - net.decode(z, net.control(n, device))
+                change = pred - net.decode(z, net.control(n, device))
+                pred = x + (change if shift is None else shift + weight * change)
             return pred
 
         return predict
+
+    def predict(self, control: AnnData, condition: str, dose: float | None = None) -> AnnData:
+        """See :meth:`PerturbationModel.predict`; with an anchor, ``uns['mtpert_prediction']``
+        also records the anchor the prediction started from and the gate of the correction."""
+        out = super().predict(control, condition, dose)
+        if self.anchors is not None:
+            record = out.uns[PREDICTION_KEY]
+            record["anchor"], record["gate"] = self.anchor_of(record["condition"], dose)
+        return out
+
+    def anchor_of(self, condition: str, dose: float | None = None) -> tuple[str, float]:
+        """Which anchor a prediction of ``condition`` (at ``dose``) starts from (``none``,
+        ``mean_shift`` or ``additive``) and the weight of the network's correction on it."""
+        _, index = self._target(condition)
+        if self.anchors is None:
+            return "none", 1.0
+        kind, _ = self.anchors.change(self.spec, self.params.anchor, condition, dose, model=self.name)
+        return kind, self._gate(index)
+
+    def _anchoring(
+        self, condition: str, dose: float | None, index: int | None
+    ) -> tuple[Tensor | None, float]:
+        """The anchor's change on the model's device (None without an anchor) and the gate."""
+        if self.anchors is None:
+            return None, 1.0
+        _, change = self.anchors.change(self.spec, self.params.anchor, condition, dose, model=self.name)
+        return torch.as_tensor(change, dtype=torch.float32, device=self.device), self._gate(index)
+
+    def _gate(self, index: int | None) -> float:
+        """The gate of training condition ``index``; 0 for a combination not trained on (no inner
+        fold could judge its correction), 1 without gates (``gate_folds=0``)."""
+        if self.gates is None:
+            return 1.0
+        return 0.0 if index is None else self.gates.get(self.conditions[index], 0.0)
+
+    def _minus_anchor(self, adata: AnnData, table: MeanChanges) -> AnnData:
+        """``adata``'s cells minus the anchor of their condition computed without their group: the
+        network's training targets (in memory, dense)."""
+        shift = anchor_per_cell(adata.obs, self.spec, table, self.params.anchor, model=self.name)
+        return AnnData(dense(rows_in_memory(adata)) - shift, obs=adata.obs.copy(), var=adata.var.copy())
+
+    def _choose_gates(
+        self, train_data: AnnData, table: MeanChanges, seed: int
+    ) -> tuple[dict[str, float] | None, str]:
+        """Each training condition's gate, chosen on inner folds of the training groups (see
+        ``gate_folds``), and a note saying how."""
+        groups, folds = table.groups, self.params.gate_folds
+        if folds == 0:
+            return None, "gate_folds=0: the whole correction is added to the anchor."
+        if len(groups) < 2:
+            return {c: 0.0 for c in self.conditions[1:]}, (
+                f"{len(groups)} training group with control cells: none to hold out to judge the "
+                "correction, so every gate is 0 and predictions are the anchor's."
+            )
+        spec, k = self.spec, min(folds, len(groups))
+        obs = train_data.obs
+        labels = obs[spec.cell_type_key].astype(str).to_numpy()
+        conditions = obs[spec.condition_key].astype(str).to_numpy()
+        doses = obs[spec.dose_key].to_numpy(dtype=float) if spec.dose_key else None
+        evidence: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {
+            c: [] for c in self.conditions[1:]
+        }
+        inner_params = asdict(replace(self.params, gate_folds=0, bound_change=False, seed=seed))
+        for fold in (groups[i::k] for i in range(k)):
+            inner = MultiTaskModel(
+                spec, device=str(self.device), num_threads=self.num_threads, progress=False,
+                **inner_params,
+            ).fit(train_data[~np.isin(labels, fold)])  # fmt: skip
+            for group in fold:
+                rows = np.flatnonzero((labels == group) & (conditions == spec.control))
+                cells = rows_in_memory(train_data, rows)
+                start, start_noise = mean_and_noise(dense(cells))
+                for condition, dose in table.keys:
+                    at = (labels == group) & (conditions == condition)
+                    if doses is not None:
+                        at &= doses == dose
+                    if at.sum() < ANCHOR_MIN_CELLS or condition not in inner.conditions:
+                        continue
+                    end, noise = mean_and_noise(dense(rows_in_memory(train_data, np.flatnonzero(at))))
+                    anchor = inner._anchoring(condition, dose, None)[0].cpu().numpy()  # type: ignore[union-attr]
+                    predicted = inner._unbounded(cells, condition, dose).mean(0) - start
+                    evidence[condition].append(
+                        (predicted - anchor, end - start - anchor, noise + start_noise)
+                    )
+        return {c: gate(*zip(*e, strict=True)) if e else 0.0 for c, e in evidence.items()}, (
+            f"gates chosen on {k} inner folds of the {len(groups)} training groups."
+        )
 
     def change_bound(self, condition: str) -> float | None:
         """The largest mean change (RMS over genes) a prediction of ``condition`` may have: the
@@ -605,10 +756,28 @@ class MultiTaskModel(TrainedModel):
             "conditions": self.conditions,
             "dose_scale": self.dose_scale,
             "change_bounds": self.change_bounds,
+            **(
+                {}
+                if self.anchors is None
+                else {
+                    "anchor_keys": [list(k) for k in self.anchors.keys],
+                    "gates": self.gates,
+                    "gate_note": self.gate_note,
+                }
+            ),
         }
 
     def _tensors(self) -> dict[str, Tensor]:
-        return self._fitted_net().state_dict()
+        anchor = {} if self.anchors is None else {"anchor_shifts": torch.as_tensor(self.anchors.shifts)}
+        return {**self._fitted_net().state_dict(), **anchor}
+
+    def fit_summary(self) -> dict[str, float]:
+        """The trained model's summary; with an anchor, also the mean and largest gate."""
+        summary = super().fit_summary()
+        if self.gates is not None:
+            gates = list(self.gates.values()) or [0.0]
+            summary |= {"gate_mean": float(np.mean(gates)), "gate_max": float(np.max(gates))}
+        return summary
 
     def _restore(self, learned: dict[str, Any], tensors: dict[str, Tensor]) -> None:
         super()._restore(learned, tensors)
@@ -619,7 +788,14 @@ class MultiTaskModel(TrainedModel):
             self.params = replace(self.params, bound_change=False)
             self.hparams["bound_change"] = False
         self.net = self._build(torch.ones(len(self.conditions)))  # saved class weights load below
-        check_weights(tensors, {k: v.shape for k, v in self.net.state_dict().items()})
+        expected = {k: tuple(v.shape) for k, v in self.net.state_dict().items()}
+        keys = [(c, d) for c, d in learned.get("anchor_keys", [])]
+        if self.params.anchor != "none":
+            expected["anchor_shifts"] = (len(keys), len(self.genes))  # type: ignore[arg-type]
+        check_weights(tensors, expected)
+        if self.params.anchor != "none":
+            self.anchors = Anchors(keys, tensors.pop("anchor_shifts").cpu().numpy())
+            self.gates, self.gate_note = learned["gates"], learned["gate_note"]
         self.net.load_state_dict(tensors)
         self.net.to(self.device).eval()
 
