@@ -4,9 +4,12 @@ that hold their command, configuration, summary and notes, and an index that is 
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import shlex
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -16,10 +19,11 @@ import yaml
 from typer.testing import CliRunner
 
 from mtpert.benchmark.store import ResultStore
-from mtpert.benchmark.studies import PACKED, pack_runs, run_stores, unpack_runs
+from mtpert.benchmark.studies import PACKED, RUNS_KEY, pack_runs, run_stores, unpack_runs
 from mtpert.cli import app
 from mtpert.errors import DataError
 from mtpert.io import write_table
+from mtpert.lock import OutputInUseError
 
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARKS = REPO / "benchmarks"
@@ -83,6 +87,48 @@ def test_pack_refuses_a_truncated_run_file(store: Path) -> None:
     write_table(truncated, store / "runs" / "aaa.parquet")
     with pytest.raises(DataError, match="aaa.parquet was truncated; rerun `mtpert benchmark"):
         pack_runs(store)
+
+
+def test_unpack_refuses_a_packed_table_that_names_a_path(store: Path) -> None:
+    """runs.parquet is data a user may receive: a run 'name' with a path would write outside
+    runs/ when unpacked."""
+    pack_runs(store)
+    table = pq.read_table(store / PACKED)
+    entries = json.loads(table.schema.metadata[RUNS_KEY])
+    entries[0]["file"] = "../../outside.parquet"
+    pq.write_table(table.replace_schema_metadata({RUNS_KEY: json.dumps(entries).encode()}), store / PACKED)
+    shutil.rmtree(store / "runs")
+    with pytest.raises(DataError, match="not plain run-file names"):
+        unpack_runs(store)
+    assert not (store.parent / "outside.parquet").exists() and not (store / "runs").exists()
+
+
+def test_unpack_refuses_a_truncated_packed_table(store: Path) -> None:
+    target = pack_runs(store)
+    target.write_bytes(target.read_bytes()[: target.stat().st_size // 2])
+    with pytest.raises(DataError, match="cannot be read .* pack the run store again"):
+        unpack_runs(store)
+
+
+def test_pack_and_unpack_wait_for_no_benchmark_writing_the_store(store: Path) -> None:
+    """A store a running benchmark holds is neither packed half-written nor unpacked into."""
+    hold = (
+        "import sys\nfrom mtpert.lock import output_lock\n"
+        "with output_lock(sys.argv[1]):\n    print('held', flush=True)\n    sys.stdin.read()"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", hold, str(store)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(OutputInUseError, match=f"in use by PID {holder.pid}"):
+            pack_runs(store)
+        with pytest.raises(OutputInUseError):
+            unpack_runs(store)
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    assert not (store / PACKED).exists()
 
 
 def test_study_commands_pack_and_unpack_every_store_below_a_folder(store: Path, tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 from pathlib import Path
 
 import pyarrow as pa
@@ -27,12 +28,16 @@ import pyarrow.parquet as pq
 from mtpert.benchmark.store import _read_run
 from mtpert.errors import ConfigError, DataError
 from mtpert.io import atomic_path
+from mtpert.lock import output_lock
 
 PACKED = "runs.parquet"
 """The packed table's file name, beside the store's ``runs/``."""
 
 RUNS_KEY = b"mtpert_runs"
 """Key of the packed file's metadata listing each run: its file name, rows and Arrow schema."""
+
+RUN_FILE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\.parquet")
+"""What a run file's name may be: a run id and ``.parquet``, never a path."""
 
 
 def pack_runs(root: str | os.PathLike[str]) -> Path:
@@ -42,6 +47,11 @@ def pack_runs(root: str | os.PathLike[str]) -> Path:
     CSV (written without pyarrow; it has no Arrow schema to keep): packing must not hide either.
     """
     root = Path(root)
+    with output_lock(root):  # not while a benchmark writes into it
+        return _pack(root)
+
+
+def _pack(root: Path) -> Path:
     files = sorted((root / "runs").glob("*.parquet"))
     csv = sorted((root / "runs").glob("*.csv"))
     if csv:
@@ -72,10 +82,21 @@ def unpack_runs(root: str | os.PathLike[str]) -> list[Path]:
     files written. A run file already there is left as it is: it is the run store's own, maybe
     newer than the packed table."""
     root = Path(root)
+    with output_lock(root):  # not while a benchmark writes into it
+        return _unpack(root)
+
+
+def _unpack(root: Path) -> list[Path]:
     source = root / PACKED
     if not source.is_file():
         raise FileNotFoundError(f"No packed runs {source}; pack a run store with `mtpert study pack {root}`.")
-    packed = pq.read_table(source)
+    try:
+        packed = pq.read_table(source)
+    except (OSError, pa.ArrowException) as error:
+        raise DataError(
+            f"{source} cannot be read ({type(error).__name__}); it was cut short or replaced. Take it "
+            "from git again, or pack the run store again."
+        ) from error
     entries = _entries(packed, source)
     written, start = [], 0
     for entry in entries:
@@ -121,4 +142,16 @@ def _entries(packed: pa.Table, source: Path) -> list[dict]:
     metadata = packed.schema.metadata or {}
     if RUNS_KEY not in metadata:
         raise DataError(f"{source} was not written by `mtpert study pack` (it lists no runs); pack the run store again.")
-    return json.loads(metadata[RUNS_KEY])
+    try:
+        entries = json.loads(metadata[RUNS_KEY])
+        names = [entry["file"] for entry in entries]
+        _ = [(int(entry["rows"]), str(entry["schema"])) for entry in entries]
+    except (ValueError, TypeError, KeyError) as error:
+        raise DataError(f"{source} has a damaged list of runs ({error!r}); pack the run store again.") from None
+    unsafe = [n for n in names if not isinstance(n, str) or not RUN_FILE.fullmatch(n)]
+    if unsafe:  # a name with a path would write outside runs/
+        raise DataError(
+            f"{source} names run files that are not plain run-file names ({unsafe[:3]}); it was not "
+            "written by `mtpert study pack`. Pack the run store again."
+        )
+    return entries
