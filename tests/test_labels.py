@@ -142,6 +142,14 @@ def test_a_separator_that_runs_into_itself_is_refused() -> None:
         spec.parts("A___B")  # 'A_' + 'B' or 'A' + '_B'
 
 
+@pytest.mark.parametrize("label", ["_\xa0__0", "0__ _", "_ __ctrl__0"])
+def test_a_label_whose_canonical_spelling_would_run_into_the_separator_is_refused(label: str) -> None:
+    """Found by the property test below: '_ __0' reads as ('_', '0') only while its space is
+    there; its canonical spelling '___0' could be cut two ways, so the label is refused."""
+    with pytest.raises(DataError, match="runs into itself"):
+        DatasetSpec(combination_separator="__", control="ctrl").parts(label)
+
+
 # ---------------------------------------------------------------------- normalised and reported
 def test_whitespace_around_labels_and_parts_is_removed() -> None:
     """' A + B ' was a pair of ' A ' and ' B ', parts never applied alone."""
@@ -409,7 +417,11 @@ def spec_or_none(separator: str, control: str) -> DatasetSpec | None:
         return None
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
+# derandomize: every run (CI's included) tries the same examples; explore others with
+# pytest --hypothesis-seed=N (eight seeds passed when this was written).
+@settings(
+    max_examples=400, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.filter_too_much]
+)
 @given(
     parts=st.lists(IDENTIFIER | st.sampled_from(["ctrl", "control", "NT"]), min_size=1, max_size=4),
     separator=SEPARATOR,
@@ -431,7 +443,7 @@ def test_a_label_reads_as_the_parts_it_was_built_from_or_is_refused(
     assert spec.parts(separator.join(read)) == read  # round trip
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, derandomize=True)
 @given(
     parts=st.lists(IDENTIFIER, min_size=1, max_size=4, unique=True),
     separator=st.sampled_from("+_-.|;,/&:"),
@@ -444,7 +456,7 @@ def test_a_clean_label_is_never_refused(parts, separator, spaces) -> None:
     assert spec.parts(build([*parts, "ctrl"], separator, spaces)) == tuple(parts)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, derandomize=True)
 @given(
     before=st.lists(IDENTIFIER, max_size=2),
     gene=st.lists(IDENTIFIER, min_size=2, max_size=3),
@@ -463,7 +475,7 @@ def test_a_gene_name_holding_the_separator_is_refused_never_split(
         )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, derandomize=True)
 @given(
     parts=st.lists(IDENTIFIER, min_size=2, max_size=4, unique=True),
     orders=st.lists(st.permutations(range(4)), min_size=1, max_size=4),

@@ -160,11 +160,16 @@ def _pieces(label: str, separator: str | None) -> list[str]:
     pieces = [p.strip() for p in label.split(separator)]
     if "" in pieces:
         raise _Refused("empty_part")
-    if len(separator) > 1:  # occurrences that overlap ('A___B' with '__') could be cut two ways
-        starts = [m.start() for m in re.finditer(f"(?={re.escape(separator)})", label)]
-        if any(b - a < len(separator) for a, b in pairwise(starts)):
-            raise _Refused("overlap")
+    if _overlapping(label, separator):
+        raise _Refused("overlap")
     return pieces
+
+
+def _overlapping(label: str, separator: str) -> bool:
+    """Whether occurrences of ``separator`` in ``label`` overlap ('A___B' with '__'): then the
+    label could be cut two ways."""
+    starts = [m.start() for m in re.finditer(f"(?={re.escape(separator)})", label)]
+    return any(b - a < len(separator) for a, b in pairwise(starts))
 
 
 def _parts(label: str, spec: DatasetSpec, genes: Collection[str] = ()) -> tuple[str, ...]:
@@ -179,6 +184,8 @@ def _parts(label: str, spec: DatasetSpec, genes: Collection[str] = ()) -> tuple[
                 if separator.join(pieces[start:stop]) in genes:
                     raise _Refused("gene_name")
     parts = tuple(p for p in pieces if p != spec.control)
+    if separator is not None and _overlapping(separator.join(parts), separator):
+        raise _Refused("overlap")  # the canonical spelling would not read back: '_ __0' is '___0'
     if len(set(parts)) < len(parts):
         raise _Refused("repeated_part")
     return parts
