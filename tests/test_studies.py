@@ -74,6 +74,21 @@ def test_pack_then_unpack_gives_every_run_file_back_with_its_columns_dtypes_and_
     assert len(ResultStore(store).results()) == 6  # the store reads them as finished runs
 
 
+def test_runs_sharing_a_schema_store_it_once(tmp_path: Path) -> None:
+    """A grid's hundreds of runs share a handful of schemas: each is stored once, not per run
+    (per run, the Kang grid's listing took 2.8 MB of a 6.6 MB file)."""
+    root = tmp_path / "grid"
+    for run_id in ("r1", "r2", "r3"):
+        write_table(run_table(run_id, ("r2", "mmd"), identity=True, dose=None), root / "runs" / f"{run_id}.parquet")
+    listing = json.loads(pq.read_schema(pack_runs(root)).metadata[RUNS_KEY])
+    assert len(listing["schemas"]) == 1 and [run["schema"] for run in listing["runs"]] == [0, 0, 0]
+    originals = {f.name: pd.read_parquet(f) for f in (root / "runs").glob("*.parquet")}
+    shutil.rmtree(root / "runs")
+    unpack_runs(root)
+    for name, frame in originals.items():
+        pd.testing.assert_frame_equal(pd.read_parquet(root / "runs" / name), frame, check_exact=True)
+
+
 def test_unpack_leaves_a_run_file_already_in_the_store_as_it_is(store: Path) -> None:
     pack_runs(store)
     newer = run_table("bbb", ("r2", "e"), identity=True, dose=None)
@@ -94,9 +109,9 @@ def test_unpack_refuses_a_packed_table_that_names_a_path(store: Path) -> None:
     runs/ when unpacked."""
     pack_runs(store)
     table = pq.read_table(store / PACKED)
-    entries = json.loads(table.schema.metadata[RUNS_KEY])
-    entries[0]["file"] = "../../outside.parquet"
-    pq.write_table(table.replace_schema_metadata({RUNS_KEY: json.dumps(entries).encode()}), store / PACKED)
+    listing = json.loads(table.schema.metadata[RUNS_KEY])
+    listing["runs"][0]["file"] = "../../outside.parquet"
+    pq.write_table(table.replace_schema_metadata({RUNS_KEY: json.dumps(listing).encode()}), store / PACKED)
     shutil.rmtree(store / "runs")
     with pytest.raises(DataError, match="not plain run-file names"):
         unpack_runs(store)

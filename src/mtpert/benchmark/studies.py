@@ -10,7 +10,7 @@ Packing is lossless: run files may have different columns (the store added colum
 e.g. ``hparams`` and ``run_slot``; old files lack them) and types (``dose`` is all-null in a
 study without doses). The packed table is their union, with missing values where a run lacks a
 column; each run's own Arrow schema (its columns in order, their types and the pandas metadata)
-and its rows are recorded in the packed file's key-value metadata, and unpacking casts each run's
+and its rows are recorded in the packed file's key-value metadata (each distinct schema once), and unpacking casts each run's
 rows back to it, so the file it writes reads back as the original did.
 """
 
@@ -34,7 +34,9 @@ PACKED = "runs.parquet"
 """The packed table's file name, beside the store's ``runs/``."""
 
 RUNS_KEY = b"mtpert_runs"
-"""Key of the packed file's metadata listing each run: its file name, rows and Arrow schema."""
+"""Key of the packed file's metadata: ``{"schemas": [...], "runs": [...]}``, each distinct Arrow
+schema of the run files once (a grid's hundreds of runs share a handful), and each run's file
+name, rows and the index of its schema."""
 
 RUN_FILE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\.parquet")
 """What a run file's name may be: a run id and ``.parquet``, never a path."""
@@ -61,16 +63,18 @@ def _pack(root: Path) -> Path:
         )
     if not files:
         raise FileNotFoundError(f"No run files in {root / 'runs'}; run `mtpert benchmark --out {root}` first.")
-    tables, entries = [], []
+    tables, runs, schemas = [], [], {}
     for file in files:
         _, problem = _read_run(file)
         if problem is not None:
             raise DataError(f"Run file {file} {problem}; rerun `mtpert benchmark --out {root}` to redo it, then pack.")
         table = pq.read_table(file)
         tables.append(table)
-        entries.append({"file": file.name, "rows": table.num_rows, "schema": _encode(table.schema)})
+        schema = schemas.setdefault(_encode(table.schema), len(schemas))
+        runs.append({"file": file.name, "rows": table.num_rows, "schema": schema})
     packed = pa.concat_tables([t.replace_schema_metadata(None) for t in tables], promote_options="permissive")
-    packed = packed.replace_schema_metadata({RUNS_KEY: json.dumps(entries).encode()})
+    listing = {"schemas": list(schemas), "runs": runs}  # dicts keep the order of the indices
+    packed = packed.replace_schema_metadata({RUNS_KEY: json.dumps(listing).encode()})
     target = root / PACKED
     with atomic_path(target) as tmp:
         pq.write_table(packed, tmp)
@@ -97,15 +101,13 @@ def _unpack(root: Path) -> list[Path]:
             f"{source} cannot be read ({type(error).__name__}); it was cut short or replaced. Take it "
             "from git again, or pack the run store again."
         ) from error
-    entries = _entries(packed, source)
     written, start = [], 0
-    for entry in entries:
-        rows = packed.slice(start, entry["rows"])
-        start += entry["rows"]
-        target = root / "runs" / entry["file"]
+    for name, count, schema in _runs(packed, source):
+        rows = packed.slice(start, count)
+        start += count
+        target = root / "runs" / name
         if target.exists():
             continue
-        schema = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(entry["schema"])))
         table = _restore(rows, schema)
         with atomic_path(target) as tmp:
             pq.write_table(table, tmp)
@@ -138,20 +140,21 @@ def _encode(schema: pa.Schema) -> str:
     return base64.b64encode(schema.serialize().to_pybytes()).decode()
 
 
-def _entries(packed: pa.Table, source: Path) -> list[dict]:
+def _runs(packed: pa.Table, source: Path) -> list[tuple[str, int, pa.Schema]]:
+    """Each run the packed table lists, in its order: file name, rows and Arrow schema."""
     metadata = packed.schema.metadata or {}
     if RUNS_KEY not in metadata:
         raise DataError(f"{source} was not written by `mtpert study pack` (it lists no runs); pack the run store again.")
     try:
-        entries = json.loads(metadata[RUNS_KEY])
-        names = [entry["file"] for entry in entries]
-        _ = [(int(entry["rows"]), str(entry["schema"])) for entry in entries]
-    except (ValueError, TypeError, KeyError) as error:
+        listing = json.loads(metadata[RUNS_KEY])
+        schemas = [pa.ipc.read_schema(pa.py_buffer(base64.b64decode(s))) for s in listing["schemas"]]
+        runs = [(run["file"], int(run["rows"]), schemas[int(run["schema"])]) for run in listing["runs"]]
+    except (ValueError, TypeError, KeyError, IndexError, pa.ArrowException) as error:
         raise DataError(f"{source} has a damaged list of runs ({error!r}); pack the run store again.") from None
-    unsafe = [n for n in names if not isinstance(n, str) or not RUN_FILE.fullmatch(n)]
+    unsafe = [name for name, _, _ in runs if not isinstance(name, str) or not RUN_FILE.fullmatch(name)]
     if unsafe:  # a name with a path would write outside runs/
         raise DataError(
             f"{source} names run files that are not plain run-file names ({unsafe[:3]}); it was not "
             "written by `mtpert study pack`. Pack the run store again."
         )
-    return entries
+    return runs
