@@ -3,8 +3,7 @@
 :func:`~mtpert.data.seed_everything`, ...), fitting and scoring to :mod:`mtpert.scoring`
 (:func:`~mtpert.scoring.fit_and_score`, ...); the names are re-exported from there."""
 
-import warnings
-
+from mtpert._moved import warn_moved
 from mtpert.benchmark.harness import ProgressCallback
 from mtpert.data.folds import (
     Fold,
@@ -43,10 +42,8 @@ __all__ = [
     "target_scores",
 ]
 
-warnings.warn(
-    "mtpert.benchmark.holdout is deprecated and will be removed in the next release; import "
-    "folds and seeding (make_fold, Holdout, seed_everything, ...) from mtpert.data and fitting "
-    "and scoring (fit_and_score, noise_ceiling, ...) from mtpert.scoring instead.",
-    DeprecationWarning,
-    stacklevel=2,
+warn_moved(
+    "mtpert.benchmark.holdout",
+    "import folds and seeding (make_fold, Holdout, seed_everything, ...) from mtpert.data and "
+    "fitting and scoring (fit_and_score, noise_ceiling, ...) from mtpert.scoring instead",
 )

@@ -1,19 +1,14 @@
 """Deprecated alias of :mod:`mtpert.tuning`, kept for one release: importing it warns, and every
 name of :mod:`mtpert.tuning` is read from there."""
 
-import warnings
 from typing import Any
 
 import mtpert.tuning as _moved
+from mtpert._moved import warn_moved
 
 __all__ = _moved.__all__
 
-warnings.warn(
-    "mtpert.benchmark.tuning is deprecated and will be removed in the next release; "
-    "import from mtpert.tuning instead.",
-    DeprecationWarning,
-    stacklevel=2,
-)
+warn_moved("mtpert.benchmark.tuning", "import from mtpert.tuning instead")
 
 
 def __getattr__(name: str) -> Any:

@@ -1,19 +1,14 @@
 """Deprecated alias of :mod:`mtpert.uncertainty`, kept for one release: importing it warns, and
 every name of :mod:`mtpert.uncertainty` is read from there."""
 
-import warnings
 from typing import Any
 
 import mtpert.uncertainty as _moved
+from mtpert._moved import warn_moved
 
 __all__ = _moved.__all__
 
-warnings.warn(
-    "mtpert.benchmark.uncertainty is deprecated and will be removed in the next release; "
-    "import from mtpert.uncertainty instead.",
-    DeprecationWarning,
-    stacklevel=2,
-)
+warn_moved("mtpert.benchmark.uncertainty", "import from mtpert.uncertainty instead")
 
 
 def __getattr__(name: str) -> Any:

@@ -110,12 +110,7 @@ def check_spec(spec: DatasetSpec) -> None:
             f"The control label {control!r} is empty; give the value of the condition column "
             f"that marks control cells {_CONTROL_FIX}."
         )
-    if control != control.strip():
-        raise DataError(
-            f"The control label {control!r} has whitespace around it, and labels are read without "
-            f"it; give {control.strip()!r} {_CONTROL_FIX}."
-        )
-    _require_printable(control, "control label", _CONTROL_FIX)
+    _require_as_printed(control, "control label", _CONTROL_FIX)
     if separator is None:
         return
     if not isinstance(separator, str) or not separator.strip():
@@ -125,12 +120,7 @@ def check_spec(spec: DatasetSpec) -> None:
             "perturbations, e.g. '+' (DatasetSpec(combination_separator='+'); CLI: --separator "
             "'+'), or none if no label combines perturbations."
         )
-    if separator != separator.strip():
-        raise DataError(
-            f"The combination separator {separator!r} has whitespace around it; give "
-            f"{separator.strip()!r}: whitespace around parts is ignored anyway {_SEPARATOR_FIX}."
-        )
-    _require_printable(separator, "combination separator", _SEPARATOR_FIX)
+    _require_as_printed(separator, "combination separator", _SEPARATOR_FIX)
     if separator in control:
         raise DataError(
             f"The control label {control!r} contains the combination separator {separator!r}, so "
@@ -139,8 +129,14 @@ def check_spec(spec: DatasetSpec) -> None:
         )
 
 
-def _require_printable(text: str, what: str, fix: str) -> None:
-    """Raise :class:`DataError` if the setting ``text`` holds an unreadable character."""
+def _require_as_printed(text: str, what: str, fix: str) -> None:
+    """Raise :class:`DataError` if the setting ``text`` has whitespace around it (labels and their
+    parts are read without it) or holds an unreadable character."""
+    if text != text.strip():
+        raise DataError(
+            f"The {what} {text!r} has whitespace around it, and labels and their parts are read "
+            f"without it; give {text.strip()!r} {fix}."
+        )
     if unreadable(text):
         raise DataError(
             f"The {what} {text!r} holds control or invisible formatting characters; give it as "
