@@ -8,7 +8,12 @@ the same per-group mean changes as :class:`~mtpert.models.simple.MeanShift` and
 * ``mean_shift``: the condition's mean change averaged over the training groups (a held-out
   group; a single perturbation, or a combination trained as such);
 * ``additive``: the sum of its parts' mean changes (a combination never trained together);
-* ``auto``: ``mean_shift`` where training has the condition (at the dose), else ``additive``.
+* ``auto``: ``additive`` for a combination whose parts were each trained alone (trained together
+  or not, so that the network learns their interaction on top of the sum), else ``mean_shift``.
+
+Each condition's mean change is weighted towards no change by how well it carries over between
+the training groups (:func:`anchor_weights`): a perturbation whose change in one group does not
+predict its change in another gets the control's "no change" rather than another group's noise.
 
 The network learns the correction from the training cells minus the anchor computed without their
 own group (leave one group out), i.e. what the anchor misses on a group it has not seen; the gate
@@ -29,6 +34,9 @@ from mtpert.errors import DataError
 from mtpert.models.simple import ConditionKey, MeanChanges, key_string, parts_alone, some
 
 AnchorKind = Literal["auto", "mean_shift", "additive", "none"]
+Evidence = tuple[np.ndarray, np.ndarray, np.ndarray]
+"""One held-out (group, condition): the network's mean correction, the miss (observed change
+minus anchor) and the miss's sampling variance, each (genes,)."""
 ANCHOR_MIN_CELLS = 5
 """Control and perturbed cells a group needs for its mean change to enter an anchor (as the
 baselines' default ``min_cells``)."""
@@ -36,51 +44,94 @@ baselines' default ``min_cells``)."""
 
 @dataclass(frozen=True)
 class Anchors:
-    """Each training (condition, dose)'s mean change averaged over groups: (keys, genes), NaN rows
-    where no group has one."""
+    """Each training (condition, dose)'s mean change averaged over groups, times its weight
+    (:func:`anchor_weights`): (keys, genes), NaN rows where no group has one."""
 
     keys: list[ConditionKey]
     shifts: np.ndarray
 
     @classmethod
-    def of(cls, table: MeanChanges, without: str | None = None) -> Anchors:
-        """The anchors of ``table``'s groups; ``without``: those of the other groups, falling back
-        to ``without``'s own change where no other group has the key (a condition trained in one
-        group only has no other estimate)."""
+    def of(cls, table: MeanChanges, weights: np.ndarray, without: str | None = None) -> Anchors:
+        """The weighted anchors of ``table``'s groups; ``without``: those of the other groups,
+        falling back to ``without``'s own change where no other group has the key (a condition
+        trained in one group only has no other estimate)."""
         if without not in table.groups:
-            return cls(table.keys, table.averaged())
+            return cls(table.keys, weights[:, None] * table.averaged())
         j = table.groups.index(without)
         others = [i for i in range(len(table.groups)) if i != j]
         rest = MeanChanges(
             table.keys, [table.groups[i] for i in others], table.changes[:, others]
         ).averaged()
-        return cls(table.keys, np.where(np.isnan(rest), table.changes[:, j], rest))
+        return cls(
+            table.keys, weights[:, None] * np.where(np.isnan(rest), table.changes[:, j], rest)
+        )
+
+    def kind(self, spec: DatasetSpec, kind: AnchorKind, condition: str, dose: float | None) -> str:
+        """The anchor ``kind`` resolves to for ``condition`` at ``dose``: ``mean_shift`` or
+        ``additive`` (see the module)."""
+        if kind != "auto":
+            return kind
+        parts = spec.parts(condition)
+        singles = {c for c, d in self._known() if len(spec.parts(c)) == 1 and d == dose}
+        return "additive" if len(parts) > 1 and set(parts) <= singles else "mean_shift"
 
     def change(
         self, spec: DatasetSpec, kind: AnchorKind, condition: str, dose: float | None, *, model: str
     ) -> tuple[str, np.ndarray]:
         """The anchor used for ``condition`` at ``dose`` (``mean_shift`` or ``additive``) and its
         change (genes,); :class:`DataError` where the named (or any, for ``auto``) cannot be built."""
-        known = [i for i in range(len(self.keys)) if not np.isnan(self.shifts[i]).all()]
-        row = {(tuple(sorted(spec.parts(self.keys[i][0]))), self.keys[i][1]): i for i in known}
+        known = self._known()
+        row = {(tuple(sorted(spec.parts(c))), d): i for (c, d), i in known.items()}
         dose = None if dose is None else float(dose)
         key = (tuple(sorted(spec.parts(condition))), dose)
-        if kind in ("auto", "mean_shift") and key in row:  # a combination in any order
+        resolved = self.kind(spec, kind, condition, dose)
+        if resolved == "mean_shift" and key in row:  # a combination in any order
             return "mean_shift", self.shifts[row[key]]
         if kind == "mean_shift":
             raise DataError(
                 f"{model}: anchor='mean_shift' needs '{key_string(condition, dose)}' in training "
-                f"and it is not (known: {some([key_string(*self.keys[i]) for i in known])}); use "
+                f"and it is not (known: {some([key_string(*k) for k in known])}); use "
                 "anchor='additive' or 'auto' to build a combination from its parts."
             )
-        parts = parts_alone([self.keys[i] for i in known], spec, condition, dose, model=model)
+        parts = parts_alone(list(known), spec, condition, dose, model=model)
         return "additive", np.sum([self.shifts[row[((p,), d)]] for p, d in parts], axis=0)
+
+    def _known(self) -> dict[ConditionKey, int]:
+        """Row of each key that has a change."""
+        return {k: i for i, k in enumerate(self.keys) if not np.isnan(self.shifts[i]).all()}
+
+
+def anchor_weights(table: MeanChanges) -> np.ndarray:
+    """Each key's weight in [0, 1] between no change (0) and its mean change over the training
+    groups (1), chosen by leaving each group out: the :func:`gate` of the other groups' mean change
+    as a prediction of the left-out group's (with ``table.noise``, less what the agreement owes to
+    sampling noise). A perturbation without a detectable effect, or whose effect differs between
+    groups, gets a weight near 0. Keys measured in fewer than 2 groups keep weight 1 (nothing to
+    judge them by)."""
+    weights = np.ones(len(table.keys))
+    for k in range(len(table.keys)):
+        have = np.flatnonzero(~np.isnan(table.changes[k]).all(axis=1))
+        if len(have) < 2:
+            continue
+        changes = table.changes[k, have].astype(np.float64)
+        noise = (
+            np.zeros_like(changes)
+            if table.noise is None
+            else table.noise[k, have].astype(np.float64)
+        )
+        n = len(have)
+        others = [(changes.sum(0) - changes[i]) / (n - 1) for i in range(n)]
+        # the noise of the left-out change and of the others' mean, summed (both enter the agreement)
+        noises = [noise[i] + (noise.sum(0) - noise[i]) / (n - 1) ** 2 for i in range(n)]
+        weights[k] = gate(others, list(changes), noises)
+    return weights
 
 
 def anchor_per_cell(
     obs: pd.DataFrame,
     spec: DatasetSpec,
     table: MeanChanges,
+    weights: np.ndarray,
     kind: AnchorKind,
     *,
     model: str,
@@ -98,7 +149,7 @@ def anchor_per_cell(
     shift = np.zeros((len(obs), table.changes.shape[2]), dtype=np.float32)
     perturbed = cells[cells["condition"] != spec.control]
     for group, in_group in perturbed.groupby("group", sort=False):
-        anchors = Anchors.of(table, without=group)
+        anchors = Anchors.of(table, weights, without=group)
         for (condition, d), rows in in_group.groupby(
             ["condition", "dose"], sort=False, dropna=False
         ).indices.items():
@@ -113,6 +164,41 @@ def mean_and_noise(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if len(X) < 2:
         return X.mean(0), np.zeros(X.shape[1])
     return X.mean(0), X.var(0, ddof=1) / len(X)
+
+
+def gene_gates(evidence: Sequence[Evidence]) -> np.ndarray:
+    """Each gene's weight in [0, 1] of the correction, by :func:`gate`'s rule on that gene alone
+    over every held-out (group, condition) of ``evidence``: a gene on which the network's
+    correction agrees with the held-out misses no better than their noise gets 0, so a
+    correction that does not carry over moves no gene (nor invents a DEG there)."""
+    corrections, misses, noises = (
+        np.stack(x).astype(np.float64) for x in zip(*evidence, strict=True)
+    )
+    energy = (corrections**2).sum(0)
+    agreement = (corrections * misses).sum(0) - np.sqrt((corrections**2 * noises).sum(0))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.clip(np.where(energy > 0, agreement / energy, 0.0), 0.0, 1.0)
+
+
+def gene_gates_if_they_pay(evidence: Sequence[Evidence]) -> np.ndarray | None:
+    """:func:`gene_gates` of ``evidence`` where they pay, else None (the genes ungated).
+
+    Per-gene weights from a handful of held-out groups are noisy: they can silence a real
+    correction as easily as a spurious one. They are kept only if, cross-fitted on the two halves
+    of ``evidence`` (each half's gates scored on the other), the corrections weighted by the
+    pooled :func:`gate` times the gene gates miss the held-out changes by less than weighted by
+    the pooled gate alone.
+    """
+    halves = (list(evidence[0::2]), list(evidence[1::2]))
+    if not halves[1]:
+        return None
+    with_genes = without = 0.0
+    for fit, test in (halves, halves[::-1]):
+        pooled, genes = gate(*zip(*fit, strict=True)), gene_gates(fit)
+        for correction, miss, _ in test:
+            with_genes += float(np.sum((pooled * genes * correction - miss) ** 2))
+            without += float(np.sum((pooled * correction - miss) ** 2))
+    return gene_gates(evidence) if with_genes < without else None
 
 
 def gate(

@@ -58,8 +58,11 @@ from mtpert.models.anchor import (
     ANCHOR_MIN_CELLS,
     AnchorKind,
     Anchors,
+    Evidence,
     anchor_per_cell,
+    anchor_weights,
     gate,
+    gene_gates_if_they_pay,
     mean_and_noise,
 )
 from mtpert.models.base import (
@@ -71,7 +74,7 @@ from mtpert.models.base import (
 )
 from mtpert.models.film import CONDITIONINGS, ConditionedMLP, ConditionEncoder, Conditioning
 from mtpert.models.search import Choice, Distribution, FloatRange
-from mtpert.models.simple import MeanChanges, mean_changes
+from mtpert.models.simple import MeanChanges, key_string, mean_changes
 from mtpert.models.trained import Hyperparameters, TrainedModel
 from mtpert.train.data import Batch, CellData, cell_matrix
 from mtpert.train.loop import Schedule, cpu_threads
@@ -89,9 +92,7 @@ epochs, its gradient stops guiding the encoder, and the latent drifts and collap
 matching N(0, I) (instance noise, Sønderby et al. 2017)."""
 
 
-def rows_in_memory(
-    adata: AnnData, rows: np.ndarray | None = None
-) -> np.ndarray | sp.csr_matrix:
+def rows_in_memory(adata: AnnData, rows: np.ndarray | None = None) -> np.ndarray | sp.csr_matrix:
     """Rows ``rows`` (default all) of ``adata.X`` as float32 CSR or dense, read from the file
     where ``adata`` is backed (or a view of a backed AnnData)."""
     X = cell_matrix(adata)
@@ -395,11 +396,14 @@ class MultiTaskParams(Hyperparameters):
             each condition's gate is the weight in [0, 1] of the correction that minimizes the
             squared error of the fold's mean change, less what its agreement owes to sampling
             noise (:func:`~mtpert.models.anchor.gate`), so no group judges a correction it was
-            trained on. Fewer than 2 training groups: gate 0 (the
-            anchor alone). A combination not trained on gets gate 0 (no inner evidence). 0: no
-            gate (the whole correction). Inner refits rather than one fit's agreement between
-            groups: a network reproduces every group it was trained on, so only a held-out group
-            tells whether its correction carries over. Costs ``gate_folds`` extra fits.
+            trained on. The training combinations anchored on their parts are likewise split
+            into inner folds, each held out from an inner fit, for one gate of every combination
+            those folds judged (a pair never trained together). A condition no fold judged (one
+            training group; fewer than 2 such combinations) gets gate 0: the anchor alone.
+            0: no gate (the whole correction). Inner refits rather than one fit's agreement
+            between groups: a network reproduces every group it was trained on, so only a
+            held-out group tells whether its correction carries over. Costs up to twice
+            ``gate_folds`` extra fits.
         hidden: encoder hidden widths (the decoder mirrors them).
         latent_dim: latent size.
         dose_dim: width of the dose embedding, used when the spec has a dose key.
@@ -448,7 +452,9 @@ class MultiTaskParams(Hyperparameters):
         check_choice("objective", self.objective, get_args(Objective))
         check_choice("conditioning", self.conditioning, CONDITIONINGS)
         if self.prediction is None:
-            object.__setattr__(self, "prediction", "decoded" if self.objective == "ot" else "residual")
+            object.__setattr__(
+                self, "prediction", "decoded" if self.objective == "ot" else "residual"
+            )
         check_choice("prediction", self.prediction, get_args(Prediction))  # type: ignore[arg-type]
         if self.prediction == "residual" and self.objective == "ot":
             raise ValueError(
@@ -491,10 +497,30 @@ class MultiTaskModel(TrainedModel):
     that has it (root mean square over genes; see ``bound_change``); None: predictions unbounded."""
     anchors: Anchors | None = None
     """With an anchor: each training condition's mean change over the training groups."""
+    anchor_weights: dict[str, float] | None = None
+    """With an anchor: each training (condition, dose)'s weight between no change (0) and its mean
+    change (1), by :func:`~mtpert.models.anchor.anchor_weights`."""
     gates: dict[str, float] | None = None
-    """With an anchor: the weight of the network's correction per training condition."""
+    """With an anchor: the weight of the network's correction per training condition that an inner
+    fold of held-out groups judged (None with ``gate_folds=0``: the whole correction)."""
+    combination_gate: float | None = None
+    """With an anchor: the weight of the correction on a combination anchored on its parts, judged
+    on inner held-out training combinations (None: no such evidence, gate 0)."""
+    gene_gates: np.ndarray | None = None
+    """With an anchor and inner evidence: each gene's weight of the correction (genes,), from every
+    held-out (group, condition) at once, applied under the conditions' gates: genes whose
+    correction does not carry over get none of it (None: 1 for every gene)."""
     gate_note: str = ""
-    """How the gates were chosen (or why they are all 0)."""
+    """How the anchors' weights and the gates were chosen (or why gates are 0)."""
+    correction_reach: np.ndarray | None = None
+    """With an anchor: per gene, the largest mean change from control of any training (condition,
+    group), which bounds the correction of each cell on that gene: the network may not move a gene
+    further than any training condition moved it (a gene no training cell expresses differently is
+    left to the anchor, so a tiny decoded change cannot make a silent gene a top DEG)."""
+    _given_weights: dict[str, float] | None = None
+    """Set on an inner fit of :meth:`_held_out_evidence`: the outer model's anchor weights, so that
+    the inner network learns the correction of the anchor the outer model predicts with (weights
+    of fewer groups would judge another anchor's correction)."""
 
     @property
     def name(self) -> str:  # type: ignore[override]
@@ -508,7 +534,9 @@ class MultiTaskModel(TrainedModel):
         parts += ["condenc"] if p.condition_encoder else []
         parts += ["decoded"] if p.prediction == "decoded" and p.objective != "ot" else []
         parts += [] if p.bound_change else ["unbounded"]
-        parts += [] if p.anchor == "none" else ["anchored"] + ([] if p.anchor == "auto" else [p.anchor])
+        parts += (
+            [] if p.anchor == "none" else ["anchored"] + ([] if p.anchor == "auto" else [p.anchor])
+        )
         return "_".join(parts)
 
     @property
@@ -564,9 +592,20 @@ class MultiTaskModel(TrainedModel):
             )
         table, net_train, net_val = None, train_data, val if val is not None and val.n_obs else None
         if self.params.anchor != "none":
-            table = mean_changes(train_data, spec, ANCHOR_MIN_CELLS, model=self.name)
-            net_train = self._minus_anchor(train_data, table)
-            net_val = None if net_val is None else self._minus_anchor(net_val, table)
+            table = mean_changes(train_data, spec, ANCHOR_MIN_CELLS, model=self.name, noise=True)
+            weights = anchor_weights(table)
+            if self._given_weights is not None:  # an inner fit: the outer model's weights
+                given = [self._given_weights.get(key_string(*k)) for k in table.keys]
+                weights = np.array(
+                    [w if g is None else g for w, g in zip(weights, given, strict=True)]
+                )
+            self.anchors = Anchors.of(table, weights)
+            self.correction_reach = np.nan_to_num(np.nanmax(np.abs(table.changes), axis=(0, 1)))
+            self.anchor_weights = {
+                key_string(*k): float(w) for k, w in zip(table.keys, weights, strict=True)
+            }
+            net_train = self._minus_anchor(train_data, table, weights)
+            net_val = None if net_val is None else self._minus_anchor(net_val, table, weights)
         pca = self._pairing_space(net_train, seed) if objective != "reconstruction" else None
         data = self._cell_data(net_train, pca, seed)
         if data.partner is not None and not (data.partner >= 0).any():
@@ -582,8 +621,7 @@ class MultiTaskModel(TrainedModel):
             self.net.start_at_mean(torch.as_tensor(data.column_means(), dtype=torch.float32))
             self._histories = [self._train(self.net, data, val_data, generator)]
         if table is not None:
-            self.anchors = Anchors.of(table)
-            self.gates, self.gate_note = self._choose_gates(train_data, table, seed)
+            self._choose_gates(train_data, table, seed)
         self.change_bounds = self._change_bounds(train_data) if self.params.bound_change else None
 
     def _predict(self, control: AnnData, condition: str, dose: float | None) -> np.ndarray:
@@ -605,7 +643,9 @@ class MultiTaskModel(TrainedModel):
         cells = CellData(X, np.zeros(X.shape[0], dtype=np.int64))
         return self._predict_cells(self.prediction_function(condition, dose), cells)
 
-    def prediction_function(self, condition: str, dose: float | None = None) -> Callable[[Tensor], Tensor]:
+    def prediction_function(
+        self, condition: str, dose: float | None = None
+    ) -> Callable[[Tensor], Tensor]:
         """The prediction under ``condition`` as a differentiable function of control cells'
         expression, (n, genes) -> (n, genes) on the model's device, before the clipping at 0 and
         ``bound_change`` (one factor on the whole change): what
@@ -620,6 +660,11 @@ class MultiTaskModel(TrainedModel):
         net, device = self._fitted_net(), self.device
         code = code.to(device)
         shift, weight = self._anchoring(condition, dose, index)
+        reach = (
+            None
+            if self.correction_reach is None
+            else torch.as_tensor(self.correction_reach, dtype=torch.float32, device=device)
+        )
 
         def predict(x: Tensor) -> Tensor:
             n = x.shape[0]
@@ -632,6 +677,8 @@ class MultiTaskModel(TrainedModel):
             pred = net.decode(z, target)
             if self.params.prediction == "residual":  # the cell itself plus the decoded change
                 change = pred - net.decode(z, net.control(n, device))
+                if reach is not None:
+                    change = torch.minimum(torch.maximum(change, -reach), reach)
                 pred = x + (change if shift is None else shift + weight * change)
             return pred
 
@@ -652,77 +699,193 @@ class MultiTaskModel(TrainedModel):
         _, index = self._target(condition)
         if self.anchors is None:
             return "none", 1.0
-        kind, _ = self.anchors.change(self.spec, self.params.anchor, condition, dose, model=self.name)
-        return kind, self._gate(index)
+        kind, _ = self.anchors.change(
+            self.spec, self.params.anchor, condition, dose, model=self.name
+        )
+        return kind, self._gate(condition, index, kind)
 
     def _anchoring(
         self, condition: str, dose: float | None, index: int | None
-    ) -> tuple[Tensor | None, float]:
-        """The anchor's change on the model's device (None without an anchor) and the gate."""
+    ) -> tuple[Tensor | None, Tensor | float]:
+        """The anchor's change on the model's device (None without an anchor) and the weight of
+        the correction: the condition's gate times the genes' gates."""
         if self.anchors is None:
             return None, 1.0
-        _, change = self.anchors.change(self.spec, self.params.anchor, condition, dose, model=self.name)
-        return torch.as_tensor(change, dtype=torch.float32, device=self.device), self._gate(index)
+        kind, change = self.anchors.change(
+            self.spec, self.params.anchor, condition, dose, model=self.name
+        )
+        weight: Tensor | float = self._gate(condition, index, kind)
+        if self.gene_gates is not None:
+            weight = weight * torch.as_tensor(
+                self.gene_gates, dtype=torch.float32, device=self.device
+            )
+        return torch.as_tensor(change, dtype=torch.float32, device=self.device), weight
 
-    def _gate(self, index: int | None) -> float:
-        """The gate of training condition ``index``; 0 for a combination not trained on (no inner
-        fold could judge its correction), 1 without gates (``gate_folds=0``)."""
+    def _gate(self, condition: str, index: int | None, kind: str) -> float:
+        """The gate of ``condition`` (training condition ``index``, None if not trained on), whose
+        anchor is ``kind``: its own where an inner fold of groups judged it, else the combinations'
+        gate for a combination anchored on its parts, else 0; 1 without gates (``gate_folds=0``)."""
         if self.gates is None:
             return 1.0
-        return 0.0 if index is None else self.gates.get(self.conditions[index], 0.0)
+        trained = None if index is None else self.conditions[index]
+        if trained in self.gates:
+            return self.gates[trained]
+        if kind == "additive" and self.combination_gate is not None:
+            return self.combination_gate
+        return 0.0
 
-    def _minus_anchor(self, adata: AnnData, table: MeanChanges) -> AnnData:
+    def _minus_anchor(self, adata: AnnData, table: MeanChanges, weights: np.ndarray) -> AnnData:
         """``adata``'s cells minus the anchor of their condition computed without their group: the
         network's training targets (in memory, dense)."""
-        shift = anchor_per_cell(adata.obs, self.spec, table, self.params.anchor, model=self.name)
-        return AnnData(dense(rows_in_memory(adata)) - shift, obs=adata.obs.copy(), var=adata.var.copy())
+        shift = anchor_per_cell(
+            adata.obs, self.spec, table, weights, self.params.anchor, model=self.name
+        )
+        return AnnData(
+            dense(rows_in_memory(adata)) - shift, obs=adata.obs.copy(), var=adata.var.copy()
+        )
 
-    def _choose_gates(
-        self, train_data: AnnData, table: MeanChanges, seed: int
-    ) -> tuple[dict[str, float] | None, str]:
-        """Each training condition's gate, chosen on inner folds of the training groups (see
-        ``gate_folds``), and a note saying how."""
-        groups, folds = table.groups, self.params.gate_folds
-        if folds == 0:
-            return None, "gate_folds=0: the whole correction is added to the anchor."
-        if len(groups) < 2:
-            return {c: 0.0 for c in self.conditions[1:]}, (
-                f"{len(groups)} training group with control cells: none to hold out to judge the "
-                "correction, so every gate is 0 and predictions are the anchor's."
-            )
-        spec, k = self.spec, min(folds, len(groups))
+    def _choose_gates(self, train_data: AnnData, table: MeanChanges, seed: int) -> None:
+        """Set the gates, chosen on inner folds of the training groups and of the training
+        combinations anchored on their parts (see ``gate_folds``), and a note saying how."""
+        weights = list((self.anchor_weights or {}).values())
+        muted = sum(w == 0.0 for w in weights)
+        notes = [
+            f"{muted} of {len(weights)} training conditions carry no change from group to group "
+            "(anchor weight 0: predicted as no change)"
+            if muted
+            else "every anchor weight above 0"
+        ]
+        self.gates, self.combination_gate, self.gene_gates = None, None, None
+        if self.params.gate_folds == 0:
+            self.gate_note = "; ".join([*notes, "gate_folds=0: the whole correction is added"])
+            return
+        spec = self.spec
+        # groups with a perturbed condition: a held-out group's control cells judge nothing
+        groups = [g for j, g in enumerate(table.groups) if not np.isnan(table.changes[:, j]).all()]
         obs = train_data.obs
         labels = obs[spec.cell_type_key].astype(str).to_numpy()
         conditions = obs[spec.condition_key].astype(str).to_numpy()
-        doses = obs[spec.dose_key].to_numpy(dtype=float) if spec.dose_key else None
-        evidence: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {
-            c: [] for c in self.conditions[1:]
-        }
+        doses = (
+            obs[spec.dose_key].to_numpy(dtype=float) if spec.dose_key else np.full(len(obs), np.nan)
+        )
+        by_group: dict[str, list[Evidence]] = {}
+        if len(groups) < 2:
+            notes.append(f"{len(groups)} training group: no group to hold out, group gates 0")
+        else:
+            k = min(self.params.gate_folds, len(groups))
+            by_group = self._held_out_evidence(
+                train_data, labels, conditions, doses, table.keys,
+                [(list(groups[i::k]), None) for i in range(k)], seed,
+            )  # fmt: skip
+            notes.append(f"gates chosen on {k} inner folds of the {len(groups)} training groups")
+        combinations = [
+            key
+            for key in table.keys
+            if self.anchors is not None
+            and self.anchors.kind(spec, self.params.anchor, key[0], key[1]) == "additive"
+        ]
+        by_combination: list[Evidence] = []
+        if len(combinations) == 1:
+            notes.append("1 training combination anchored on its parts: combination gate 0")
+        elif combinations:
+            k = min(self.params.gate_folds, len(combinations))
+            evidence = self._held_out_evidence(
+                train_data, labels, conditions, doses, combinations,
+                [(None, combinations[i::k]) for i in range(k)], seed,
+            )  # fmt: skip
+            by_combination = [e for per_condition in evidence.values() for e in per_condition]
+        every = [e for per_condition in by_group.values() for e in per_condition] + by_combination
+        self.gene_gates = gene_gates_if_they_pay(every)
+        # each gate judges the whole correction (not the genes kept after seeing their agreement)
+
+        def gated(evidence: list[Evidence]) -> float:
+            """The gate of the corrections of ``evidence``."""
+            return gate(*zip(*evidence, strict=True))
+
+        self.gates = {c: gated(e) for c, e in by_group.items() if e}
+        if by_combination:
+            self.combination_gate = gated(by_combination)
+            notes.append(
+                f"combination gate {self.combination_gate:.2f}, chosen on inner folds of the "
+                f"{len(combinations)} training combinations"
+            )
+        if self.gene_gates is not None:
+            notes.append(
+                f"gene gates (they paid on cross-fitted halves of the inner evidence): "
+                f"{int((self.gene_gates == 0).sum())} of {len(self.gene_gates)} genes' corrections "
+                "did not carry over to held-out data (gene gate 0)"
+            )
+        elif every:
+            notes.append(
+                "no gene gates (they did not pay on cross-fitted halves of the inner evidence)"
+            )
+        self.gate_note = "; ".join(notes) + "."
+
+    def _held_out_evidence(
+        self,
+        train_data: AnnData,
+        labels: np.ndarray,
+        conditions: np.ndarray,
+        doses: np.ndarray,
+        keys: list[tuple[str, float | None]],
+        folds: list[tuple[list[str] | None, list[tuple[str, float | None]] | None]],
+        seed: int,
+    ) -> dict[str, list[Evidence]]:
+        """For each inner fold (groups held out, or (condition, dose) keys held out), a network fit
+        without it predicts what it held out from its groups' control cells; per condition, each
+        held-out (group, key)'s mean correction, miss (observed change minus anchor) and the miss's
+        sampling variance, as :func:`~mtpert.models.anchor.gate` takes them."""
+        spec = self.spec
         inner_params = asdict(replace(self.params, gate_folds=0, bound_change=False, seed=seed))
-        for fold in (groups[i::k] for i in range(k)):
+        is_key = {
+            key: (conditions == key[0]) & (np.isnan(doses) if key[1] is None else doses == key[1])
+            for key in keys
+        }
+        evidence: dict[str, list[Evidence]] = {c: [] for c, _ in keys}
+        for held_groups, held_keys in folds:
+            out = (
+                np.isin(labels, held_groups)
+                if held_groups is not None
+                else np.zeros(len(labels), bool)
+            )
+            for key in held_keys or []:
+                out |= is_key[key]
             inner = MultiTaskModel(
                 spec, device=str(self.device), num_threads=self.num_threads, progress=False,
                 **inner_params,
-            ).fit(train_data[~np.isin(labels, fold)])  # fmt: skip
-            for group in fold:
+            )  # fmt: skip
+            inner._given_weights = self.anchor_weights
+            inner.fit(train_data[~out])
+            for group in held_groups if held_groups is not None else sorted(set(labels)):
                 rows = np.flatnonzero((labels == group) & (conditions == spec.control))
+                if len(rows) < ANCHOR_MIN_CELLS:
+                    continue
                 cells = rows_in_memory(train_data, rows)
                 start, start_noise = mean_and_noise(dense(cells))
-                for condition, dose in table.keys:
-                    at = (labels == group) & (conditions == condition)
-                    if doses is not None:
-                        at &= doses == dose
-                    if at.sum() < ANCHOR_MIN_CELLS or condition not in inner.conditions:
+                for condition, dose in held_keys if held_keys is not None else keys:
+                    at = (labels == group) & is_key[(condition, dose)]
+                    if at.sum() < ANCHOR_MIN_CELLS or not inner.can_predict(condition, dose):
                         continue
-                    end, noise = mean_and_noise(dense(rows_in_memory(train_data, np.flatnonzero(at))))
+                    end, noise = mean_and_noise(
+                        dense(rows_in_memory(train_data, np.flatnonzero(at)))
+                    )
                     anchor = inner._anchoring(condition, dose, None)[0].cpu().numpy()  # type: ignore[union-attr]
                     predicted = inner._unbounded(cells, condition, dose).mean(0) - start
                     evidence[condition].append(
                         (predicted - anchor, end - start - anchor, noise + start_noise)
                     )
-        return {c: gate(*zip(*e, strict=True)) if e else 0.0 for c, e in evidence.items()}, (
-            f"gates chosen on {k} inner folds of the {len(groups)} training groups."
-        )
+        return evidence
+
+    def can_predict(self, condition: str, dose: float | None = None) -> bool:
+        """Whether ``condition`` at ``dose`` can be predicted (its perturbations and, with an
+        anchor, the anchor are known)."""
+        try:
+            self._target(condition)
+            if self.anchors is not None:
+                self.anchors.change(self.spec, self.params.anchor, condition, dose, model=self.name)
+        except DataError:
+            return False
+        return True
 
     def change_bound(self, condition: str) -> float | None:
         """The largest mean change (RMS over genes) a prediction of ``condition`` may have: the
@@ -761,22 +924,44 @@ class MultiTaskModel(TrainedModel):
                 if self.anchors is None
                 else {
                     "anchor_keys": [list(k) for k in self.anchors.keys],
+                    "anchor_weights": self.anchor_weights,
                     "gates": self.gates,
+                    "combination_gate": self.combination_gate,
+                    "gene_gated": self.gene_gates is not None,
                     "gate_note": self.gate_note,
                 }
             ),
         }
 
     def _tensors(self) -> dict[str, Tensor]:
-        anchor = {} if self.anchors is None else {"anchor_shifts": torch.as_tensor(self.anchors.shifts)}
+        anchor = (
+            {} if self.anchors is None else {"anchor_shifts": torch.as_tensor(self.anchors.shifts)}
+        )
+        if self.gene_gates is not None:
+            anchor["gene_gates"] = torch.as_tensor(self.gene_gates)
+        if self.correction_reach is not None:
+            anchor["correction_reach"] = torch.as_tensor(self.correction_reach)
         return {**self._fitted_net().state_dict(), **anchor}
 
     def fit_summary(self) -> dict[str, float]:
-        """The trained model's summary; with an anchor, also the mean and largest gate."""
+        """The trained model's summary; with an anchor, also the mean and largest gate, the
+        combinations' gate, the mean anchor weight and how many anchors were set to no change."""
         summary = super().fit_summary()
         if self.gates is not None:
             gates = list(self.gates.values()) or [0.0]
             summary |= {"gate_mean": float(np.mean(gates)), "gate_max": float(np.max(gates))}
+            summary["combination_gate"] = self.combination_gate or 0.0
+        if self.gene_gates is not None:
+            summary |= {
+                "gene_gate_mean": float(self.gene_gates.mean()),
+                "genes_gated_off": float((self.gene_gates == 0).sum()),
+            }
+        if self.anchor_weights:
+            weights = list(self.anchor_weights.values())
+            summary |= {
+                "anchor_weight_mean": float(np.mean(weights)),
+                "anchors_at_no_change": float(sum(w == 0.0 for w in weights)),
+            }
         return summary
 
     def _restore(self, learned: dict[str, Any], tensors: dict[str, Tensor]) -> None:
@@ -792,10 +977,18 @@ class MultiTaskModel(TrainedModel):
         keys = [(c, d) for c, d in learned.get("anchor_keys", [])]
         if self.params.anchor != "none":
             expected["anchor_shifts"] = (len(keys), len(self.genes))  # type: ignore[arg-type]
+            expected["correction_reach"] = (len(self.genes),)  # type: ignore[arg-type]
+            if learned.get("gene_gated"):
+                expected["gene_gates"] = (len(self.genes),)  # type: ignore[arg-type]
         check_weights(tensors, expected)
         if self.params.anchor != "none":
             self.anchors = Anchors(keys, tensors.pop("anchor_shifts").cpu().numpy())
             self.gates, self.gate_note = learned["gates"], learned["gate_note"]
+            self.anchor_weights = learned.get("anchor_weights")
+            self.combination_gate = learned.get("combination_gate")
+            gated = tensors.pop("gene_gates", None)
+            self.gene_gates = None if gated is None else gated.cpu().numpy()
+            self.correction_reach = tensors.pop("correction_reach").cpu().numpy()
         self.net.load_state_dict(tensors)
         self.net.to(self.device).eval()
 
@@ -854,8 +1047,16 @@ class MultiTaskModel(TrainedModel):
         parts = self.spec.parts(condition)
         unknown = [p for p in parts if p not in self.perturbations[1:]]
         if unknown:
-            what = f"condition '{condition}'" if len(parts) == 1 else f"perturbations {unknown} of '{condition}'"
-            also = f"; known perturbations: {self.perturbations[1:]}" if self.spec.combination_separator else ""
+            what = (
+                f"condition '{condition}'"
+                if len(parts) == 1
+                else f"perturbations {unknown} of '{condition}'"
+            )
+            also = (
+                f"; known perturbations: {self.perturbations[1:]}"
+                if self.spec.combination_separator
+                else ""
+            )
             raise DataError(
                 f"{self.name} was not trained on {what} and cannot predict it; "
                 f"known conditions: {self.conditions[1:]}{also}."

@@ -53,11 +53,14 @@ class MeanChanges:
     ``changes[k, g]`` is the mean of the cells of ``keys[k]`` in group ``groups[g]`` (of the spec's
     cell-type key) minus the mean of that group's control cells; NaN where the group lacks
     ``min_cells`` of either (:func:`mean_changes`). Every key has at least one group's change.
+    ``noise`` (same shape, optional): the sampling variance of each change (the two means' variances
+    over their cells, summed), for judging how far a change is only noise.
     """
 
     keys: list[ConditionKey]
     groups: list[str]
     changes: np.ndarray
+    noise: np.ndarray | None = None
 
     def averaged(self) -> np.ndarray:
         """Each key's change averaged over the groups that have one, with equal weight, so an
@@ -69,8 +72,11 @@ class MeanChanges:
         return {key: i for i, key in enumerate(self.keys)}
 
 
-def mean_changes(train: AnnData, spec: DatasetSpec, min_cells: int, *, model: str) -> MeanChanges:
-    """Every (condition, dose)'s change from control in every group of ``train`` (log data).
+def mean_changes(
+    train: AnnData, spec: DatasetSpec, min_cells: int, *, model: str, noise: bool = False
+) -> MeanChanges:
+    """Every (condition, dose)'s change from control in every group of ``train`` (log data);
+    ``noise``: also each change's sampling variance (one more pass, over the squares).
 
     The group means come from one sparse product over the cells (read chunk by chunk when the
     data are on disk), so thousands of perturbations cost one pass. Conditions that no group
@@ -97,8 +103,16 @@ def mean_changes(train: AnnData, spec: DatasetSpec, min_cells: int, *, model: st
     _, first, counts = np.unique(ids, return_index=True, return_counts=True)
     labels = cells.iloc[first].reset_index(drop=True).assign(n=counts)
     means = _row_means(train, ids, len(labels))
+    # the variance of a mean over n cells: (E[x^2] - E[x]^2) / (n - 1), unbiased
+    variances = (
+        np.maximum(_row_means(train, ids, len(labels), squared=True) - means**2, 0.0)
+        / np.maximum(labels["n"].to_numpy() - 1, 1)[:, None]
+        if noise
+        else None
+    )
     controls = labels.index[(labels["condition"] == spec.control) & (labels["n"] >= min_cells)]
     control_mean = {labels.at[i, "group"]: means[i] for i in controls}
+    control_row = {labels.at[i, "group"]: i for i in controls}
     groups = sorted(control_mean)
     perturbed = labels[labels["condition"] != spec.control]
     keys = sorted(
@@ -111,10 +125,15 @@ def mean_changes(train: AnnData, spec: DatasetSpec, min_cells: int, *, model: st
     row = {key: i for i, key in enumerate(keys)}
     column = {group: j for j, group in enumerate(groups)}
     changes = np.full((len(keys), len(groups), train.n_vars), np.nan, dtype=np.float32)
+    spread = None if variances is None else np.full_like(changes, np.nan)
     for i, label in perturbed.iterrows():
         if label["n"] >= min_cells and label["group"] in column:
             key = (label["condition"], None if spec.dose_key is None else float(label["dose"]))
             changes[row[key], column[label["group"]]] = means[i] - control_mean[label["group"]]
+            if spread is not None and variances is not None:
+                spread[row[key], column[label["group"]]] = (
+                    variances[i] + variances[control_row[label["group"]]]
+                )
     estimated = ~np.isnan(changes).all(axis=(1, 2))
     if not estimated.any():
         raise DataError(
@@ -129,7 +148,10 @@ def mean_changes(train: AnnData, spec: DatasetSpec, min_cells: int, *, model: st
             stacklevel=4,
         )
     return MeanChanges(
-        [k for k, ok in zip(keys, estimated, strict=True) if ok], groups, changes[estimated]
+        [k for k, ok in zip(keys, estimated, strict=True) if ok],
+        groups,
+        changes[estimated],
+        None if spread is None else spread[estimated],
     )
 
 
@@ -371,9 +393,9 @@ def _nanmean(values: np.ndarray, axis: int) -> np.ndarray:
     return np.divide(total, n, out=np.full(total.shape, np.nan, dtype=values.dtype), where=n > 0)
 
 
-def _row_means(adata: AnnData, ids: np.ndarray, n: int) -> np.ndarray:
-    """Mean of ``adata.X`` over the cells with each id in ``range(n)`` (float64), one sparse
-    product per chunk of rows."""
+def _row_means(adata: AnnData, ids: np.ndarray, n: int, *, squared: bool = False) -> np.ndarray:
+    """Mean of ``adata.X`` (``squared``: of its squares) over the cells with each id in
+    ``range(n)`` (float64), one sparse product per chunk of rows."""
     sums = np.zeros((n, adata.n_vars))
     disk = on_disk(adata)
     start = 0
@@ -382,6 +404,8 @@ def _row_means(adata: AnnData, ids: np.ndarray, n: int) -> np.ndarray:
         indicator = sp.csr_matrix(
             (np.ones(rows), (ids[start : start + rows], np.arange(rows))), shape=(n, rows)
         )
+        if squared:
+            block = block.power(2) if sp.issparse(block) else np.square(block, dtype=np.float64)
         product = indicator @ block
         sums += product.toarray() if sp.issparse(product) else np.asarray(product)
         start += rows
