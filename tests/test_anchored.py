@@ -260,3 +260,26 @@ def test_pairs_that_are_the_sum_of_their_parts_stay_near_the_sum() -> None:
     # worse than the sum on the measured pairs (whose misses share the control cells' noise)
     assert np.abs(predicted).max() < 0.3
     assert np.linalg.norm(predicted - truth) <= np.linalg.norm(truth)
+
+
+def test_anchor_groups_judge_the_anchor_over_replicates_of_one_cell_line() -> None:
+    data = prepare(simulate(n_cell_types=1, n_genes=60, n_cells=600, seed=4), DatasetSpec(dose_key="dose"), n_hvg=0)
+    data = data[data.obs["condition"] == "control"].copy()
+    del data.obs["dose"]
+    X = dense(data.X)
+    n = data.n_obs
+    data.obs["replicate"] = np.array(["r1", "r2", "r3"] * n)[:n]
+    condition = np.array(["control", "control", "works", "silent"] * n)[:n]
+    X[condition == "works", :10] += 1.0  # a knock-out that repeats; 'silent' changes nothing
+    data.X, data.obs["condition"] = X, condition
+    one_group = get_model("mtae_anchored")(SPEC, **(FAST | {"max_epochs": 2})).fit(data)
+    assert one_group.anchor_weights == {"silent": 1.0, "works": 1.0}  # nothing to judge them by
+    by_replicate = get_model("mtae_anchored")(SPEC, **(FAST | {"max_epochs": 2, "anchor_groups": "replicate"})).fit(data)
+    assert by_replicate.anchor_weights["silent"] == 0.0 and by_replicate.anchor_weights["works"] > 0.9
+    control = data[data.obs["condition"] == "control"]
+    silent = dense(by_replicate.predict(control, "silent").X).mean(0) - dense(control.X).mean(0)
+    assert np.abs(silent).max() < 0.05
+    with pytest.raises(DataError, match="anchor_groups='plate' is not a column of obs"):
+        get_model("mtae_anchored")(SPEC, **(FAST | {"anchor_groups": "plate"})).fit(data)
+    with pytest.raises(ConfigError, match="set anchor='auto'"):
+        MultiTaskModel(SPEC, anchor_groups="replicate")

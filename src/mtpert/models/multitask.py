@@ -53,6 +53,7 @@ from torch import Tensor, nn
 
 from mtpert._array import dense
 from mtpert.data.backed import OnDisk
+from mtpert.data.spec import DatasetSpec
 from mtpert.errors import DataError
 from mtpert.models.anchor import (
     ANCHOR_MIN_CELLS,
@@ -404,6 +405,11 @@ class MultiTaskParams(Hyperparameters):
             between groups: a network reproduces every group it was trained on, so only a
             held-out group tells whether its correction carries over. Costs up to twice
             ``gate_folds`` extra fits.
+        anchor_groups: the obs column whose groups the anchor's weights and the gates are judged
+            over (left out one at a time, held out in inner folds); default (None) the spec's
+            cell-type key. Name the held-out unit where it is not the cell type, e.g.
+            ``replicate`` when replicates are held out of one cell line: a knock-out whose change
+            does not repeat between replicates is then predicted as no change.
         hidden: encoder hidden widths (the decoder mirrors them).
         latent_dim: latent size.
         dose_dim: width of the dose embedding, used when the spec has a dose key.
@@ -433,6 +439,7 @@ class MultiTaskParams(Hyperparameters):
     bound_change: bool = True
     anchor: AnchorKind = "none"
     gate_folds: int = 3
+    anchor_groups: str | None = None
     hidden: tuple[int, ...] = (256, 128)
     latent_dim: int = 64
     dose_dim: int = 16
@@ -466,6 +473,11 @@ class MultiTaskParams(Hyperparameters):
             raise ValueError(
                 f"anchor='{self.anchor}' adds the network's change to the anchor's, which needs "
                 "prediction='residual' (and an objective other than 'ot'); or use anchor='none'."
+            )
+        if self.anchor_groups is not None and self.anchor == "none":
+            raise ValueError(
+                f"anchor_groups='{self.anchor_groups}' names the groups an anchor is judged over; "
+                "set anchor='auto' (or another anchor), or leave anchor_groups unset."
             )
         if self.gate_folds < 0:
             raise ValueError(f"gate_folds must be >= 0, got {self.gate_folds}.")
@@ -540,6 +552,12 @@ class MultiTaskModel(TrainedModel):
         return "_".join(parts)
 
     @property
+    def _anchor_spec(self) -> DatasetSpec:
+        """The spec whose cell-type key holds the groups of the anchor (``anchor_groups``)."""
+        key = self.params.anchor_groups
+        return self.spec if key is None else replace(self.spec, cell_type_key=key)
+
+    @property
     def predicts_unseen_doses(self) -> bool:  # type: ignore[override]
         """The dose is encoded continuously, but an anchor is a mean change at a training dose."""
         return self.params.anchor == "none"
@@ -592,7 +610,15 @@ class MultiTaskModel(TrainedModel):
             )
         table, net_train, net_val = None, train_data, val if val is not None and val.n_obs else None
         if self.params.anchor != "none":
-            table = mean_changes(train_data, spec, ANCHOR_MIN_CELLS, model=self.name, noise=True)
+            key = self._anchor_spec.cell_type_key
+            if key not in train_data.obs:
+                raise DataError(
+                    f"{self.name}: anchor_groups='{key}' is not a column of obs (columns: "
+                    f"{list(train_data.obs.columns)}); name the column of the held-out groups."
+                )
+            table = mean_changes(
+                train_data, self._anchor_spec, ANCHOR_MIN_CELLS, model=self.name, noise=True
+            )
             weights = anchor_weights(table)
             if self._given_weights is not None:  # an inner fit: the outer model's weights
                 given = [self._given_weights.get(key_string(*k)) for k in table.keys]
@@ -738,7 +764,7 @@ class MultiTaskModel(TrainedModel):
         """``adata``'s cells minus the anchor of their condition computed without their group: the
         network's training targets (in memory, dense)."""
         shift = anchor_per_cell(
-            adata.obs, self.spec, table, weights, self.params.anchor, model=self.name
+            adata.obs, self._anchor_spec, table, weights, self.params.anchor, model=self.name
         )
         return AnnData(
             dense(rows_in_memory(adata)) - shift, obs=adata.obs.copy(), var=adata.var.copy()
@@ -763,7 +789,7 @@ class MultiTaskModel(TrainedModel):
         # groups with a perturbed condition: a held-out group's control cells judge nothing
         groups = [g for j, g in enumerate(table.groups) if not np.isnan(table.changes[:, j]).all()]
         obs = train_data.obs
-        labels = obs[spec.cell_type_key].astype(str).to_numpy()
+        labels = obs[self._anchor_spec.cell_type_key].astype(str).to_numpy()
         conditions = obs[spec.condition_key].astype(str).to_numpy()
         doses = (
             obs[spec.dose_key].to_numpy(dtype=float) if spec.dose_key else np.full(len(obs), np.nan)
