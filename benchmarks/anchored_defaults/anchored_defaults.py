@@ -7,7 +7,7 @@ dataset and metric, and the mean rank over all of them, which decides the defaul
 
 The variants are ``mtae_anchored`` on the reconstruction objective (``reconstruction``) and on
 reconstruction plus optimal transport (``both``, the objective of ``mtae_plus_ot``, which led the
-un-anchored family on Kang and Norman). Each runs through ``mtpert benchmark`` on the four studies'
+un-anchored family on Kang and Norman; with the anchor, the preset ``mtae_plus_ot_anchored``). Each runs through ``mtpert benchmark`` on the four studies'
 own splits (the configs of ``screen_mcfaline``, ``screen_norman``, ``screen_papalexi`` and the
 Kang grid's), one model seed by default; the benchmark stores go under ``--work`` (resumable, not
 committed). A default is never chosen on one dataset: the variant with the lower mean rank wins.
@@ -25,11 +25,12 @@ import pandas as pd
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for _common
-from _common import BENCHMARKS, provenance, record
+from _common import BENCHMARKS, RESULTS, provenance
 
 from mtpert.benchmark import BenchmarkConfig, run_benchmark
 from mtpert.benchmark.executors import LocalExecutor
 from mtpert.benchmark.store import ResultStore
+from mtpert.io import atomic_write, write_table
 
 VARIANTS = {
     "reconstruction": {"model": "mtae_anchored"},
@@ -125,7 +126,11 @@ def main() -> None:
         )
         tables.append(means(store).assign(dataset=study))
     table = pd.concat(tables).reset_index().set_index(["dataset", "model"])
-    record("anchored_defaults", table.reset_index(), lambda c, s: report(table, c, s), start)
+    write_table(table.reset_index(), RESULTS / "anchored_defaults.csv")
+    script = Path(__file__).resolve().relative_to(BENCHMARKS.parent)
+    text = report(table, " ".join(["python", str(script), *sys.argv[1:]]), time.perf_counter() - start)
+    atomic_write(RESULTS / "anchored_defaults.md", lambda f: f.write(text.encode()))
+    print(text)
 
 
 if __name__ == "__main__":

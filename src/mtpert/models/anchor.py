@@ -9,7 +9,10 @@ the same per-group mean changes as :class:`~mtpert.models.simple.MeanShift` and
   group; a single perturbation, or a combination trained as such);
 * ``additive``: the sum of its parts' mean changes (a combination never trained together);
 * ``auto``: ``additive`` for a combination whose parts were each trained alone (trained together
-  or not, so that the network learns their interaction on top of the sum), else ``mean_shift``.
+  or not, so that the network learns their interaction on top of the sum), else ``mean_shift``;
+  where held-out training combinations say the linear model of the parts
+  (:class:`~mtpert.models.linear.LinearModel`) predicts combinations better than their sum, the
+  combination's anchor is that model's change instead (:class:`LinearAnchor`).
 
 Each condition's mean change is weighted towards no change by how well it carries over between
 the training groups (:func:`anchor_weights`): a perturbation whose change in one group does not
@@ -31,6 +34,7 @@ import pandas as pd
 
 from mtpert.data.spec import DatasetSpec
 from mtpert.errors import DataError
+from mtpert.models.linear import LinearModel
 from mtpert.models.simple import ConditionKey, MeanChanges, key_string, parts_alone, some
 
 AnchorKind = Literal["auto", "mean_shift", "additive", "none"]
@@ -43,28 +47,56 @@ baselines' default ``min_cells``)."""
 
 
 @dataclass(frozen=True)
+class LinearAnchor:
+    """A combination's change by the linear model of its parts: ``intercept`` plus the sum of
+    its parts' rows of ``parts`` (keys, genes; NaN but for single perturbations), which is
+    :meth:`LinearModel.change <mtpert.models.linear.LinearModel.change>` split over the parts."""
+
+    intercept: np.ndarray
+    parts: np.ndarray
+
+    @classmethod
+    def of(cls, model: LinearModel, keys: Sequence[ConditionKey]) -> LinearAnchor:
+        """The fitted ``model``'s shares, on the rows of ``keys``."""
+        parts = np.full((len(keys), len(model.intercept)), np.nan, dtype=np.float32)
+        row = {key: i for i, key in enumerate(keys)}
+        shares = model.part_changes()
+        for j, key in enumerate(model.singles):
+            if key in row:
+                parts[row[key]] = shares[:, j]
+        return cls(model.intercept.astype(np.float32), parts)
+
+
+@dataclass(frozen=True)
 class Anchors:
     """Each training (condition, dose)'s mean change averaged over groups, times its weight
-    (:func:`anchor_weights`): (keys, genes), NaN rows where no group has one."""
+    (:func:`anchor_weights`): (keys, genes), NaN rows where no group has one; ``linear``: the
+    combinations' anchor where it is the linear model's (None: the sum of the parts)."""
 
     keys: list[ConditionKey]
     shifts: np.ndarray
+    linear: LinearAnchor | None = None
 
     @classmethod
-    def of(cls, table: MeanChanges, weights: np.ndarray, without: str | None = None) -> Anchors:
+    def of(
+        cls,
+        table: MeanChanges,
+        weights: np.ndarray,
+        without: str | None = None,
+        linear: LinearAnchor | None = None,
+    ) -> Anchors:
         """The weighted anchors of ``table``'s groups; ``without``: those of the other groups,
         falling back to ``without``'s own change where no other group has the key (a condition
         trained in one group only has no other estimate)."""
         if without not in table.groups:
-            return cls(table.keys, weights[:, None] * table.averaged())
+            return cls(table.keys, weights[:, None] * table.averaged(), linear)
         j = table.groups.index(without)
         others = [i for i in range(len(table.groups)) if i != j]
         rest = MeanChanges(
             table.keys, [table.groups[i] for i in others], table.changes[:, others]
         ).averaged()
-        return cls(
-            table.keys, weights[:, None] * np.where(np.isnan(rest), table.changes[:, j], rest)
-        )
+        shifts = weights[:, None] * np.where(np.isnan(rest), table.changes[:, j], rest)
+        return cls(table.keys, shifts, linear)
 
     def kind(self, spec: DatasetSpec, kind: AnchorKind, condition: str, dose: float | None) -> str:
         """The anchor ``kind`` resolves to for ``condition`` at ``dose``: ``mean_shift`` or
@@ -78,8 +110,9 @@ class Anchors:
     def change(
         self, spec: DatasetSpec, kind: AnchorKind, condition: str, dose: float | None, *, model: str
     ) -> tuple[str, np.ndarray]:
-        """The anchor used for ``condition`` at ``dose`` (``mean_shift`` or ``additive``) and its
-        change (genes,); :class:`DataError` where the named (or any, for ``auto``) cannot be built."""
+        """The anchor used for ``condition`` at ``dose`` (``mean_shift``, ``additive`` or
+        ``linear``) and its change (genes,); :class:`DataError` where the named (or any, for
+        ``auto``) cannot be built."""
         known = self._known()
         row = {(tuple(sorted(spec.parts(c))), d): i for (c, d), i in known.items()}
         dose = None if dose is None else float(dose)
@@ -94,6 +127,10 @@ class Anchors:
                 "anchor='additive' or 'auto' to build a combination from its parts."
             )
         parts = parts_alone(list(known), spec, condition, dose, model=model)
+        if self.linear is not None and len(parts) > 1:
+            shares = self.linear.parts[[known[p] for p in parts]]
+            if not np.isnan(shares).any():
+                return "linear", self.linear.intercept + shares.sum(axis=0)
         return "additive", np.sum([self.shifts[row[((p,), d)]] for p, d in parts], axis=0)
 
     def _known(self) -> dict[ConditionKey, int]:
@@ -135,6 +172,7 @@ def anchor_per_cell(
     kind: AnchorKind,
     *,
     model: str,
+    linear: LinearAnchor | None = None,
 ) -> np.ndarray:
     """(cells, genes) anchor of each cell's condition computed without the cell's group (zero for
     control cells): what the network's training targets are shifted by."""
@@ -149,7 +187,7 @@ def anchor_per_cell(
     shift = np.zeros((len(obs), table.changes.shape[2]), dtype=np.float32)
     perturbed = cells[cells["condition"] != spec.control]
     for group, in_group in perturbed.groupby("group", sort=False):
-        anchors = Anchors.of(table, weights, without=group)
+        anchors = Anchors.of(table, weights, without=group, linear=linear)
         for (condition, d), rows in in_group.groupby(
             ["condition", "dose"], sort=False, dropna=False
         ).indices.items():

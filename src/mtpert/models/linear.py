@@ -133,9 +133,18 @@ class LinearModel(PerturbationModel):
         parts = parts_alone(self.conditions, self.spec, condition, dose, model=self.name)
         return self.perturbation_embedding[[row[part] for part in parts]].sum(axis=0)
 
-    def _predict(self, control: AnnData, condition: str, dose: float | None) -> np.ndarray:
+    def change(self, condition: str, dose: float | None = None) -> np.ndarray:
+        """The mean change from control the model predicts for ``condition`` at ``dose``."""
         embedding = self._embed(condition, None if dose is None else float(dose))
-        change = self.intercept + self.gene_embedding @ self.weights @ embedding
+        return self.intercept + self.gene_embedding @ self.weights @ embedding
+
+    def part_changes(self) -> np.ndarray:
+        """Each single perturbation's share of a combination's change, (genes, singles) in the
+        order of :attr:`singles`: a combination's change is :attr:`intercept` plus its parts'."""
+        return self.gene_embedding @ self.weights @ self.perturbation_embedding.T
+
+    def _predict(self, control: AnnData, condition: str, dose: float | None) -> np.ndarray:
+        change = self.change(condition, dose)
         return np.clip(dense(control.X) + change.astype(np.float32), 0.0, None)
 
     def _learned(self) -> dict[str, Any]:

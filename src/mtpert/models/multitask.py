@@ -39,6 +39,7 @@ gated correction the network learns on top of it (:mod:`mtpert.models.anchor`).
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal, get_args
@@ -60,6 +61,7 @@ from mtpert.models.anchor import (
     AnchorKind,
     Anchors,
     Evidence,
+    LinearAnchor,
     anchor_per_cell,
     anchor_weights,
     gate,
@@ -74,6 +76,7 @@ from mtpert.models.base import (
     check_weights,
 )
 from mtpert.models.film import CONDITIONINGS, ConditionedMLP, ConditionEncoder, Conditioning
+from mtpert.models.linear import LinearModel
 from mtpert.models.search import Choice, Distribution, FloatRange
 from mtpert.models.simple import MeanChanges, key_string, mean_changes
 from mtpert.models.trained import Hyperparameters, TrainedModel
@@ -529,6 +532,10 @@ class MultiTaskModel(TrainedModel):
     group), which bounds the correction of each cell on that gene: the network may not move a gene
     further than any training condition moved it (a gene no training cell expresses differently is
     left to the anchor, so a tiny decoded change cannot make a silent gene a top DEG)."""
+    _combination_note: str = ""
+    """How the combinations' anchor was chosen (for :attr:`gate_note`)."""
+    _given_combination: bool | None = None
+    """Set on an inner fit: whether the outer model anchors combinations on the linear model."""
     _given_weights: dict[str, float] | None = None
     """Set on an inner fit of :meth:`_held_out_evidence`: the outer model's anchor weights, so that
     the inner network learns the correction of the anchor the outer model predicts with (weights
@@ -625,7 +632,8 @@ class MultiTaskModel(TrainedModel):
                 weights = np.array(
                     [w if g is None else g for w, g in zip(weights, given, strict=True)]
                 )
-            self.anchors = Anchors.of(table, weights)
+            linear, self._combination_note = self._combination_anchor(train_data, table, weights)
+            self.anchors = Anchors.of(table, weights, linear=linear)
             self.correction_reach = np.nan_to_num(np.nanmax(np.abs(table.changes), axis=(0, 1)))
             self.anchor_weights = {
                 key_string(*k): float(w) for k, w in zip(table.keys, weights, strict=True)
@@ -756,19 +764,79 @@ class MultiTaskModel(TrainedModel):
         trained = None if index is None else self.conditions[index]
         if trained in self.gates:
             return self.gates[trained]
-        if kind == "additive" and self.combination_gate is not None:
+        if kind in ("additive", "linear") and self.combination_gate is not None:
             return self.combination_gate
         return 0.0
 
     def _minus_anchor(self, adata: AnnData, table: MeanChanges, weights: np.ndarray) -> AnnData:
         """``adata``'s cells minus the anchor of their condition computed without their group: the
         network's training targets (in memory, dense)."""
+        linear = None if self.anchors is None else self.anchors.linear
         shift = anchor_per_cell(
-            adata.obs, self._anchor_spec, table, weights, self.params.anchor, model=self.name
+            adata.obs,
+            self._anchor_spec,
+            table,
+            weights,
+            self.params.anchor,
+            model=self.name,
+            linear=linear,
         )
         return AnnData(
             dense(rows_in_memory(adata)) - shift, obs=adata.obs.copy(), var=adata.var.copy()
         )
+
+    def _combination_anchor(
+        self, train_data: AnnData, table: MeanChanges, weights: np.ndarray
+    ) -> tuple[LinearAnchor | None, str]:
+        """With ``anchor='auto'``, the linear model of the parts as the anchor of combinations
+        where it predicted held-out training combinations better than their sum, and a note.
+
+        The training combinations anchored on their parts are split into ``max(gate_folds, 2)``
+        folds; each is held out of a :class:`~mtpert.models.linear.LinearModel` fit (closed
+        form, no network), whose changes and the parts' sums are scored against the fold's
+        observed mean changes (squared error over genes, summed). An inner fit of the gates
+        takes its outer model's choice.
+        """
+        if self.params.anchor != "auto":
+            return None, ""
+        spec, base = self._anchor_spec, Anchors.of(table, weights)
+        combinations = [k for k in table.keys if base.kind(spec, "auto", *k) == "additive"]
+        if self._given_combination is not None:
+            linear = self._given_combination
+            note = ""
+        elif len(combinations) < 2:
+            return None, ""
+        else:
+            obs = train_data.obs
+            conditions = obs[spec.condition_key].astype(str).to_numpy()
+            doses = obs[spec.dose_key].to_numpy(dtype=float) if spec.dose_key else None
+            observed, row = table.averaged(), {k: i for i, k in enumerate(table.keys)}
+            k = min(max(self.params.gate_folds, 2), len(combinations))
+            errors = {"linear": 0.0, "additive": 0.0}
+            for fold in (combinations[i::k] for i in range(k)):
+                out = np.zeros(len(obs), dtype=bool)
+                for condition, dose in fold:
+                    out |= (conditions == condition) & (True if doses is None else doses == dose)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # pairs of parts never seen alone: left out
+                    inner = LinearModel(spec, min_cells=ANCHOR_MIN_CELLS).fit(train_data[~out])
+                for condition, dose in fold:
+                    truth = observed[row[(condition, dose)]]
+                    summed = base.change(spec, "additive", condition, dose, model=self.name)[1]
+                    errors["linear"] += float(np.sum((inner.change(condition, dose) - truth) ** 2))
+                    errors["additive"] += float(np.sum((summed - truth) ** 2))
+            linear = errors["linear"] < errors["additive"]
+            note = (
+                f"combinations anchored on the {'linear model of' if linear else 'sum of'} their "
+                f"parts (squared error on {len(combinations)} held-out training combinations: "
+                f"linear {errors['linear']:.3g}, sum {errors['additive']:.3g})"
+            )
+        if not linear:
+            return None, note
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = LinearModel(spec, min_cells=ANCHOR_MIN_CELLS).fit(train_data)
+        return LinearAnchor.of(model, table.keys), note
 
     def _choose_gates(self, train_data: AnnData, table: MeanChanges, seed: int) -> None:
         """Set the gates, chosen on inner folds of the training groups and of the training
@@ -779,7 +847,8 @@ class MultiTaskModel(TrainedModel):
             f"{muted} of {len(weights)} training conditions carry no change from group to group "
             "(anchor weight 0: predicted as no change)"
             if muted
-            else "every anchor weight above 0"
+            else "every anchor weight above 0",
+            *([self._combination_note] if self._combination_note else []),
         ]
         self.gates, self.combination_gate, self.gene_gates = None, None, None
         if self.params.gate_folds == 0:
@@ -881,6 +950,7 @@ class MultiTaskModel(TrainedModel):
                 **inner_params,
             )  # fmt: skip
             inner._given_weights = self.anchor_weights
+            inner._given_combination = self.anchors is not None and self.anchors.linear is not None
             inner.fit(train_data[~out])
             for group in held_groups if held_groups is not None else sorted(set(labels)):
                 rows = np.flatnonzero((labels == group) & (conditions == spec.control))
@@ -954,6 +1024,7 @@ class MultiTaskModel(TrainedModel):
                     "gates": self.gates,
                     "combination_gate": self.combination_gate,
                     "gene_gated": self.gene_gates is not None,
+                    "linear_anchor": self.anchors.linear is not None,
                     "gate_note": self.gate_note,
                 }
             ),
@@ -967,6 +1038,9 @@ class MultiTaskModel(TrainedModel):
             anchor["gene_gates"] = torch.as_tensor(self.gene_gates)
         if self.correction_reach is not None:
             anchor["correction_reach"] = torch.as_tensor(self.correction_reach)
+        if self.anchors is not None and self.anchors.linear is not None:
+            anchor["linear_intercept"] = torch.as_tensor(self.anchors.linear.intercept)
+            anchor["linear_parts"] = torch.as_tensor(self.anchors.linear.parts)
         return {**self._fitted_net().state_dict(), **anchor}
 
     def fit_summary(self) -> dict[str, float]:
@@ -1006,9 +1080,20 @@ class MultiTaskModel(TrainedModel):
             expected["correction_reach"] = (len(self.genes),)  # type: ignore[arg-type]
             if learned.get("gene_gated"):
                 expected["gene_gates"] = (len(self.genes),)  # type: ignore[arg-type]
+            if learned.get("linear_anchor"):
+                expected["linear_intercept"] = (len(self.genes),)  # type: ignore[arg-type]
+                expected["linear_parts"] = (len(keys), len(self.genes))  # type: ignore[arg-type]
         check_weights(tensors, expected)
         if self.params.anchor != "none":
-            self.anchors = Anchors(keys, tensors.pop("anchor_shifts").cpu().numpy())
+            linear = (
+                LinearAnchor(
+                    tensors.pop("linear_intercept").cpu().numpy(),
+                    tensors.pop("linear_parts").cpu().numpy(),
+                )
+                if learned.get("linear_anchor")
+                else None
+            )
+            self.anchors = Anchors(keys, tensors.pop("anchor_shifts").cpu().numpy(), linear)
             self.gates, self.gate_note = learned["gates"], learned["gate_note"]
             self.anchor_weights = learned.get("anchor_weights")
             self.combination_gate = learned.get("combination_gate")

@@ -131,6 +131,7 @@ BUILTIN_MODELS: tuple[ModelPreset, ...] = (
     ModelPreset("mtae_plus_ot", _MULTITASK, {"objective": "both"}),
     ModelPreset("mtvae_plus_ot", _MULTITASK, {"latent": "variational", "objective": "both"}),
     ModelPreset("mtae_anchored", _MULTITASK, {"anchor": "auto"}),
+    ModelPreset("mtae_plus_ot_anchored", _MULTITASK, {"anchor": "auto", "objective": "both"}),
     ModelPreset("scgen", _LATENT_SHIFT, one_dose_at_a_time=True),
     ModelPreset("scvidr", _LATENT_SHIFT, {"shift": "regression"}, one_dose_at_a_time=True),
     ModelPreset("scvidr_multi", _LATENT_SHIFT, {"shift": "regression", "dose_scaling": "log"}),
