@@ -214,7 +214,8 @@ def test_readme_is_a_front_door() -> None:
 def test_readme_library_example_runs(capsys) -> None:
     """The README's Python example runs as written (with fewer epochs, to stay fast)."""
     (example,) = code_blocks((REPO / "README.md").read_text(), "python")
-    assert 'get_model("mtae")(spec)' in example
-    fast = example.replace('get_model("mtae")(spec)', 'get_model("mtae")(spec, max_epochs=2)')
+    call = 'get_model("mtae_plus_ot_anchored")(spec)'
+    assert call in example  # the README's recommended model
+    fast = example.replace(call, call.replace("(spec)", "(spec, max_epochs=2)"))
     exec(fast, {})  # noqa: S102 (the repository's own README)
     assert "r2_top100" in capsys.readouterr().out
