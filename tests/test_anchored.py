@@ -292,3 +292,14 @@ def test_anchor_groups_judge_the_anchor_over_replicates_of_one_cell_line() -> No
         get_model("mtae_anchored")(SPEC, **(FAST | {"anchor_groups": "plate"})).fit(data)
     with pytest.raises(ConfigError, match="set anchor='auto'"):
         MultiTaskModel(SPEC, anchor_groups="replicate")
+
+
+def test_an_anchor_weight_is_the_best_weight_for_the_mean_of_all_groups() -> None:
+    """Each of 3 groups changes by a shared part plus a part of its own as large: the mean of the
+    3 predicts a new group's change best at weight 1 / (1 + 1/3), not at the 1 / (1 + 1/2)
+    that leaving one group out finds for a mean of 2."""
+    rng = np.random.default_rng(1)
+    shared = rng.normal(0, 1, 20_000)
+    changes = shared + rng.normal(0, 1, (3, 20_000))
+    table = MeanChanges([("stimulated", None)], ["a", "b", "c"], changes[None].astype(np.float32), np.zeros((1, 3, 20_000)))
+    assert anchor_weights(table)[0] == pytest.approx(0.75, abs=0.02)

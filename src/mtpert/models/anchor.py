@@ -140,11 +140,17 @@ class Anchors:
 
 def anchor_weights(table: MeanChanges) -> np.ndarray:
     """Each key's weight in [0, 1] between no change (0) and its mean change over the training
-    groups (1), chosen by leaving each group out: the :func:`gate` of the other groups' mean change
-    as a prediction of the left-out group's (with ``table.noise``, less what the agreement owes to
-    sampling noise). A perturbation without a detectable effect, or whose effect differs between
-    groups, gets a weight near 0. Keys measured in fewer than 2 groups keep weight 1 (nothing to
-    judge them by)."""
+    groups (1), chosen by leaving each group out. A perturbation without a detectable effect, or
+    whose effect differs between groups, gets a weight near 0. Keys measured in fewer than 2
+    groups keep weight 1 (nothing to judge them by).
+
+    Over the n groups with the key, the other groups' mean change predicts the left-out group's:
+    their agreement ``A`` (less what it owes to sampling noise, from ``table.noise``) estimates
+    n times the shared change's energy, and the predictions' energy ``E`` that plus the group-
+    specific part averaged over n - 1 groups. The anchor averages all n, whose specific part is
+    smaller by (n - 1) / n, so the weight that best predicts a new group's change from it is
+    ``A / (A + (E - A) (n - 1) / n)`` (the leave-one-out least squares ``A / E`` would shrink it
+    as if it averaged n - 1)."""
     weights = np.ones(len(table.keys))
     for k in range(len(table.keys)):
         have = np.flatnonzero(~np.isnan(table.changes[k]).all(axis=1))
@@ -160,7 +166,12 @@ def anchor_weights(table: MeanChanges) -> np.ndarray:
         others = [(changes.sum(0) - changes[i]) / (n - 1) for i in range(n)]
         # the noise of the left-out change and of the others' mean, summed (both enter the agreement)
         noises = [noise[i] + (noise.sum(0) - noise[i]) / (n - 1) ** 2 for i in range(n)]
-        weights[k] = gate(others, list(changes), noises)
+        agreement, energy = _agreement(others, list(changes), noises)
+        if agreement > 0:
+            specific = max(energy - agreement, 0.0) * (n - 1) / n
+            weights[k] = min(agreement / (agreement + specific), 1.0)
+        else:
+            weights[k] = 0.0
     return weights
 
 
@@ -249,9 +260,16 @@ def gate(
     with the agreement lowered by one standard deviation of its sampling noise: a correction that
     agrees with the held-out groups only by chance gets weight 0. 0 without evidence.
     """
+    agreement, energy = _agreement(corrections, misses, noises)
+    return 0.0 if energy == 0.0 else float(np.clip(agreement / energy, 0.0, 1.0))
+
+
+def _agreement(
+    corrections: Sequence[np.ndarray], misses: Sequence[np.ndarray], noises: Sequence[np.ndarray]
+) -> tuple[float, float]:
+    """``sum <correction, miss>`` less one standard deviation of its sampling noise (the misses'
+    variances ``noises``), and ``sum ||correction||^2``."""
     energy = float(sum(np.dot(c, c) for c in corrections))
-    if energy == 0.0:
-        return 0.0
     agreement = sum(float(np.dot(c, m)) for c, m in zip(corrections, misses, strict=True))
     spread = np.sqrt(sum(float(np.dot(c * c, v)) for c, v in zip(corrections, noises, strict=True)))
-    return float(np.clip((agreement - spread) / energy, 0.0, 1.0))
+    return agreement - float(spread), energy
