@@ -247,6 +247,7 @@ def test_a_non_additive_interaction_is_recovered_on_pairs_never_trained_together
     # training pairs it beat the sum of the parts, so it anchors the combinations
     assert model.anchor_of("B+D") == ("linear", model.combination_gate)
     assert "combinations anchored on the linear model of their parts" in model.gate_note
+    assert model.fit_summary()["linear_combination_anchor"] == 1.0
     assert model.combination_gate > 0.5 and "combination gate" in model.gate_note
     truth, predicted = deviations(data, held, model, spec)
     assert np.corrcoef(truth, predicted)[0, 1] >= 0.7

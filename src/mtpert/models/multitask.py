@@ -1045,12 +1045,15 @@ class MultiTaskModel(TrainedModel):
 
     def fit_summary(self) -> dict[str, float]:
         """The trained model's summary; with an anchor, also the mean and largest gate, the
-        combinations' gate, the mean anchor weight and how many anchors were set to no change."""
+        combinations' gate and whether their anchor is the linear model (1) or the sum of the parts
+        (0), the mean anchor weight and how many anchors were set to no change."""
         summary = super().fit_summary()
         if self.gates is not None:
             gates = list(self.gates.values()) or [0.0]
             summary |= {"gate_mean": float(np.mean(gates)), "gate_max": float(np.max(gates))}
             summary["combination_gate"] = self.combination_gate or 0.0
+        if self.anchors is not None:
+            summary["linear_combination_anchor"] = float(self.anchors.linear is not None)
         if self.gene_gates is not None:
             summary |= {
                 "gene_gate_mean": float(self.gene_gates.mean()),
