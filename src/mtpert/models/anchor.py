@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Literal
 
 import numpy as np
@@ -104,7 +105,7 @@ class Anchors:
         if kind != "auto":
             return kind
         parts = spec.parts(condition)
-        singles = {c for c, d in self._known() if len(spec.parts(c)) == 1 and d == dose}
+        singles = {c for c, d in self.known if len(spec.parts(c)) == 1 and d == dose}
         return "additive" if len(parts) > 1 and set(parts) <= singles else "mean_shift"
 
     def change(
@@ -113,7 +114,7 @@ class Anchors:
         """The anchor used for ``condition`` at ``dose`` (``mean_shift``, ``additive`` or
         ``linear``) and its change (genes,); :class:`DataError` where the named (or any, for
         ``auto``) cannot be built."""
-        known = self._known()
+        known = self.known
         row = {(tuple(sorted(spec.parts(c))), d): i for (c, d), i in known.items()}
         dose = None if dose is None else float(dose)
         key = (tuple(sorted(spec.parts(condition))), dose)
@@ -133,8 +134,9 @@ class Anchors:
                 return "linear", self.linear.intercept + shares.sum(axis=0)
         return "additive", np.sum([self.shifts[row[((p,), d)]] for p, d in parts], axis=0)
 
-    def _known(self) -> dict[ConditionKey, int]:
-        """Row of each key that has a change."""
+    @cached_property
+    def known(self) -> dict[ConditionKey, int]:
+        """Row of each key that has a change (read once per anchors, not per prediction)."""
         return {k: i for i, k in enumerate(self.keys) if not np.isnan(self.shifts[i]).all()}
 
 

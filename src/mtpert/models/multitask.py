@@ -78,7 +78,7 @@ from mtpert.models.base import (
 from mtpert.models.film import CONDITIONINGS, ConditionedMLP, ConditionEncoder, Conditioning
 from mtpert.models.linear import LinearModel
 from mtpert.models.search import Choice, Distribution, FloatRange
-from mtpert.models.simple import MeanChanges, key_string, mean_changes
+from mtpert.models.simple import ConditionKey, MeanChanges, key_string, mean_changes
 from mtpert.models.trained import Hyperparameters, TrainedModel
 from mtpert.train.data import Batch, CellData, cell_matrix
 from mtpert.train.loop import Schedule, cpu_threads
@@ -532,8 +532,6 @@ class MultiTaskModel(TrainedModel):
     group), which bounds the correction of each cell on that gene: the network may not move a gene
     further than any training condition moved it (a gene no training cell expresses differently is
     left to the anchor, so a tiny decoded change cannot make a silent gene a top DEG)."""
-    _combination_note: str = ""
-    """How the combinations' anchor was chosen (for :attr:`gate_note`)."""
     _given_combination: bool | None = None
     """Set on an inner fit: whether the outer model anchors combinations on the linear model."""
     _given_weights: dict[str, float] | None = None
@@ -632,7 +630,17 @@ class MultiTaskModel(TrainedModel):
                 weights = np.array(
                     [w if g is None else g for w, g in zip(weights, given, strict=True)]
                 )
-            linear, self._combination_note = self._combination_anchor(train_data, table, weights)
+            base = Anchors.of(table, weights)
+            # the training conditions anchored on their parts (with 'auto', the combinations whose
+            # parts were each trained alone): the inner folds of the combination gate
+            combinations = [
+                k
+                for k in table.keys
+                if base.kind(self._anchor_spec, self.params.anchor, *k) == "additive"
+            ]
+            linear, combination_note = self._combination_anchor(
+                train_data, table, base, combinations
+            )
             self.anchors = Anchors.of(table, weights, linear=linear)
             self.correction_reach = np.nan_to_num(np.nanmax(np.abs(table.changes), axis=(0, 1)))
             self.anchor_weights = {
@@ -655,7 +663,7 @@ class MultiTaskModel(TrainedModel):
             self.net.start_at_mean(torch.as_tensor(data.column_means(), dtype=torch.float32))
             self._histories = [self._train(self.net, data, val_data, generator)]
         if table is not None:
-            self._choose_gates(train_data, table, seed)
+            self._choose_gates(train_data, table, seed, combinations, combination_note)
         self.change_bounds = self._change_bounds(train_data) if self.params.bound_change else None
 
     def _predict(self, control: AnnData, condition: str, dose: float | None) -> np.ndarray:
@@ -786,7 +794,11 @@ class MultiTaskModel(TrainedModel):
         )
 
     def _combination_anchor(
-        self, train_data: AnnData, table: MeanChanges, weights: np.ndarray
+        self,
+        train_data: AnnData,
+        table: MeanChanges,
+        base: Anchors,
+        combinations: list[ConditionKey],
     ) -> tuple[LinearAnchor | None, str]:
         """With ``anchor='auto'``, the linear model of the parts as the anchor of combinations
         where it predicted held-out training combinations better than their sum, and a note.
@@ -795,28 +807,26 @@ class MultiTaskModel(TrainedModel):
         folds; each is held out of a :class:`~mtpert.models.linear.LinearModel` fit (closed
         form, no network), whose changes and the parts' sums are scored against the fold's
         observed mean changes (squared error over genes, summed). An inner fit of the gates
-        takes its outer model's choice.
+        takes its outer model's choice. ``base``: the anchors with the parts' sums;
+        ``combinations``: the training combinations whose parts were each trained alone.
         """
         if self.params.anchor != "auto":
             return None, ""
-        spec, base = self._anchor_spec, Anchors.of(table, weights)
-        combinations = [k for k in table.keys if base.kind(spec, "auto", *k) == "additive"]
+        spec = self._anchor_spec
         if self._given_combination is not None:
             linear = self._given_combination
             note = ""
         elif len(combinations) < 2:
             return None, ""
         else:
-            obs = train_data.obs
-            conditions = obs[spec.condition_key].astype(str).to_numpy()
-            doses = obs[spec.dose_key].to_numpy(dtype=float) if spec.dose_key else None
+            _, conditions, doses = self._cell_keys(train_data)
             observed, row = table.averaged(), {k: i for i, k in enumerate(table.keys)}
             k = min(max(self.params.gate_folds, 2), len(combinations))
             errors = {"linear": 0.0, "additive": 0.0}
             for fold in (combinations[i::k] for i in range(k)):
-                out = np.zeros(len(obs), dtype=bool)
-                for condition, dose in fold:
-                    out |= (conditions == condition) & (True if doses is None else doses == dose)
+                out = np.zeros(len(conditions), dtype=bool)
+                for key in fold:
+                    out |= _cells_of(conditions, doses, key)
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # pairs of parts never seen alone: left out
                     inner = LinearModel(spec, min_cells=ANCHOR_MIN_CELLS).fit(train_data[~out])
@@ -838,9 +848,17 @@ class MultiTaskModel(TrainedModel):
             model = LinearModel(spec, min_cells=ANCHOR_MIN_CELLS).fit(train_data)
         return LinearAnchor.of(model, table.keys), note
 
-    def _choose_gates(self, train_data: AnnData, table: MeanChanges, seed: int) -> None:
+    def _choose_gates(
+        self,
+        train_data: AnnData,
+        table: MeanChanges,
+        seed: int,
+        combinations: list[ConditionKey],
+        combination_note: str,
+    ) -> None:
         """Set the gates, chosen on inner folds of the training groups and of the training
-        combinations anchored on their parts (see ``gate_folds``), and a note saying how."""
+        ``combinations`` anchored on their parts (see ``gate_folds``), and a note saying how
+        (``combination_note``: how their anchor was chosen)."""
         weights = list((self.anchor_weights or {}).values())
         muted = sum(w == 0.0 for w in weights)
         notes = [
@@ -848,21 +866,15 @@ class MultiTaskModel(TrainedModel):
             "(anchor weight 0: predicted as no change)"
             if muted
             else "every anchor weight above 0",
-            *([self._combination_note] if self._combination_note else []),
+            *([combination_note] if combination_note else []),
         ]
         self.gates, self.combination_gate, self.gene_gates = None, None, None
         if self.params.gate_folds == 0:
             self.gate_note = "; ".join([*notes, "gate_folds=0: the whole correction is added"])
             return
-        spec = self.spec
         # groups with a perturbed condition: a held-out group's control cells judge nothing
         groups = [g for j, g in enumerate(table.groups) if not np.isnan(table.changes[:, j]).all()]
-        obs = train_data.obs
-        labels = obs[self._anchor_spec.cell_type_key].astype(str).to_numpy()
-        conditions = obs[spec.condition_key].astype(str).to_numpy()
-        doses = (
-            obs[spec.dose_key].to_numpy(dtype=float) if spec.dose_key else np.full(len(obs), np.nan)
-        )
+        labels, conditions, doses = self._cell_keys(train_data)
         by_group: dict[str, list[Evidence]] = {}
         if len(groups) < 2:
             notes.append(f"{len(groups)} training group: no group to hold out, group gates 0")
@@ -873,12 +885,6 @@ class MultiTaskModel(TrainedModel):
                 [(list(groups[i::k]), None) for i in range(k)], seed,
             )  # fmt: skip
             notes.append(f"gates chosen on {k} inner folds of the {len(groups)} training groups")
-        combinations = [
-            key
-            for key in table.keys
-            if self.anchors is not None
-            and self.anchors.kind(spec, self.params.anchor, key[0], key[1]) == "additive"
-        ]
         by_combination: list[Evidence] = []
         if len(combinations) == 1:
             notes.append("1 training combination anchored on its parts: combination gate 0")
@@ -932,10 +938,7 @@ class MultiTaskModel(TrainedModel):
         sampling variance, as :func:`~mtpert.models.anchor.gate` takes them."""
         spec = self.spec
         inner_params = asdict(replace(self.params, gate_folds=0, bound_change=False, seed=seed))
-        is_key = {
-            key: (conditions == key[0]) & (np.isnan(doses) if key[1] is None else doses == key[1])
-            for key in keys
-        }
+        is_key = {key: _cells_of(conditions, doses, key) for key in keys}
         evidence: dict[str, list[Evidence]] = {c: [] for c, _ in keys}
         for held_groups, held_keys in folds:
             out = (
@@ -971,6 +974,16 @@ class MultiTaskModel(TrainedModel):
                         (predicted - anchor, end - start - anchor, noise + start_noise)
                     )
         return evidence
+
+    def _cell_keys(self, adata: AnnData) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Each cell's anchor group, condition and dose (NaN without a dose key), as arrays."""
+        obs, spec = adata.obs, self._anchor_spec
+        labels = obs[spec.cell_type_key].astype(str).to_numpy()
+        conditions = obs[spec.condition_key].astype(str).to_numpy()
+        doses = (
+            obs[spec.dose_key].to_numpy(dtype=float) if spec.dose_key else np.full(len(obs), np.nan)
+        )
+        return labels, conditions, doses
 
     def can_predict(self, condition: str, dose: float | None = None) -> bool:
         """Whether ``condition`` at ``dose`` can be predicted (its perturbations and, with an
@@ -1230,3 +1243,9 @@ class MultiTaskModel(TrainedModel):
                 seed=seed,
             )
         return CellData(X, index.astype(np.int64), dose, partner)
+
+
+def _cells_of(conditions: np.ndarray, doses: np.ndarray, key: ConditionKey) -> np.ndarray:
+    """Which cells (their ``conditions`` and ``doses``, NaN without a dose key) are of ``key``."""
+    condition, dose = key
+    return (conditions == condition) & (np.isnan(doses) if dose is None else doses == dose)
