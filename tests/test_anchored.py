@@ -304,3 +304,14 @@ def test_an_anchor_weight_is_the_best_weight_for_the_mean_of_all_groups() -> Non
     changes = shared + rng.normal(0, 1, (3, 20_000))
     table = MeanChanges([("stimulated", None)], ["a", "b", "c"], changes[None].astype(np.float32), np.zeros((1, 3, 20_000)))
     assert anchor_weights(table)[0] == pytest.approx(0.75, abs=0.02)
+
+
+def test_an_additive_anchor_holds_out_only_combinations_to_gate_them() -> None:
+    """anchor='additive' anchors singles on their own change too; the combination gate's inner
+    folds hold out pairs only (holding out a single left its pairs without an anchor: a crash)."""
+    spec = DatasetSpec(combination_separator="+")
+    data, held = screen(synergy=1.0)
+    seed_everything(0)
+    model = MultiTaskModel(spec, anchor="additive", **FAST).fit(data[~data.obs["condition"].isin(held)])
+    assert "chosen on inner folds of the 7 training combinations" in model.gate_note
+    assert model.anchor_of("B+D") == ("additive", model.combination_gate)

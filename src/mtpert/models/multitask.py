@@ -631,12 +631,14 @@ class MultiTaskModel(TrainedModel):
                     [w if g is None else g for w, g in zip(weights, given, strict=True)]
                 )
             base = Anchors.of(table, weights)
-            # the training conditions anchored on their parts (with 'auto', the combinations whose
-            # parts were each trained alone): the inner folds of the combination gate
+            # the training combinations anchored on their parts: the inner folds of the
+            # combination gate (a single is its own part: holding it out would leave the pairs
+            # it is in without an anchor)
             combinations = [
                 k
                 for k in table.keys
-                if base.kind(self._anchor_spec, self.params.anchor, *k) == "additive"
+                if len(spec.parts(k[0])) > 1
+                and base.kind(self._anchor_spec, self.params.anchor, *k) == "additive"
             ]
             linear, combination_note = self._combination_anchor(
                 train_data, table, base, combinations
