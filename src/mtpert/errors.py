@@ -31,6 +31,11 @@ class MissingDependencyError(MtpertError, ImportError):
     """An optional extra that the requested feature needs is not installed."""
 
 
+class PeerError(MtpertError, RuntimeError):
+    """A model run in its own environment (a peer) failed, ran past its time limit or returned
+    cells that cannot be scored; the message holds the end of what it printed."""
+
+
 class CheckpointError(MtpertError, ValueError):
     """A saved model that cannot be loaded: an unreadable file, or weights that do not fit its
     config."""

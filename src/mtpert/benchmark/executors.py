@@ -138,9 +138,12 @@ def _execute(task: Task) -> RunResult:
             started = time.perf_counter()
             scores = pd.concat([scores, _intervals(task, data, split, params, result.models[None], uncertainty)], ignore_index=True)
             costs["uq_seconds"] = time.perf_counter() - started
-        models = result.models
-        costs |= {"fit_seconds": result.fit_seconds, "predict_seconds": result.predict_seconds, **_fit_summary(models.values())}
+        costs |= {"fit_seconds": result.fit_seconds, "predict_seconds": result.predict_seconds, **_fit_summary(result.models.values())}
         predictions = result.predictions if task.keep_prediction else ()
+        models = {dose: m for dose, m in result.models.items() if task.keep_model and m.saveable}
+        for model in result.models.values():
+            if model not in models.values():
+                model.close()  # a peer's process ends with its run
     costs |= {
         "run_seconds": time.perf_counter() - start,
         "peak_rss_mb": _peak_rss_mb(),
@@ -153,7 +156,7 @@ def _execute(task: Task) -> RunResult:
         ids["split_seed"] = int(run.target)
     table = scores.assign(**ids, **costs)
     table = table[[*ids, *(c for c in table.columns if c not in ids)]]
-    return RunResult(run, table, predictions, models if task.keep_model else {})
+    return RunResult(run, table, predictions, models)
 
 
 def _tune(task: Task, data: AnnData, split: Split, params: dict[str, Any]) -> TuningResult:

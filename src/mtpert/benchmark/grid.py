@@ -426,6 +426,7 @@ def expand(config: BenchmarkConfig, adata: AnnData) -> Grid:
     if showcase not in shown:
         raise ConfigError(f"showcase '{showcase}' is not among the scored groups {shown}.")
     defaults: dict[str, str | None] = {}
+    unable: dict[str, str] = {}  # models that cannot serve the split, with the reason
     for name in config.models:  # fail on a bad hyperparameter now, not after hours of runs
         preset, given = get_model(config.registered(name)), config.hyperparameters(name)
         try:
@@ -434,18 +435,22 @@ def expand(config: BenchmarkConfig, adata: AnnData) -> Grid:
             raise ConfigError(f"model_params for '{name}': {error}") from error
         defaults[name] = _defaults(preset, model, given)
         if config.split == "combination" and not model.predicts_unseen_combinations:
-            raise ConfigError(
-                f"'{name}' cannot predict a combination it was not trained on, which split 'combination' asks for; "
-                "leave it out (control, the additive and linear baselines and the multi-task models can), or use another split."
+            unable[name] = (
+                f"'{name}' cannot predict a combination it was not trained on, which split 'combination' asks for "
+                "(control, the additive and linear baselines and the multi-task models can)"
             )
         if config.split == "condition" and (config.fits_per_dose(name) or not model.predicts_unseen_doses):
-            raise ConfigError(
-                f"'{name}' cannot predict a dose it was not trained on, which split 'condition' asks for; "
-                "leave it out (e.g. scvidr_multi, mtae and control can), or use split 'group'."
+            unable[name] = (
+                f"'{name}' cannot predict a dose it was not trained on, which split 'condition' asks for "
+                "(e.g. scvidr_multi, mtae and control can)"
             )
         for setting in (TUNE, UNCERTAINTY):
             if setting in config.model_params.get(name, {}) and spec.dose_key is not None and config.fits_per_dose(name):
                 raise ConfigError(f"'{name}' fits one model per dose, which {setting} does not support; leave {setting} out for it.")
+    if len(unable) == len(config.models):
+        raise ConfigError("; ".join(unable.values()) + ". Leave it out, or use another split.")
+    for name, reason in unable.items():
+        log.warning("skipping model %s", reason)
     preparation = {"n_hvg": config.n_hvg, "hvg_on_all_cells": config.hvg_on_all_cells, "min_cells": config.min_cells}
     if config.split == "combination":  # only then: the ids of other runs stay as they were
         preparation["combination_fraction"] = config.combination_fraction
@@ -463,8 +468,18 @@ def expand(config: BenchmarkConfig, adata: AnnData) -> Grid:
             RunSpec(dataset_id(config.data), spec, preparation, config.split, target, model, seed, _canonical(params), group_key, dose, *rest)
             for model, params, *rest in models
             for seed in config.seeds
+            if model not in unable
         ]
-    return Grid(tuple(runs), table.loc[~table["eligible"]].drop(columns="eligible"), showcase)
+    return Grid(tuple(runs), _skipped(table.loc[~table["eligible"]].drop(columns="eligible"), unable), showcase)
+
+
+def _skipped(targets: pd.DataFrame, models: Mapping[str, str]) -> pd.DataFrame:
+    """What is not run, with the reason: held-out targets (every model), and where some models
+    cannot serve the split, those models (every target), told by a ``model`` column."""
+    if not models:
+        return targets
+    rows = pd.DataFrame({"model": list(models), "reason": list(models.values())}, index=pd.Index([""] * len(models), name=targets.index.name))
+    return pd.concat([targets.assign(model=""), rows])
 
 
 def _defaults(preset: ModelPreset, model: PerturbationModel, given: Mapping[str, Any]) -> str | None:

@@ -76,7 +76,8 @@ def run_benchmark(
     raw = load(config.data, config.dataset_spec()) if adata is None else adata
     digest = data_sha256(raw)
     grid = expand(config, raw)
-    for group, reason in grid.skipped["reason"].items():
+    targets = grid.skipped if "model" not in grid.skipped else grid.skipped[grid.skipped["model"] == ""]
+    for group, reason in targets["reason"].items():  # the models skipped were logged by expand
         log.warning("skipping held-out group '%s': %s", group, reason)
     store = ResultStore(out) if isinstance(out, str | os.PathLike) else out
     key = config.data if adata is None else f"in-memory:{digest}"

@@ -365,7 +365,8 @@ def _sections(results, mean, detail, cost, store) -> list[_Table | _Sentences]:
     if skipped.is_file():
         table = pd.read_csv(skipped, index_col=0)
         if len(table):
-            out.append(_Table("Groups not held out (too few cells)", "", table.astype(str)))
+            title = "Not run: groups too small to hold out" + (", models that cannot serve the split" if "model" in table else " (too few cells)")
+            out.append(_Table(title, "", table.fillna("").astype(str)))
     out.append(_Table("Provenance", "The code that made the runs (each run file records it, with the data's sha256).", provenance(results).fillna("").astype(str)))
     return out
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from mtpert.cli import benchmark, data, demo, evaluate, fit, models, study, tune
+from mtpert.cli import benchmark, data, demo, evaluate, fit, models, peers, study, tune
 from mtpert.cli.options import console, fit_consoles_to_output
 
 VERSIONS_OF = ("python", "torch", "anndata", "scanpy", "numpy")
@@ -65,3 +65,4 @@ app.command("report")(benchmark.report)
 app.add_typer(study.app, name="study")
 app.command("demo")(demo.demo)
 app.command("models")(models.models)
+app.add_typer(peers.app, name="peers")

@@ -4,6 +4,8 @@ Models are taken by name from :data:`MODELS`; add your own with :func:`register_
 entry point in the group ``mtpert.models`` (see :mod:`mtpert.models.registry`). Cross-modal
 models (one modality of a cell from another) are taken by name from :data:`CROSSMODAL_MODELS`
 (:func:`get_crossmodal`; :func:`register_crossmodal` or the ``mtpert.crossmodal`` entry points).
+The field's own models (CPA, State, CellFlow, pertpy's scGen) are registered too: each runs in an
+environment of its own (:data:`PEERS`, :func:`setup_peer`) through :class:`ExternalModel`.
 
 Each name below is imported from its module the first time it is used, so that reading the
 registry (``mtpert models``) does not import every model, and torch with them.
@@ -22,9 +24,11 @@ if TYPE_CHECKING:  # what the names are, for type checkers and the API docs
         OwnGene,
         RidgeMap,
     )
+    from mtpert.models.external import ExternalModel
     from mtpert.models.latent_shift import LatentShiftModel
     from mtpert.models.linear import LinearModel
     from mtpert.models.multitask import MultiTaskModel
+    from mtpert.models.peer_envs import PEERS, Peer, peer_status, setup_peer
     from mtpert.models.registry import (
         CROSSMODAL_MODELS,
         MODELS,
@@ -48,9 +52,11 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "attribution": ("attribute", "attribute_crossmodal", "own_feature_ranks"),
     "base": ("NotFittedError", "PerturbationModel"),
     "crossmodal": ("CrossModalModel", "MultimodalAE", "NeighbourMean", "OwnGene", "RidgeMap"),
+    "external": ("ExternalModel",),
     "latent_shift": ("LatentShiftModel",),
     "linear": ("LinearModel",),
     "multitask": ("MultiTaskModel",),
+    "peer_envs": ("PEERS", "Peer", "peer_status", "setup_peer"),
     "registry": (
         "CROSSMODAL_MODELS",
         "MODELS",
@@ -77,11 +83,13 @@ _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in nam
 __all__ = [
     "CROSSMODAL_MODELS",
     "MODELS",
+    "PEERS",
     "Additive",
     "Choice",
     "ControlPredictor",
     "CrossModalModel",
     "CrossModalRegistry",
+    "ExternalModel",
     "FloatRange",
     "GlobalMean",
     "Hyperparameters",
@@ -96,6 +104,7 @@ __all__ = [
     "NeighbourMean",
     "NotFittedError",
     "OwnGene",
+    "Peer",
     "PerturbationModel",
     "RidgeMap",
     "SamsVAE",
@@ -108,8 +117,10 @@ __all__ = [
     "get_model",
     "list_models",
     "own_feature_ranks",
+    "peer_status",
     "register_crossmodal",
     "register_model",
+    "setup_peer",
 ]
 
 

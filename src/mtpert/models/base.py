@@ -84,6 +84,9 @@ class PerturbationModel(ABC):
     predicts_unseen_combinations: bool = False
     """Whether the model can be asked for a combination (``"A+B"``) never seen in training, from
     its parts; a benchmark holding combinations out needs it."""
+    saveable: bool = True
+    """Whether :meth:`save` can write the fitted model; a peer's fitted state lives in its own
+    process (:class:`~mtpert.models.external.ExternalModel`) and is not saved."""
 
     def __init__(self, spec: DatasetSpec, **hparams: Any) -> None:
         self.spec = spec
@@ -129,15 +132,30 @@ class PerturbationModel(ABC):
         Returns a new AnnData: one predicted cell per input cell, the model's genes, the input's
         obs with the condition (and dose) columns set to what was predicted.
         """
+        return self.predict_many([(control, condition, dose)])[0]
+
+    def predict_many(self, requests: Sequence[tuple[AnnData, str, float | None]]) -> list[AnnData]:
+        """:meth:`predict` for each ``(control, condition, dose)`` of ``requests``, asked at once:
+        a model that pays a fixed cost per call (a peer in its own process) answers them together."""
+        asked = [self._request(control, condition, dose) for control, condition, dose in requests]
+        with self._running():
+            arrays = self._predict_many(asked)
+        return [self._predicted(control, condition, dose, X) for (control, condition, dose), X in zip(asked, arrays, strict=True)]
+
+    def _request(self, control: AnnData, condition: str, dose: float | None) -> tuple[AnnData, str, float | None]:
+        """A prediction request checked and put in canonical form: the control cells on the model's
+        genes, the condition as its label (``' A + B '`` is ``'A+B'``)."""
         control = self._aligned(control)
         if self.spec.dose_key is not None and dose is None:
             raise DataError(f"This dataset has doses (obs['{self.spec.dose_key}']); pass dose= to predict.")
         parts = parse_label(condition, self.spec)  # refuses a label that cannot be read
         if not parts:
             raise DataError(f"'{condition}' is the control condition; ask for a perturbation to predict.")
-        condition = (self.spec.combination_separator or "").join(parts)  # ' A + B ' is 'A+B'
-        with self._running():
-            X = np.asarray(self._predict(control, condition, dose), dtype=np.float32)
+        return control, (self.spec.combination_separator or "").join(parts), dose
+
+    def _predicted(self, control: AnnData, condition: str, dose: float | None, X: np.ndarray) -> AnnData:
+        """The predicted cells ``X`` of a request as an AnnData labelled with what was predicted."""
+        X = np.asarray(X, dtype=np.float32)
         if X.shape != control.shape:
             raise RuntimeError(f"{self.name} predicted shape {X.shape}, expected {control.shape}.")
         obs = control.obs.copy()
@@ -147,6 +165,10 @@ class PerturbationModel(ABC):
         out = AnnData(X=X, obs=obs, var=control.var.copy())
         out.uns[PREDICTION_KEY] = {"model": self.name, "condition": condition, "dose": np.nan if dose is None else dose}
         return out
+
+    def close(self) -> None:
+        """Free what the fitted model holds outside this process (a peer's process and its files);
+        nothing to do for mtpert's own models. A closed peer model must be fitted again."""
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the model to directory ``path`` (created if missing). Its files are replaced
@@ -252,6 +274,10 @@ class PerturbationModel(ABC):
     @abstractmethod
     def _predict(self, control: AnnData, condition: str, dose: float | None) -> np.ndarray:
         """Dense (n_cells, n_genes) predicted log-expression for ``control`` cells."""
+
+    def _predict_many(self, requests: Sequence[tuple[AnnData, str, float | None]]) -> list[np.ndarray]:
+        """:meth:`_predict` of each checked request; override to answer them together."""
+        return [self._predict(control, condition, dose) for control, condition, dose in requests]
 
     @abstractmethod
     def _learned(self) -> dict[str, Any]:

@@ -115,6 +115,7 @@ class ModelPreset:
 _MULTITASK = "mtpert.models.multitask:MultiTaskModel"
 _LATENT_SHIFT = "mtpert.models.latent_shift:LatentShiftModel"
 _SAMS = "mtpert.models.sams:SamsVAE"
+_EXTERNAL = "mtpert.models.external:ExternalModel"
 
 BUILTIN_MODELS: tuple[ModelPreset, ...] = (
     ModelPreset("control", "mtpert.models.simple:ControlPredictor"),
@@ -139,6 +140,11 @@ BUILTIN_MODELS: tuple[ModelPreset, ...] = (
     ModelPreset("scbutterfly", "mtpert.models.scbutterfly:ScButterfly"),
     ModelPreset("gpo_vae", _SAMS),
     ModelPreset("sams_vae", _SAMS, {"alignment": "none"}),
+    # the field's originals, each run in its own environment (mtpert.models.peer_envs.PEERS)
+    ModelPreset("pertpy_scgen", _EXTERNAL, {"peer": "pertpy_scgen"}, one_dose_at_a_time=True),
+    ModelPreset("cpa", _EXTERNAL, {"peer": "cpa"}),
+    ModelPreset("state", _EXTERNAL, {"peer": "state"}),
+    ModelPreset("cellflow", _EXTERNAL, {"peer": "cellflow"}),
 )
 """The models mtpert ships."""
 
