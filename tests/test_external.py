@@ -338,9 +338,7 @@ def test_setting_up_a_peer_makes_an_environment_it_then_runs_under(monkeypatch, 
     monkeypatch.setitem(PEERS, "bare", bare)
     monkeypatch.setenv("MTPERT_PEERS_DIR", str(tmp_path))
     monkeypatch.setattr(
-        peer_envs.shutil,
-        "which",
-        lambda name: sys.executable if name == f"python{python}" else None,
+        peer_envs, "find_python", lambda version: sys.executable if version == python else None
     )
     steps: list[str] = []
     made = setup_peer("bare", on_step=steps.append)
@@ -382,3 +380,20 @@ def test_peers_are_registered_models_that_cannot_be_saved() -> None:
         and not MODELS["pertpy_scgen"](SPEC).predicts_unseen_combinations
     )
     assert PerturbationModel.saveable
+
+
+@pytest.mark.parametrize("name", list(PEERS))
+def test_a_peer_runner_loads_without_its_peer(name) -> None:
+    """A runner is loaded by its peer's Python, whose packages mtpert's lacks: loading it here,
+    with numpy and anndata only, proves it imports its peer inside train and predict."""
+    import importlib.util
+
+    runner = PEERS[name].runner
+    assert (
+        runner.is_file() and runner.name == f"run_{name}.py"
+    )  # <name>.py would shadow its package
+    spec = importlib.util.spec_from_file_location(f"runner_{name}", runner)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert callable(module.train) and callable(module.predict)
+    assert "serve(train, predict)" in runner.read_text()

@@ -194,7 +194,7 @@ class _LiveView:
         grid = plan.grid  # skipped groups were already logged by run_benchmark
         console.print(
             f"{len(grid.runs)} runs ({escape(grid.runs[0].dataset)}): {len({r.heldout for r in grid.runs})} held-out targets x "
-            f"{len({r.model for r in grid.runs})} models (noise ceiling included) x {len(plan.config.seeds)} seeds; "
+            f"{len({r.model for r in grid.runs})} models (noise ceiling included) x {len({r.seed for r in grid.runs})} seeds; "
             f"{plan.n_done} already done, {len(plan.todo)} to run"
         )
         self.labels = {t.run.id: t.run.label() for t in plan.todo}

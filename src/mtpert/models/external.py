@@ -163,7 +163,8 @@ class ExternalModel(PerturbationModel):
 
     def _checked(self, pred: AnnData, control: AnnData) -> np.ndarray:
         """The peer's predicted cells as an array over the model's genes, once they are what was
-        asked for: one cell per control cell, the same genes, finite, log-normalized."""
+        asked for: one cell per control cell, the same genes, finite, log-normalized; negative
+        values (a linear decoder's) are clipped at 0."""
         where = f"{self.name} predicted"
         if pred.n_obs != control.n_obs:
             raise PeerError(
@@ -193,7 +194,9 @@ class ExternalModel(PerturbationModel):
             raise PeerError(
                 f"{where} values up to {X.max():g}, beyond log-normalized expression (at most {LOG_MAX:g}); return normalized (total 1e4), log1p values."
             )
-        return X
+        return np.clip(
+            X, 0, None, out=X
+        )  # a linear decoder's negative values are no expression (as mtpert's own models)
 
     def _handed_over(self, adata: AnnData, split: str | None = None) -> AnnData:
         """The cells to hand over: X, the counts where there are, and only the obs columns the

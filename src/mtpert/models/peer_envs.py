@@ -53,7 +53,8 @@ class Peer:
 
     @property
     def runner(self) -> Path:
-        return RUNNERS / f"{self.name}.py"
+        """Its runner script: ``run_<name>.py``, since ``<name>.py`` would shadow the package it imports."""
+        return RUNNERS / f"run_{self.name}.py"
 
     @property
     def env_var(self) -> str:
@@ -95,6 +96,7 @@ PEERS: dict[str, Peer] = {
                     "rdkit-pypi",
                 ),
                 ("--no-deps", "cpa-tools==0.8.8"),
+                ("adjustText",),  # imported by cpa, not among its pins
             ),
             predicts_unseen_combinations=True,
         ),
@@ -103,7 +105,9 @@ PEERS: dict[str, Peer] = {
             "State's transition model (arc-state 0.11.1), trained from scratch on the fold's expression",
             "3.11",
             "arc-state",
-            (_CPU_TORCH, ("arc-state==0.11.1", "torch==2.13.0")),
+            # torch is named again in each step, so that pip keeps the CPU build; transformers 5
+            # refuses State's tutorial size (hidden 328 with 12 attention heads)
+            (_CPU_TORCH, ("arc-state==0.11.1", *_CPU_TORCH), ("transformers<5", *_CPU_TORCH)),
         ),
         Peer(
             "cellflow",
@@ -230,7 +234,7 @@ def setup_peer(
     peer = get_peer(name)
     base = Path(folder).expanduser() if folder is not None else peers_dir()
     env = base / name
-    interpreter = shutil.which(f"python{peer.python}")
+    interpreter = find_python(peer.python)
     if interpreter is None:
         raise MissingDependencyError(
             f"Peer '{name}' needs Python {peer.python} (its pins do not install on others), and no python{peer.python} "
@@ -291,6 +295,30 @@ def setup_peer(
             f"{name}: ready in {record['seconds']:.0f} s ({peer.distribution} {record['version']}); log in {log}"
         )
         return python
+
+
+def find_python(version: str) -> str | None:
+    """A Python ``version`` (``"3.10"``) interpreter that runs: ``python3.10`` on PATH, else one
+    that pyenv installed but has not made global (its shim on PATH then fails)."""
+    candidates = [shutil.which(f"python{version}")]
+    pyenv = Path(os.environ.get("PYENV_ROOT") or Path.home() / ".pyenv") / "versions"
+    candidates += sorted(str(p) for p in pyenv.glob(f"{version}.*/bin/python{version}"))[::-1]
+    for candidate in filter(None, candidates):
+        try:
+            done = subprocess.run(
+                [candidate, "-c", "import sys; print(sys.version_info[:2])"],
+                check=False,
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if done.returncode == 0 and done.stdout.strip() == str(
+            tuple(int(v) for v in version.split("."))
+        ):
+            return candidate
+    return None
 
 
 def _tail(path: Path, lines: int = 25) -> str:
