@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -219,6 +220,13 @@ def test_a_peer_ends_when_mtpert_is_killed(fold, raw, tmp_path) -> None:
     while _alive(peer) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not _alive(peer)
+    [left] = [
+        f
+        for f in Path(tempfile.gettempdir()).glob("mtpert-peer-fake_peer-*")
+        if (f / "owner.pid").read_text() == str(mtpert.pid)
+    ]
+    fit(fake(), fold).close()  # the next peer's start removes what the killed one left
+    assert not left.exists()
 
 
 # ---------------------------------------------------------------------------- in a benchmark

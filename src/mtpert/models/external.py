@@ -40,6 +40,7 @@ from anndata import AnnData, read_h5ad
 from mtpert.data.pp import COUNTS_LAYER, LOG_MAX
 from mtpert.data.spec import DatasetSpec
 from mtpert.errors import MtpertError, PeerError
+from mtpert.lock import process_alive
 from mtpert.models.base import PerturbationModel
 from mtpert.models.peer_envs import RUNNERS, get_peer, peer_python, setup_command
 from mtpert.train.loop import resolve_device
@@ -48,6 +49,10 @@ POLL_SECONDS = 0.1
 """How often mtpert looks for the peer's answer (and whether the peer still runs)."""
 LOG_TAIL_LINES = 40
 """Lines of the peer's output an error shows."""
+FOLDER_PREFIX = "mtpert-peer-"
+"""Name prefix of a peer's private folder (in the temporary folder)."""
+OWNER_FILE = "owner.pid"
+"""File of a peer's folder naming the mtpert process it belongs to."""
 
 
 class ExternalModel(PerturbationModel):
@@ -332,8 +337,10 @@ class _PeerProcess:
     ) -> _PeerProcess:
         """Write the training cells and settings, start the runner, and wait until it trained.
         ``setup``: the command that rebuilds the peer's environment, for failures that need it."""
-        folder = Path(tempfile.mkdtemp(prefix=f"mtpert-peer-{name}-"))
+        _remove_abandoned()
+        folder = Path(tempfile.mkdtemp(prefix=f"{FOLDER_PREFIX}{name}-"))
         try:
+            (folder / OWNER_FILE).write_text(str(os.getpid()))
             (folder / "settings.json").write_text(json.dumps(settings))
             _concat(cells).write_h5ad(folder / "train.h5ad")
             env = {
@@ -429,6 +436,18 @@ class _PeerProcess:
 
     def stop(self) -> None:
         self._finalizer()
+
+
+def _remove_abandoned() -> None:
+    """Remove the folders of peers whose mtpert process was killed (no clean-up ran; the peer
+    died with it), so that killed benchmarks do not fill the temporary folder."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{FOLDER_PREFIX}*"):
+        try:
+            owner = int((folder / OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            continue  # not one of ours, or being created
+        if not process_alive(owner):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _concat(cells: Sequence[AnnData]) -> AnnData:

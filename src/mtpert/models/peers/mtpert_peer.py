@@ -41,7 +41,7 @@ Predict = Callable[[Any, ad.AnnData, str, "float | None"], "np.ndarray | ad.AnnD
 def serve(train: Train, predict: Predict) -> None:
     """Train on ``WORKDIR/train.h5ad`` (``WORKDIR`` is the first argument), then answer
     prediction requests until stdin ends."""
-    _die_with_parent()
+    die_with_parent()
     workdir = Path(sys.argv[1])
     settings = json.loads((workdir / "settings.json").read_text())
     _seed(settings["seed"])
@@ -100,9 +100,10 @@ def _answer(path: Path, content: dict[str, Any]) -> None:
     os.replace(partial, path)
 
 
-def _die_with_parent() -> None:
-    """Ask Linux to end this process when mtpert's ends (a killed benchmark leaves no peer
-    training on); elsewhere it ends at the end of stdin, once trained."""
+def die_with_parent() -> None:
+    """Ask Linux to end this process when its parent ends: the runner with mtpert (a killed
+    benchmark leaves no peer training on; elsewhere it ends at the end of stdin, once trained),
+    and, as a subprocess's ``preexec_fn``, a program a runner starts with the runner."""
     parent = os.getppid()
     try:
         import ctypes

@@ -68,6 +68,7 @@ def train(cells: ad.AnnData, settings: dict) -> tuple[dict, dict]:
 
     import pandas as pd
     import torch
+    from mtpert_peer import die_with_parent
     from state.tx.models.state_transition import StateTransitionPerturbationModel
 
     keys, seed, threads = settings["keys"], int(settings["seed"]), int(settings["threads"])
@@ -95,7 +96,8 @@ def train(cells: ad.AnnData, settings: dict) -> tuple[dict, dict]:
     data = ad.AnnData(X=x, obs=obs, var=var)
     data.obsm["X_hvg"] = x
 
-    with tempfile.TemporaryDirectory(prefix="mtpert_state_") as tmp:
+    # in the peer's folder (the working directory), which mtpert removes even if this is killed
+    with tempfile.TemporaryDirectory(prefix="state_", dir=os.getcwd()) as tmp:
         os.makedirs(f"{tmp}/data")
         data.write_h5ad(f"{tmp}/data/fold.h5ad")
         with open(f"{tmp}/split.toml", "w") as f:
@@ -134,6 +136,7 @@ def train(cells: ad.AnnData, settings: dict) -> tuple[dict, dict]:
         with open(f"{tmp}/train.log", "w") as log:
             done = subprocess.run(
                 [sys.executable, "-m", "state", "tx", "train", *overrides],
+                preexec_fn=die_with_parent,  # ends with this runner, as this runner ends with mtpert
                 check=False,
                 cwd=tmp,
                 env=env,
