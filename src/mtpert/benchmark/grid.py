@@ -478,8 +478,9 @@ def _skipped(targets: pd.DataFrame, models: Mapping[str, str]) -> pd.DataFrame:
     cannot serve the split, those models (every target), told by a ``model`` column."""
     if not models:
         return targets
-    rows = pd.DataFrame({"model": list(models), "reason": list(models.values())}, index=pd.Index([""] * len(models), name=targets.index.name))
-    return pd.concat([targets.assign(model=""), rows])
+    name = targets.index.name or "target"
+    rows = pd.DataFrame({"model": list(models), "reason": list(models.values())}, index=pd.Index([""] * len(models), name=name))
+    return pd.concat([targets.assign(model="").rename_axis(name), rows])
 
 
 def _defaults(preset: ModelPreset, model: PerturbationModel, given: Mapping[str, Any]) -> str | None:

@@ -366,6 +366,7 @@ def _sections(results, mean, detail, cost, store) -> list[_Table | _Sentences]:
         table = pd.read_csv(skipped, index_col=0)
         if len(table):
             title = "Not run: groups too small to hold out" + (", models that cannot serve the split" if "model" in table else " (too few cells)")
+            table.index = table.index.fillna("")  # a model skipped for every target has none
             out.append(_Table(title, "", table.fillna("").astype(str)))
     out.append(_Table("Provenance", "The code that made the runs (each run file records it, with the data's sha256).", provenance(results).fillna("").astype(str)))
     return out
