@@ -56,7 +56,7 @@ OWNER_FILE = "owner.pid"
 
 
 class ExternalModel(PerturbationModel):
-    """A model run by another Python (a peer's environment) as a child process; see the module.
+    """The field's own models (`mtpert peers`), or a runner of yours, run by their own Python as a child process.
 
     Args:
         spec: obs keys of the dataset.
