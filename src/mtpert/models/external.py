@@ -35,14 +35,14 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 import torch
-from anndata import AnnData, read_h5ad
+from anndata import AnnData, concat, read_h5ad
 
 from mtpert.data.pp import COUNTS_LAYER, LOG_MAX
 from mtpert.data.spec import DatasetSpec
 from mtpert.errors import MtpertError, PeerError
 from mtpert.lock import process_alive
 from mtpert.models.base import PerturbationModel
-from mtpert.models.peer_envs import RUNNERS, get_peer, peer_python, setup_command
+from mtpert.models.peer_envs import RUNNERS, get_peer, last_lines, peer_python, setup_command
 from mtpert.train.loop import resolve_device
 
 POLL_SECONDS = 0.1
@@ -451,11 +451,7 @@ def _remove_abandoned() -> None:
 
 
 def _concat(cells: Sequence[AnnData]) -> AnnData:
-    if len(cells) == 1:
-        return cells[0]
-    import anndata
-
-    return anndata.concat(cells, merge="first")
+    return cells[0] if len(cells) == 1 else concat(cells, merge="first")
 
 
 def _await(
@@ -497,12 +493,7 @@ def _failure(name: str, what: str, folder: Path, trace: str | None, setup: str |
 
 
 def _log_tail(folder: Path) -> str:
-    log = folder / "peer.log"
-    try:
-        lines = log.read_text(errors="replace").splitlines()
-    except OSError:
-        return "(it printed nothing)"
-    return "\n".join(lines[-LOG_TAIL_LINES:]) or "(it printed nothing)"
+    return last_lines(folder / "peer.log", LOG_TAIL_LINES) or "(it printed nothing)"
 
 
 def _thread_env(threads: int) -> dict[str, str]:

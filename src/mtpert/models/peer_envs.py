@@ -278,7 +278,7 @@ def setup_peer(
                 ).returncode:
                     raise ConfigError(
                         f"Setting up peer '{name}' failed at step {k} ({' '.join(command[5:] if k > 1 else command)}):\n"
-                        f"{_tail(log)}\nFull log: {log}. The unfinished environment is rebuilt by the next `{setup_command(name)}`."
+                        f"{last_lines(log, 25)}\nFull log: {log}. The unfinished environment is rebuilt by the next `{setup_command(name)}`."
                     )
         python = env / "bin" / "python"
         record = {
@@ -321,5 +321,10 @@ def find_python(version: str) -> str | None:
     return None
 
 
-def _tail(path: Path, lines: int = 25) -> str:
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+def last_lines(path: Path, lines: int) -> str:
+    """The last ``lines`` lines of text file ``path`` (empty where it cannot be read): the end of
+    a setup's or a peer's log, for an error message."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
