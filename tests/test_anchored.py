@@ -165,7 +165,8 @@ def test_an_anchored_model_refuses_a_dose_it_has_no_anchor_for() -> None:
         model.predict(data[data.obs["condition"] == "control"], "stimulated", 0.7)
 
 
-def test_anchor_weights_keep_a_change_that_carries_over_and_drop_one_that_does_not() -> None:
+@pytest.mark.parametrize("shrinkage", ["expected", "lower_bound"])
+def test_anchor_weights_keep_a_change_that_carries_over_and_drop_one_that_does_not(shrinkage) -> None:
     rng = np.random.default_rng(0)
     shared = rng.normal(0, 1, 200)
     noise = np.full((3, 200), 0.01)  # the sampling variance of each group's change
@@ -179,8 +180,12 @@ def test_anchor_weights_keep_a_change_that_carries_over_and_drop_one_that_does_n
         np.stack([carried, unrelated, only_noise, alone]).astype(np.float32),
         np.stack([noise] * 4),
     )
-    weights = anchor_weights(table)
-    assert weights[0] > 0.95 and weights[1] < 0.15 and weights[2] == 0.0
+    weights = anchor_weights(table, shrinkage)
+    assert weights[0] > 0.95 and weights[1] < 0.15
+    if shrinkage == "lower_bound":
+        assert weights[2] == 0.0  # no better than noise: exactly no change
+    else:  # a small weight, which keeps the sign of the mean change
+        assert 0.0 < weights[2] < 0.1
     assert weights[3] == 1.0  # measured in one group: nothing to judge it by
 
 
@@ -196,9 +201,9 @@ def test_a_perturbation_whose_change_does_not_carry_over_is_predicted_as_no_chan
         X[np.ix_(rows, range(20 + 5 * i, 25 + 5 * i))] += rng.uniform(0.5, 1.5)
     data.X, data.obs["condition"] = X, condition
     model = fit(data, held_out, max_epochs=10)
-    assert model.anchor_weights["private"] == 0.0 and model.anchor_weights["stimulated"] > 0.9
-    assert model.fit_summary()["anchors_at_no_change"] == 1
-    assert "1 of 2 training conditions carry no change" in model.gate_note
+    assert model.anchor_weights["private"] < 0.1 and model.anchor_weights["stimulated"] > 0.9
+    assert model.fit_summary()["anchors_near_no_change"] == 1
+    assert "1 of 2 training conditions carry (almost) no change" in model.gate_note
     control = data[(data.obs["cell_type"] == held_out) & (data.obs["condition"] == "control")]
     predicted = dense(model.predict(control, "private").X).mean(0) - dense(control.X).mean(0)
     shift = dense(get_model("mean_shift")(SPEC).fit(data[data.obs["cell_type"] != held_out]).predict(control, "private").X).mean(0) - dense(control.X).mean(0)
@@ -285,7 +290,8 @@ def test_anchor_groups_judge_the_anchor_over_replicates_of_one_cell_line() -> No
     one_group = get_model("mtae_anchored")(SPEC, **(FAST | {"max_epochs": 2})).fit(data)
     assert one_group.anchor_weights == {"silent": 1.0, "works": 1.0}  # nothing to judge them by
     by_replicate = get_model("mtae_anchored")(SPEC, **(FAST | {"max_epochs": 2, "anchor_groups": "replicate"})).fit(data)
-    assert by_replicate.anchor_weights["silent"] == 0.0 and by_replicate.anchor_weights["works"] > 0.9
+    # 60 genes of noise: the expected shared change is a fifth of the noise's, not nothing
+    assert by_replicate.anchor_weights["silent"] < 0.25 and by_replicate.anchor_weights["works"] > 0.9
     control = data[data.obs["condition"] == "control"]
     silent = dense(by_replicate.predict(control, "silent").X).mean(0) - dense(control.X).mean(0)
     assert np.abs(silent).max() < 0.05

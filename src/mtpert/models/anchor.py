@@ -32,6 +32,7 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
+import scipy.stats
 
 from mtpert.data.spec import DatasetSpec
 from mtpert.errors import DataError
@@ -39,6 +40,8 @@ from mtpert.models.linear import LinearModel
 from mtpert.models.simple import ConditionKey, MeanChanges, key_string, parts_alone, some
 
 AnchorKind = Literal["auto", "mean_shift", "additive", "none"]
+AnchorShrinkage = Literal["expected", "lower_bound"]
+"""How :func:`anchor_weights` reads the groups' agreement (see there)."""
 Evidence = tuple[np.ndarray, np.ndarray, np.ndarray]
 """One held-out (group, condition): the network's mean correction, the miss (observed change
 minus anchor) and the miss's sampling variance, each (genes,)."""
@@ -140,19 +143,30 @@ class Anchors:
         return {k: i for i, k in enumerate(self.keys) if not np.isnan(self.shifts[i]).all()}
 
 
-def anchor_weights(table: MeanChanges) -> np.ndarray:
+def anchor_weights(table: MeanChanges, shrinkage: AnchorShrinkage = "expected") -> np.ndarray:
     """Each key's weight in [0, 1] between no change (0) and its mean change over the training
     groups (1), chosen by leaving each group out. A perturbation without a detectable effect, or
     whose effect differs between groups, gets a weight near 0. Keys measured in fewer than 2
     groups keep weight 1 (nothing to judge them by).
 
     Over the n groups with the key, the other groups' mean change predicts the left-out group's:
-    their agreement ``A`` (less what it owes to sampling noise, from ``table.noise``) estimates
-    n times the shared change's energy, and the predictions' energy ``E`` that plus the group-
-    specific part averaged over n - 1 groups. The anchor averages all n, whose specific part is
-    smaller by (n - 1) / n, so the weight that best predicts a new group's change from it is
-    ``A / (A + (E - A) (n - 1) / n)`` (the leave-one-out least squares ``A / E`` would shrink it
-    as if it averaged n - 1)."""
+    their agreement ``A`` estimates n times the shared change's energy, and the predictions'
+    energy ``E`` that plus the group-specific part averaged over n - 1 groups. The anchor
+    averages all n, whose specific part is smaller by (n - 1) / n, so the weight that best
+    predicts a new group's change from it is ``A / (A + (E - A) (n - 1) / n)`` (the leave-one-out
+    least squares ``A / E`` would shrink it as if it averaged n - 1).
+
+    The measured agreement carries sampling noise (its sd ``s`` from ``table.noise``), and the
+    shared energy it estimates cannot be negative. ``shrinkage`` says which estimate of ``A``:
+
+    * ``expected``: its expected value given the measured agreement ``a`` (a flat prior on
+      ``A >= 0``, ``a ~ N(A, s^2)``: the mean of that normal truncated at 0,
+      ``a + s phi(a/s) / Phi(a/s)``). Never exactly 0: where the groups do not agree the weight
+      is small (a few hundredths) but keeps the sign of the mean change, which is still the best
+      guess of each gene's direction.
+    * ``lower_bound``: ``a - s``, and weight 0 where that is not above 0: a change that repeats
+      no better than noise is predicted as exactly no change.
+    """
     weights = np.ones(len(table.keys))
     for k in range(len(table.keys)):
         have = np.flatnonzero(~np.isnan(table.changes[k]).all(axis=1))
@@ -168,13 +182,27 @@ def anchor_weights(table: MeanChanges) -> np.ndarray:
         others = [(changes.sum(0) - changes[i]) / (n - 1) for i in range(n)]
         # the noise of the left-out change and of the others' mean, summed (both enter the agreement)
         noises = [noise[i] + (noise.sum(0) - noise[i]) / (n - 1) ** 2 for i in range(n)]
-        agreement, energy = _agreement(others, list(changes), noises)
+        measured, spread, energy = _agreement_terms(others, list(changes), noises)
+        agreement = (
+            _expected_non_negative(measured, spread)
+            if shrinkage == "expected"
+            else measured - spread
+        )
         if agreement > 0:
             specific = max(energy - agreement, 0.0) * (n - 1) / n
             weights[k] = min(agreement / (agreement + specific), 1.0)
         else:
             weights[k] = 0.0
     return weights
+
+
+def _expected_non_negative(measured: float, sd: float) -> float:
+    """``E[A | a]`` for ``a ~ N(A, sd^2)`` and a flat prior on ``A >= 0``: the mean of
+    ``N(a, sd^2)`` truncated at 0 (``max(a, 0)`` without noise)."""
+    if sd <= 0:
+        return max(measured, 0.0)
+    z = measured / sd
+    return float(measured + sd * np.exp(scipy.stats.norm.logpdf(z) - scipy.stats.norm.logcdf(z)))
 
 
 def anchor_per_cell(
@@ -271,7 +299,16 @@ def _agreement(
 ) -> tuple[float, float]:
     """``sum <correction, miss>`` less one standard deviation of its sampling noise (the misses'
     variances ``noises``), and ``sum ||correction||^2``."""
+    agreement, spread, energy = _agreement_terms(corrections, misses, noises)
+    return agreement - spread, energy
+
+
+def _agreement_terms(
+    corrections: Sequence[np.ndarray], misses: Sequence[np.ndarray], noises: Sequence[np.ndarray]
+) -> tuple[float, float, float]:
+    """``sum <correction, miss>``, the standard deviation of its sampling noise (the misses'
+    variances ``noises``), and ``sum ||correction||^2``."""
     energy = float(sum(np.dot(c, c) for c in corrections))
     agreement = sum(float(np.dot(c, m)) for c, m in zip(corrections, misses, strict=True))
     spread = np.sqrt(sum(float(np.dot(c * c, v)) for c, v in zip(corrections, noises, strict=True)))
-    return agreement - float(spread), energy
+    return agreement, float(spread), energy

@@ -451,9 +451,10 @@ def _model_class(
     )
 
 
-SAVED_BEFORE_THEY_EXISTED = {"schedule": "plateau"}
+SAVED_BEFORE_THEY_EXISTED = {"schedule": "plateau", "anchor_shrinkage": "lower_bound"}
 """Settings a model saved before they existed was trained with: its file lacks them, and the
-current default (the multi-task family's ``cosine``) would misstate how it was trained."""
+current default (the multi-task family's ``cosine`` schedule, ``expected`` anchor shrinkage) would
+misstate how it was trained."""
 
 
 def _from_files(

@@ -60,6 +60,7 @@ from mtpert.models.anchor import (
     ANCHOR_MIN_CELLS,
     AnchorKind,
     Anchors,
+    AnchorShrinkage,
     Evidence,
     LinearAnchor,
     anchor_per_cell,
@@ -89,6 +90,8 @@ Regularizer = Literal["none", "adversarial", "gaussian"]
 Objective = Literal["reconstruction", "ot", "both"]
 Prediction = Literal["decoded", "residual"]
 
+NEAR_NO_CHANGE = 0.1
+"""An anchor weight below this predicts (nearly) no change: the gate note and fit summary count it."""
 INSTANCE_NOISE = 1.0
 """Standard deviation of the noise added to prior draws and latents alike before the gaussian
 regularizer's discriminator. Without it the discriminator separates them perfectly within a few
@@ -413,6 +416,11 @@ class MultiTaskParams(Hyperparameters):
             cell-type key. Name the held-out unit where it is not the cell type, e.g.
             ``replicate`` when replicates are held out of one cell line: a knock-out whose change
             does not repeat between replicates is then predicted as no change.
+        anchor_shrinkage: how a condition's anchor weight reads the agreement of its training
+            groups (:func:`~mtpert.models.anchor.anchor_weights`): ``expected`` (the expected
+            shared change given the measured agreement: a change that does not repeat gets a
+            small weight that keeps its direction) or ``lower_bound`` (the agreement less one
+            sd of its noise: such a change is predicted as exactly none).
         hidden: encoder hidden widths (the decoder mirrors them).
         latent_dim: latent size.
         dose_dim: width of the dose embedding, used when the spec has a dose key.
@@ -443,6 +451,7 @@ class MultiTaskParams(Hyperparameters):
     anchor: AnchorKind = "none"
     gate_folds: int = 3
     anchor_groups: str | None = None
+    anchor_shrinkage: AnchorShrinkage = "expected"
     hidden: tuple[int, ...] = (256, 128)
     latent_dim: int = 64
     dose_dim: int = 16
@@ -472,6 +481,7 @@ class MultiTaskParams(Hyperparameters):
                 "objective='ot' never trains; use objective='both' or prediction='decoded'."
             )
         check_choice("anchor", self.anchor, get_args(AnchorKind))
+        check_choice("anchor_shrinkage", self.anchor_shrinkage, get_args(AnchorShrinkage))
         if self.anchor != "none" and self.prediction != "residual":
             raise ValueError(
                 f"anchor='{self.anchor}' adds the network's change to the anchor's, which needs "
@@ -624,7 +634,7 @@ class MultiTaskModel(TrainedModel):
             table = mean_changes(
                 train_data, self._anchor_spec, ANCHOR_MIN_CELLS, model=self.name, noise=True
             )
-            weights = anchor_weights(table)
+            weights = anchor_weights(table, self.params.anchor_shrinkage)
             if self._given_weights is not None:  # an inner fit: the outer model's weights
                 given = [self._given_weights.get(key_string(*k)) for k in table.keys]
                 weights = np.array(
@@ -862,12 +872,12 @@ class MultiTaskModel(TrainedModel):
         ``combinations`` anchored on their parts (see ``gate_folds``), and a note saying how
         (``combination_note``: how their anchor was chosen)."""
         weights = list((self.anchor_weights or {}).values())
-        muted = sum(w == 0.0 for w in weights)
+        muted = sum(w < NEAR_NO_CHANGE for w in weights)
         notes = [
-            f"{muted} of {len(weights)} training conditions carry no change from group to group "
-            "(anchor weight 0: predicted as no change)"
+            f"{muted} of {len(weights)} training conditions carry (almost) no change from group "
+            f"to group (anchor weight below {NEAR_NO_CHANGE}: predicted as (nearly) no change)"
             if muted
-            else "every anchor weight above 0",
+            else f"every anchor weight at least {NEAR_NO_CHANGE}",
             *([combination_note] if combination_note else []),
         ]
         self.gates, self.combination_gate, self.gene_gates = None, None, None
@@ -1079,6 +1089,7 @@ class MultiTaskModel(TrainedModel):
             summary |= {
                 "anchor_weight_mean": float(np.mean(weights)),
                 "anchors_at_no_change": float(sum(w == 0.0 for w in weights)),
+                "anchors_near_no_change": float(sum(w < NEAR_NO_CHANGE for w in weights)),
             }
         return summary
 
