@@ -90,6 +90,15 @@ def test_a_changed_class_default_gives_new_run_ids(sim_path, monkeypatch) -> Non
     assert after["control"].id == before["control"].id == before["control"].slot  # nothing from defaults: id as before
 
 
+def test_a_setting_added_at_its_earlier_behaviour_keeps_run_ids(sim_path) -> None:
+    """min_steps=0 trains as every run recorded before min_steps existed: it does not enter the
+    id (scGen takes 0); the multi-task family's 300 does, since it can train longer."""
+    adata = ad.read_h5ad(sim_path)
+    runs = {r.model: r for r in expand(config(sim_path, models=("scgen", "mtae")), adata).runs}
+    assert "min_steps" not in json.loads(runs["scgen"].hparams)
+    assert json.loads(runs["mtae"].hparams)["min_steps"] == 300
+
+
 def test_a_resume_over_a_changed_default_reruns_those_runs_and_says_so(sim_path, tmp_path, monkeypatch, caplog) -> None:
     out = tmp_path / "out"
     run_benchmark(config(sim_path), out)

@@ -190,6 +190,22 @@ def test_learning_rate_warms_up_then_follows_its_schedule(schedule: str, cells) 
         assert set(np.round(after / 1e-2, 6)) <= {1.0, 0.5, 0.25, 0.125, 0.0625}
 
 
+def test_small_data_trains_at_least_min_steps(cells) -> None:
+    """36 cells in minibatches of 16 are 3 steps an epoch: 2 epochs would be 6 steps, so 30
+    min_steps plan 10 epochs, and the cosine schedule ends at the last of them."""
+    train, val, _ = cells
+    options = {**TINY, "max_epochs": 2, "batch_size": 16, "patience": 50, "warmup_epochs": 0, "progress": False, "num_threads": 1}
+    model = get_model("mtae")(SPEC, **options, min_steps=30).fit(train, val)
+    assert len(model.history) == 10 and model.history["lr"].iloc[-1] == pytest.approx(0.0, abs=1e-12)
+    assert len(get_model("mtae")(SPEC, **options, min_steps=0).fit(train, val).history) == 2
+    assert mtpert.train.loop.planned_epochs(TrainConfig(max_epochs=30, min_steps=300), 20_000) == 30  # reached
+    default = get_model("mtae")(SPEC).params
+    assert (default.max_epochs, default.min_steps) == (30, 300) and get_model("scgen")(SPEC).params.min_steps == 0
+    assert get_model("mtae")(SPEC, max_epochs=3).params.min_steps == 0  # a budget given is trained as given
+    with pytest.raises(ConfigError, match="min_steps"):
+        TrainConfig(min_steps=-1)
+
+
 def test_an_unknown_schedule_or_precision_is_refused() -> None:
     with pytest.raises(ValueError, match=r"schedule must be one of \['plateau', 'cosine'\], got 'linear'"):
         TrainConfig(schedule="linear")  # type: ignore[arg-type]

@@ -483,15 +483,27 @@ def _skipped(targets: pd.DataFrame, models: Mapping[str, str]) -> pd.DataFrame:
     return pd.concat([targets.assign(model="").rename_axis(name), rows])
 
 
+ADDED_LATER = {"min_steps": 0}
+"""Hyperparameters added after runs were recorded, at the value that trains as those runs did:
+left out of a run's identity there, so that adding a setting does not make every recorded run of
+every model that takes it look changed."""
+
+
 def _defaults(preset: ModelPreset, model: PerturbationModel, given: Mapping[str, Any]) -> str | None:
     """Canonical JSON of the hyperparameters ``model`` (``preset`` built with ``given``) takes
     beyond ``given``: its class's defaults and its preset's options, as the built model records
-    them (a model that records none still has its constructor's); None if there are none."""
+    them (a model that records none still has its constructor's), less those of
+    :data:`ADDED_LATER` at their earlier behaviour; None if there are none."""
     declared = {
         name: p.default for name, p in preset.cls.parameters().items() if p.default is not p.empty and name not in RUNTIME_OPTIONS
     }
     effective = {**declared, **preset.params, **given, **model.hparams}
-    taken = {k: v for k, v in effective.items() if k not in given or _canonical(v) != _canonical(given[k])}
+    taken = {
+        k: v
+        for k, v in effective.items()
+        if (k not in given or _canonical(v) != _canonical(given[k]))
+        and not (k in ADDED_LATER and _canonical(v) == _canonical(ADDED_LATER[k]))
+    }
     return _canonical(taken) if taken else None
 
 

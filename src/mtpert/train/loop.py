@@ -89,7 +89,11 @@ class TrainConfig:
         lr: peak AdamW learning rate (also the discriminator's).
         weight_decay: AdamW weight decay.
         batch_size: cells per minibatch.
-        max_epochs: upper bound on passes over the training cells.
+        max_epochs: upper bound on passes over the training cells (raised to reach
+            ``min_steps``).
+        min_steps: the least optimizer steps a training plans for: on data too small for
+            ``max_epochs`` passes to reach it, the epochs are raised until they do (30 epochs of
+            320 cells are 90 steps, too few for a network to fit). 0: ``max_epochs`` as given.
         patience: epochs without a validation improvement before stopping.
         warmup_epochs: epochs of linear learning-rate warm-up from ~0 to ``lr``.
         schedule: the learning rate after warm-up. ``plateau``: ``lr``, halved after
@@ -111,6 +115,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     batch_size: int = 128
     max_epochs: int = 100
+    min_steps: int = 0
     patience: int = 15
     warmup_epochs: int = 5
     schedule: Schedule = "plateau"
@@ -136,9 +141,18 @@ class TrainConfig:
 
 
 _POSITIVE = ("lr", "batch_size", "max_epochs", "patience", "grad_clip", "disc_steps")
-_NON_NEGATIVE = ("warmup_epochs", "weight_decay")
-_WHOLE = frozenset({"batch_size", "max_epochs", "patience", "warmup_epochs", "disc_steps"})
+_NON_NEGATIVE = ("warmup_epochs", "weight_decay", "min_steps")
+_WHOLE = frozenset(
+    {"batch_size", "max_epochs", "min_steps", "patience", "warmup_epochs", "disc_steps"}
+)
 """The :class:`TrainConfig` settings that count (cells, epochs, steps): integers."""
+
+
+def planned_epochs(config: TrainConfig, n_cells: int) -> int:
+    """The epochs a training on ``n_cells`` plans for: ``max_epochs``, raised where fewer would
+    not reach ``min_steps`` minibatches."""
+    steps_per_epoch = max(1, math.ceil(n_cells / config.batch_size))
+    return max(config.max_epochs, math.ceil(config.min_steps / steps_per_epoch))
 
 
 def _number_problem(name: str, value: object, *, positive: bool) -> str | None:
@@ -190,12 +204,13 @@ def train(
         else None
     )
     steps_per_epoch = math.ceil(len(data) / config.batch_size)
-    warmup_steps, total_steps = config.warmup_epochs * steps_per_epoch, config.max_epochs * steps_per_epoch
+    epochs = planned_epochs(config, len(data))
+    warmup_steps, total_steps = config.warmup_epochs * steps_per_epoch, epochs * steps_per_epoch
 
     rows: list[dict[str, float]] = []
     best, best_state, stale, step = math.inf, {}, 0, 0
-    with _epoch_reporter(config.max_epochs, progress) as report:
-        for epoch in range(1, config.max_epochs + 1):
+    with _epoch_reporter(epochs, progress) as report:
+        for epoch in range(1, epochs + 1):
             module.train()
             sums: defaultdict[str, float] = defaultdict(float)
             for batch in data.batches(config.batch_size, device=device, generator=generator):
@@ -234,7 +249,7 @@ def train(
                 stale += 1
             report(epoch, f"{prefix} loss {monitor:.4f} (best {best:.4f})")
             for listener in _EPOCH_LISTENERS.get():
-                listener(epoch, config.max_epochs)
+                listener(epoch, epochs)
             if stale >= config.patience:
                 break
     module.load_state_dict(best_state)
