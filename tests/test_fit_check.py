@@ -44,10 +44,6 @@ FEWER_EPOCHS = {"LatentShiftModel": 50, "ScButterfly": 100}
 at 50 epochs as at 100 (0.82 and 0.83 against 0.80 and 0.84), in half the time."""
 
 KNOWN_DEFECTS: dict[str, str] = {
-    "mtvae_ot": "median r 0.72 here (0.55-0.86 per condition): under-trained by its default "
-    "budget of 30 epochs, which on these 320 cells is 90 minibatches; 0.89 at 60 epochs, 0.90 at "
-    "100 or with minibatches of 32, 0.93 on a 1,560-cell screen simulation; whether the default "
-    "budget should follow the data's size is for issue 28's defaults study",
     "scbutterfly": "median r 0.67 at 100 epochs, 0.74 at its default 200, 0.78 at 800: the "
     "original's input masking (input_dropout 0.5) on these dense data (every gene expressed, "
     "mean square 38x the variance across cells) buries the cells' differences in masking noise; "

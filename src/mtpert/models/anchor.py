@@ -16,7 +16,8 @@ the same per-group mean changes as :class:`~mtpert.models.simple.MeanShift` and
 
 Each condition's mean change is weighted towards no change by how well it carries over between
 the training groups (:func:`anchor_weights`): a perturbation whose change in one group does not
-predict its change in another gets the control's "no change" rather than another group's noise.
+predict its change in another gets (nearly) the control's "no change" rather than another
+group's noise.
 
 The network learns the correction from the training cells minus the anchor computed without their
 own group (leave one group out), i.e. what the anchor misses on a group it has not seen; the gate
