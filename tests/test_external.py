@@ -303,6 +303,9 @@ def test_a_model_that_cannot_serve_the_split_is_skipped_with_the_reason(
         .str.contains("cannot predict a combination it was not trained on")
         .all()
     )
+    # a later run of some of the store's models keeps the other models' reasons
+    run_benchmark(BenchmarkConfig(**{**config.to_dict(), "models": ["additive"]}), tmp_path / "out")
+    assert pd.read_csv(tmp_path / "out" / "skipped.csv").equals(skipped)
     with pytest.raises(ConfigError, match="'fake_peer' cannot predict a combination"):
         run_benchmark(
             BenchmarkConfig(**{**config.to_dict(), "models": ["fake_peer"]}), tmp_path / "other"

@@ -89,7 +89,8 @@ def run_benchmark(
             for run in grid.runs
             if not store.done(run)
         )
-        store.write_skipped(grid.skipped)
+        skipped_models = grid.skipped.get("model", [])
+        store.write_skipped(grid.skipped, {run.model for run in grid.runs} | set(skipped_models))
         plan = Plan(merged, grid, todo, store)
         if on_plan is not None:
             on_plan(plan)

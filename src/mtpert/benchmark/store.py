@@ -40,7 +40,7 @@ import platform
 import shutil
 import subprocess
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -285,9 +285,21 @@ class ResultStore:
         identity = dict(zip(IDENTITY, (run.slot, run.hparams), strict=True))
         return result.table.assign(**identity, **stamps, **{ROW_COUNT: len(result.table)})
 
-    def write_skipped(self, skipped: pd.DataFrame) -> None:
-        """Record the held-out targets too small to score, with the reason (``skipped.csv``)."""
-        write_table(skipped.reset_index(), self.root / "skipped.csv")
+    def write_skipped(self, skipped: pd.DataFrame, models: Iterable[str] = ()) -> None:
+        """Record what is not run, with the reason (``skipped.csv``): the held-out targets too
+        small to score, and the models that cannot serve the split. A run of some of the store's
+        models (``models``: those of this run) keeps the rows of the store's other models."""
+        path = self.root / "skipped.csv"
+        table = skipped.rename_axis(skipped.index.name or "target").reset_index()
+        if path.is_file():
+            old = pd.read_csv(path, dtype=str, keep_default_na=False)
+            if "model" in old:
+                kept = old[(old["model"] != "") & ~old["model"].isin(set(models))]
+                if len(kept):
+                    table = table if "model" in table else table.assign(model="")
+                    kept = kept.rename(columns={old.columns[0]: table.columns[0]})
+                    table = pd.concat([table, kept], ignore_index=True)
+        write_table(table, path)
 
     @property
     def failed(self) -> Path:
@@ -481,7 +493,7 @@ class MemoryStore:
     def write(self, result: RunResult) -> None:
         self._tables.append(result.table)
 
-    def write_skipped(self, skipped: pd.DataFrame) -> None:
+    def write_skipped(self, skipped: pd.DataFrame, models: Iterable[str] = ()) -> None:
         """Nothing to keep: :func:`~mtpert.benchmark.run_benchmark` logs the skipped targets."""
 
     def write_failure(self, run: RunSpec, error: str) -> None:
