@@ -189,6 +189,17 @@ def test_anchor_weights_keep_a_change_that_carries_over_and_drop_one_that_does_n
     assert weights[3] == 1.0  # measured in one group: nothing to judge it by
 
 
+def test_the_expected_shared_energy_is_the_truncated_normal_mean() -> None:
+    """E[A | a] for a ~ N(A, s^2), A >= 0: a + s phi(a/s) / Phi(a/s), stable far below 0."""
+    from mtpert.models.anchor import _expected_non_negative
+
+    assert _expected_non_negative(0.0, 1.0) == pytest.approx(np.sqrt(2 / np.pi))
+    assert _expected_non_negative(10.0, 1.0) == pytest.approx(10.0, abs=1e-12)  # clear agreement
+    far = _expected_non_negative(-50.0, 1.0)  # clear disagreement: small, positive, finite
+    assert 0 < far < 0.03 and far == pytest.approx(1 / 50, rel=0.01)
+    assert _expected_non_negative(-1.0, 0.0) == 0.0 and _expected_non_negative(2.0, 0.0) == 2.0
+
+
 def test_a_perturbation_whose_change_does_not_carry_over_is_predicted_as_no_change() -> None:
     data, held_out, _ = cells(deviation=0.0)
     X, types = dense(data.X), data.obs["cell_type"].astype(str).to_numpy()
