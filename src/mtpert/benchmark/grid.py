@@ -476,9 +476,9 @@ def expand(config: BenchmarkConfig, adata: AnnData) -> Grid:
 def _skipped(targets: pd.DataFrame, models: Mapping[str, str]) -> pd.DataFrame:
     """What is not run, with the reason: held-out targets (every model), and where some models
     cannot serve the split, those models (every target), told by a ``model`` column."""
-    if not models:
-        return targets
     name = targets.index.name or "target"
+    if not models:
+        return targets.rename_axis(name)
     rows = pd.DataFrame({"model": list(models), "reason": list(models.values())}, index=pd.Index([""] * len(models), name=name))
     return pd.concat([targets.assign(model="").rename_axis(name), rows])
 

@@ -290,7 +290,7 @@ class ResultStore:
         small to score, and the models that cannot serve the split. A run of some of the store's
         models (``models``: those of this run) keeps the rows of the store's other models."""
         path = self.root / "skipped.csv"
-        table = skipped.rename_axis(skipped.index.name or "target").reset_index()
+        table = skipped.reset_index()
         if path.is_file():
             old = pd.read_csv(path, dtype=str, keep_default_na=False)
             if "model" in old:

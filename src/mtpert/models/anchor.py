@@ -183,7 +183,7 @@ def anchor_weights(table: MeanChanges, shrinkage: AnchorShrinkage = "expected") 
         others = [(changes.sum(0) - changes[i]) / (n - 1) for i in range(n)]
         # the noise of the left-out change and of the others' mean, summed (both enter the agreement)
         noises = [noise[i] + (noise.sum(0) - noise[i]) / (n - 1) ** 2 for i in range(n)]
-        measured, spread, energy = _agreement_terms(others, list(changes), noises)
+        measured, spread, energy = _agreement(others, list(changes), noises)
         agreement = (
             _expected_non_negative(measured, spread)
             if shrinkage == "expected"
@@ -291,20 +291,11 @@ def gate(
     with the agreement lowered by one standard deviation of its sampling noise: a correction that
     agrees with the held-out groups only by chance gets weight 0. 0 without evidence.
     """
-    agreement, energy = _agreement(corrections, misses, noises)
-    return 0.0 if energy == 0.0 else float(np.clip(agreement / energy, 0.0, 1.0))
+    agreement, spread, energy = _agreement(corrections, misses, noises)
+    return 0.0 if energy == 0.0 else float(np.clip((agreement - spread) / energy, 0.0, 1.0))
 
 
 def _agreement(
-    corrections: Sequence[np.ndarray], misses: Sequence[np.ndarray], noises: Sequence[np.ndarray]
-) -> tuple[float, float]:
-    """``sum <correction, miss>`` less one standard deviation of its sampling noise (the misses'
-    variances ``noises``), and ``sum ||correction||^2``."""
-    agreement, spread, energy = _agreement_terms(corrections, misses, noises)
-    return agreement - spread, energy
-
-
-def _agreement_terms(
     corrections: Sequence[np.ndarray], misses: Sequence[np.ndarray], noises: Sequence[np.ndarray]
 ) -> tuple[float, float, float]:
     """``sum <correction, miss>``, the standard deviation of its sampling noise (the misses'
