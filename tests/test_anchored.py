@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from anndata import AnnData
@@ -11,7 +13,7 @@ from mtpert.data import DatasetSpec, seed_everything, simulate
 from mtpert.data.pp import prepare
 from mtpert.errors import ConfigError, DataError
 from mtpert.models import MultiTaskModel, PerturbationModel, get_model
-from mtpert.models.anchor import anchor_weights
+from mtpert.models.anchor import ControlReference, anchor_weights
 from mtpert.models.simple import MeanChanges
 
 SPEC = DatasetSpec()
@@ -117,6 +119,7 @@ def test_gates_and_anchors_survive_save_and_load(tmp_path) -> None:
         loaded.predict(control, "stimulated").X, model.predict(control, "stimulated").X
     )
     assert loaded.fit_summary()["gate_mean"] == model.fit_summary()["gate_mean"]
+    assert loaded.control_reference.between == model.control_reference.between  # type: ignore[union-attr]
 
 
 def test_anchor_none_predicts_exactly_as_the_model_without_the_option() -> None:
@@ -332,3 +335,94 @@ def test_an_additive_anchor_holds_out_only_combinations_to_gate_them() -> None:
     model = MultiTaskModel(spec, anchor="additive", **FAST).fit(data[~data.obs["condition"].isin(held)])
     assert "chosen on inner folds of the 7 training combinations" in model.gate_note
     assert model.anchor_of("B+D") == ("additive", model.combination_gate)
+
+
+def replicates(batch: float) -> AnnData:
+    """Log data of one simulated cell line in 3 replicates, half of each replicate's cells
+    knocked out (+1 on genes 0-9), each replicate's cells raised by ``batch`` times its own
+    random offset per gene: 0 makes replicates whose control means differ by sampling noise only."""
+    data = prepare(simulate(n_cell_types=1, n_genes=60, n_cells=900, seed=4), DatasetSpec(dose_key="dose"), n_hvg=0)
+    data = data[data.obs["condition"] == "control"].copy()
+    del data.obs["dose"]
+    X, n, rng = dense(data.X), data.n_obs, np.random.default_rng(0)
+    replicate = np.array(["r1", "r2", "r3"] * n)[:n]
+    condition = np.where(rng.random(n) < 0.5, "control", "knockout")
+    X[condition == "knockout", :10] += 1.0
+    for r in ("r1", "r2", "r3"):
+        X[replicate == r] += batch * rng.normal(0, 1, X.shape[1])
+    data.X, data.obs["condition"], data.obs["replicate"] = np.maximum(X, 0), condition, replicate
+    return data
+
+
+@pytest.mark.parametrize("batch", [0.0, 1.0])
+def test_the_control_cells_noise_is_removed_where_replicates_differ_by_noise_alone(batch: float) -> None:
+    """A replicate held out: where replicates differ by sampling noise only, the prediction moves
+    the given control cells' mean towards the replicates' average by (nearly) all of its deviation
+    and lands closer to the held-out knock-out cells than without; where each replicate has its own
+    offset, which its knock-out cells share, it is left (nearly) alone."""
+    data = replicates(batch)
+    obs = data.obs
+    held = (obs["replicate"] == "r3").to_numpy()
+    train = data[~(held & (obs["condition"] == "knockout").to_numpy())]
+    control = data[held & (obs["condition"] == "control").to_numpy()]
+    truth = dense(data[held & (obs["condition"] == "knockout").to_numpy()].X).mean(0)
+    options = FAST | {"max_epochs": 5, "anchor_groups": "replicate"}
+    denoised = get_model("mtae_anchored")(SPEC, **options).fit(train)
+    plain = get_model("mtae_anchored")(SPEC, **(options | {"denoise_control": False})).fit(train)
+    weight = denoised.predict(control, "knockout").uns["mtpert_prediction"]["control_denoising"]
+    assert plain.control_reference is None
+    error = {
+        name: float(np.sum((dense(m.predict(control, "knockout").X).mean(0) - truth) ** 2))
+        for name, m in (("denoised", denoised), ("plain", plain))
+    }
+    if batch == 0.0:
+        assert weight > 0.8 and error["denoised"] < 0.8 * error["plain"]
+    else:
+        assert weight < 0.01 and error["denoised"] == pytest.approx(error["plain"], rel=0.02)
+
+
+def test_between_cell_types_the_control_cells_are_not_denoised() -> None:
+    data, held_out, _ = cells(deviation=0.0)
+    model = fit(data, held_out, max_epochs=3, gate_folds=0)
+    control = data[(data.obs["cell_type"] == held_out) & (data.obs["condition"] == "control")]
+    assert model.control_reference is not None and model.control_reference.weight(dense(control.X)) < 0.05
+
+
+def test_the_control_denoising_weight_is_the_noise_share_of_the_deviation() -> None:
+    """Groups whose true control means spread with variance 1 per gene, each measured with
+    sampling variance 1 per gene: half of a new sample's deviation is noise."""
+    rng = np.random.default_rng(2)
+    n_genes, n_groups, n_cells = 2_000, 40, 100
+    true_means = rng.normal(0, 1, (n_groups, n_genes))
+    controls = true_means + rng.normal(0, 1, (n_groups, n_genes))  # means with variance 1
+    table = MeanChanges(
+        [("knockout", None)],
+        [f"g{i}" for i in range(n_groups)],
+        np.zeros((1, n_groups, n_genes), np.float32),
+        np.zeros((1, n_groups, n_genes)),
+        controls,
+        np.ones((n_groups, n_genes)),
+    )
+    reference = ControlReference.of(table)
+    assert reference is not None and reference.between == pytest.approx(n_genes, rel=0.1)
+    cells_ = rng.normal(0, np.sqrt(n_cells), (n_cells, n_genes))  # their mean's variance is 1
+    assert reference.weight(cells_) == pytest.approx(0.5, abs=0.05)
+    np.testing.assert_allclose(
+        reference.shift(cells_), -reference.weight(cells_) * (cells_.mean(0) - reference.average), rtol=1e-5
+    )
+    assert ControlReference.of(MeanChanges(table.keys, ["g0"], table.changes[:, :1], None, controls[:1])) is None
+    assert reference.weight(cells_[:1]) == 0.0  # one cell: no noise to measure
+
+
+def test_a_model_saved_before_denoise_control_existed_loads_without_it(tmp_path) -> None:
+    data = replicates(0.0)
+    options = FAST | {"max_epochs": 2, "gate_folds": 0, "anchor_groups": "replicate", "denoise_control": False}
+    model = get_model("mtae_anchored")(SPEC, **options).fit(data)
+    model.save(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config["hparams"]["denoise_control"], config["learned"]["control_between"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    loaded = PerturbationModel.load(tmp_path, device="cpu")
+    assert not loaded.params.denoise_control and loaded.control_reference is None  # type: ignore[attr-defined]
+    control = data[data.obs["condition"] == "control"]
+    np.testing.assert_array_equal(loaded.predict(control, "knockout").X, model.predict(control, "knockout").X)

@@ -19,7 +19,11 @@ weight does not matter here; which direction it points in does. The candidates:
   (the ``global_mean`` baseline's direction);
 * ``shared_plus_deviation``: ``shared`` plus each knock-down's deviation from it, both weighted
   by :func:`mtpert.models.anchor.anchor_weights` (``expected``), and ``..._lower_bound`` with the
-  deviations weighted by the ``lower_bound`` rule (no deviation where it does not repeat).
+  deviations weighted by the ``lower_bound`` rule (no deviation where it does not repeat);
+* ``anchor_denoised``: the anchored model's closed-form prediction, ``group_average`` times its
+  anchor weight plus the denoising of the held-out group's control cells
+  (:class:`mtpert.models.anchor.ControlReference`, ``denoise_control``), which moves their mean
+  towards the training groups' average by the share of its deviation that noise explains.
 
 Writes benchmarks/anchor_direction/anchor_direction.{csv,md}.
 """
@@ -41,7 +45,7 @@ from mtpert._array import dense
 from mtpert.benchmark.executors import load
 from mtpert.data import DatasetSpec
 from mtpert.data.folds import Holdout, make_fold
-from mtpert.models.anchor import anchor_weights
+from mtpert.models.anchor import ControlReference, anchor_weights
 from mtpert.models.simple import MeanChanges, mean_changes
 
 DATA_DIR = Path(os.environ.get("MTPERT_DATA_DIR", str(REPO.parent / "shared" / "data")))
@@ -61,8 +65,11 @@ SEED = 1
 MIN_CELLS = 5
 
 
-def candidates(train, spec: DatasetSpec, unit: str) -> dict[str, dict[str, np.ndarray]]:
-    """Each candidate's change (genes,) per training knock-down, from the training cells."""
+def candidates(
+    train, spec: DatasetSpec, unit: str, held_out_control: np.ndarray
+) -> dict[str, dict[str, np.ndarray]]:
+    """Each candidate's change (genes,) per training knock-down, from the training cells (and
+    for ``anchor_denoised`` the held-out group's control cells)."""
     by_unit = DatasetSpec(**{**spec.to_dict(), "cell_type_key": unit})
     table = mean_changes(train, by_unit, MIN_CELLS, model="probe", noise=True)
     average = table.averaged()
@@ -82,6 +89,8 @@ def candidates(train, spec: DatasetSpec, unit: str) -> dict[str, dict[str, np.nd
     control = spec.is_control(train)
     units = obs[unit].astype(str).to_numpy()
     control_mean = {u: X[control & (units == u)].mean(0) for u in table.groups}
+    weights = anchor_weights(table)
+    denoising = ControlReference.of(table).shift(held_out_control)
     out: dict[str, dict[str, np.ndarray]] = {}
     for k, (condition, _) in enumerate(table.keys):
         cells = (obs[spec.condition_key] == condition).to_numpy()
@@ -91,6 +100,7 @@ def candidates(train, spec: DatasetSpec, unit: str) -> dict[str, dict[str, np.nd
             "group_average": average[k],
             "matched_controls": X[cells].mean(0) - matched,
             "shared": shared,
+            "anchor_denoised": weights[k] * average[k] + denoising,
         }
     for rule in ("expected", "lower_bound"):
         weights = anchor_weights(deviations, rule)
@@ -113,8 +123,9 @@ def score(screen: str) -> pd.DataFrame:
         data, train = fold.data, fold.split.subset(fold.data, "train")
         X, obs = dense(data.X), data.obs
         held = (obs[unit].astype(str) == held_out).to_numpy()
-        truth_control = X[held & spec.is_control(data)].mean(0)
-        for condition, changes in candidates(train, spec, unit).items():
+        control = X[held & spec.is_control(data)]
+        truth_control = control.mean(0)
+        for condition, changes in candidates(train, spec, unit, control).items():
             cells = held & (obs[spec.condition_key] == condition).to_numpy()
             if cells.sum() < MIN_CELLS:
                 continue

@@ -22,6 +22,11 @@ group's noise.
 The network learns the correction from the training cells minus the anchor computed without their
 own group (leave one group out), i.e. what the anchor misses on a group it has not seen; the gate
 shrinks that correction towards 0 per condition (:func:`gate`).
+
+A prediction adds its change to the control cells it is given, whose mean carries their sampling
+noise, which the perturbed cells to predict do not share. Where the training groups' control means
+differ by little more than that noise (replicates of one cell line), :class:`ControlReference`
+removes the share of the given cells' deviation from the groups' average that noise explains.
 """
 
 from __future__ import annotations
@@ -237,6 +242,50 @@ def anchor_per_cell(
             _, change = anchors.change(spec, kind, condition, at, model=model)
             shift[in_group.index[rows]] = change
     return shift
+
+
+@dataclass(frozen=True)
+class ControlReference:
+    """The training groups' average control mean (genes,) and how far the groups' true control
+    means spread around it (``between``: their variance, summed over genes), for pulling the mean
+    of the control cells a prediction is given towards that average by the share of their
+    deviation that sampling noise explains (:meth:`shift`).
+
+    The given cells' mean ``m`` estimates their group's true control mean with the sampling
+    variance ``v`` (summed over genes, from the cells themselves); the groups' true means spread
+    around the average with variance ``between``. The best estimate of the group's true mean is
+    then ``m - w (m - average)`` with ``w = v / (v + between)`` (empirical Bayes; one weight over
+    all genes, as three groups per gene would judge it by noise). The perturbed cells of the group
+    share its true control mean, not the noise of the control cells measured beside them, so a
+    prediction is shifted by ``-w (m - average)``. Groups as different as cell types give ``w``
+    near 0; replicates of one line, whose control means differ by sampling noise, a larger one.
+    """
+
+    average: np.ndarray
+    between: float
+
+    @classmethod
+    def of(cls, table: MeanChanges) -> ControlReference | None:
+        """From ``table``'s control means and their noise (:func:`mean_changes` with ``noise``);
+        None with fewer than 2 groups (no spread to judge the noise against)."""
+        if table.controls is None or table.control_noise is None or len(table.groups) < 2:
+            return None
+        means = table.controls.astype(np.float64)
+        # E[sample variance of the means] = true spread + the means' average sampling variance
+        spread = means.var(axis=0, ddof=1).sum() - table.control_noise.mean(axis=0).sum()
+        return cls(means.mean(axis=0).astype(np.float32), max(float(spread), 0.0))
+
+    def weight(self, X: np.ndarray) -> float:
+        """The share in [0, 1] of control cells ``X``'s deviation from the average that their
+        sampling noise explains; 0 for fewer than 2 cells (no noise to measure)."""
+        noise = float(mean_and_noise(X)[1].sum())
+        total = noise + self.between
+        return noise / total if total > 0 else 0.0
+
+    def shift(self, X: np.ndarray) -> np.ndarray:
+        """What to add to each prediction from control cells ``X`` (genes,): minus the noise share
+        of their mean's deviation from the average."""
+        return (-self.weight(X) * (X.mean(0) - self.average)).astype(np.float32)
 
 
 def mean_and_noise(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

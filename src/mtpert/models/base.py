@@ -451,10 +451,14 @@ def _model_class(
     )
 
 
-SAVED_BEFORE_THEY_EXISTED = {"schedule": "plateau", "anchor_shrinkage": "lower_bound"}
+SAVED_BEFORE_THEY_EXISTED = {
+    "schedule": "plateau",
+    "anchor_shrinkage": "lower_bound",
+    "denoise_control": False,
+}
 """Settings a model saved before they existed was trained with: its file lacks them, and the
-current default (the multi-task family's ``cosine`` schedule, ``expected`` anchor shrinkage) would
-misstate how it was trained."""
+current default (the multi-task family's ``cosine`` schedule, ``expected`` anchor shrinkage,
+denoised controls) would misstate how it was trained."""
 
 
 def _from_files(

@@ -61,6 +61,7 @@ from mtpert.models.anchor import (
     AnchorKind,
     Anchors,
     AnchorShrinkage,
+    ControlReference,
     Evidence,
     LinearAnchor,
     anchor_per_cell,
@@ -425,6 +426,12 @@ class MultiTaskParams(Hyperparameters):
             shared change given the measured agreement: a change that does not repeat gets a
             small weight that keeps its direction) or ``lower_bound`` (the agreement less one
             sd of its noise: such a change is predicted as exactly none).
+        denoise_control: with an anchor and at least two anchor groups, shift each prediction by
+            the share of its control cells' mean deviation from the groups' average control that
+            their sampling noise explains (:class:`~mtpert.models.anchor.ControlReference`): the
+            perturbed cells to predict share their group's true control mean, not the noise of
+            the control cells measured beside them. Near 0 between cell types; it matters
+            between replicates of one line.
         hidden: encoder hidden widths (the decoder mirrors them).
         latent_dim: latent size.
         dose_dim: width of the dose embedding, used when the spec has a dose key.
@@ -460,6 +467,7 @@ class MultiTaskParams(Hyperparameters):
     gate_folds: int = 3
     anchor_groups: str | None = None
     anchor_shrinkage: AnchorShrinkage = "expected"
+    denoise_control: bool = True
     hidden: tuple[int, ...] = (256, 128)
     latent_dim: int = 64
     dose_dim: int = 16
@@ -548,6 +556,9 @@ class MultiTaskModel(TrainedModel):
     correction does not carry over get none of it (None: 1 for every gene)."""
     gate_note: str = ""
     """How the anchors' weights and the gates were chosen (or why gates are 0)."""
+    control_reference: ControlReference | None = None
+    """With an anchor, ``denoise_control`` and two or more anchor groups: their average control
+    and spread, against which a prediction's control cells are denoised."""
     correction_reach: np.ndarray | None = None
     """With an anchor: per gene, the largest mean change from control of any training (condition,
     group), which bounds the correction of each cell on that gene: the network may not move a gene
@@ -669,6 +680,9 @@ class MultiTaskModel(TrainedModel):
             self.anchor_weights = {
                 key_string(*k): float(w) for k, w in zip(table.keys, weights, strict=True)
             }
+            self.control_reference = (
+                ControlReference.of(table) if self.params.denoise_control else None
+            )
             net_train = self._minus_anchor(train_data, table, weights)
             net_val = None if net_val is None else self._minus_anchor(net_val, table, weights)
         pca = self._pairing_space(net_train, seed) if objective != "reconstruction" else None
@@ -691,7 +705,11 @@ class MultiTaskModel(TrainedModel):
 
     def _predict(self, control: AnnData, condition: str, dose: float | None) -> np.ndarray:
         cells = rows_in_memory(control)
-        pred = self._unbounded(cells, condition, dose)
+        shift = None
+        if self.control_reference is not None:
+            cells = dense(cells)
+            shift = self.control_reference.shift(cells)
+        pred = self._unbounded(cells, condition, dose, shift)
         bound = self.change_bound(condition)
         if bound is None:
             return pred
@@ -702,19 +720,31 @@ class MultiTaskModel(TrainedModel):
         return cells + (bound / change) * (pred - cells)  # between the two: still >= 0
 
     def _unbounded(
-        self, X: np.ndarray | sp.csr_matrix, condition: str, dose: float | None
+        self,
+        X: np.ndarray | sp.csr_matrix,
+        condition: str,
+        dose: float | None,
+        control_shift: np.ndarray | None = None,
     ) -> np.ndarray:
         """The prediction for control cells ``X`` before ``bound_change``."""
         cells = CellData(X, np.zeros(X.shape[0], dtype=np.int64))
-        return self._predict_cells(self.prediction_function(condition, dose), cells)
+        return self._predict_cells(
+            self.prediction_function(condition, dose, control_shift=control_shift), cells
+        )
 
     def prediction_function(
-        self, condition: str, dose: float | None = None
+        self,
+        condition: str,
+        dose: float | None = None,
+        *,
+        control_shift: np.ndarray | None = None,
     ) -> Callable[[Tensor], Tensor]:
         """The prediction under ``condition`` as a differentiable function of control cells'
         expression, (n, genes) -> (n, genes) on the model's device, before the clipping at 0 and
         ``bound_change`` (one factor on the whole change): what
-        :func:`mtpert.models.attribution.attribute` takes gradients of."""
+        :func:`mtpert.models.attribution.attribute` takes gradients of. ``control_shift``
+        (genes,): a constant added to every cell, the denoising of the control cells' mean
+        (``denoise_control``), which depends on all the cells predicted from, not on one."""
         code, index = self._target(condition)
         if self.spec.dose_key is None and dose is not None:
             raise DataError(
@@ -729,6 +759,11 @@ class MultiTaskModel(TrainedModel):
             None
             if self.correction_reach is None
             else torch.as_tensor(self.correction_reach, dtype=torch.float32, device=device)
+        )
+        constant = (
+            None
+            if control_shift is None
+            else torch.as_tensor(control_shift, dtype=torch.float32, device=device)
         )
 
         def predict(x: Tensor) -> Tensor:
@@ -745,17 +780,22 @@ class MultiTaskModel(TrainedModel):
                 if reach is not None:
                     change = torch.minimum(torch.maximum(change, -reach), reach)
                 pred = x + (change if shift is None else shift + weight * change)
-            return pred
+            return pred if constant is None else pred + constant
 
         return predict
 
     def predict(self, control: AnnData, condition: str, dose: float | None = None) -> AnnData:
         """See :meth:`PerturbationModel.predict`; with an anchor, ``uns['mtpert_prediction']``
-        also records the anchor the prediction started from and the gate of the correction."""
+        also records the anchor the prediction started from, the gate of the correction and the
+        weight of the control cells' denoising (``denoise_control``; 0 where it is off)."""
         out = super().predict(control, condition, dose)
         if self.anchors is not None:
             record = out.uns[PREDICTION_KEY]
             record["anchor"], record["gate"] = self.anchor_of(record["condition"], dose)
+            reference = self.control_reference
+            record["control_denoising"] = (
+                0.0 if reference is None else reference.weight(dense(rows_in_memory(control)))
+            )
         return out
 
     def anchor_of(self, condition: str, dose: float | None = None) -> tuple[str, float]:
@@ -960,7 +1000,10 @@ class MultiTaskModel(TrainedModel):
         held-out (group, key)'s mean correction, miss (observed change minus anchor) and the miss's
         sampling variance, as :func:`~mtpert.models.anchor.gate` takes them."""
         spec = self.spec
-        inner_params = asdict(replace(self.params, gate_folds=0, bound_change=False, seed=seed))
+        # the gates judge the network's correction alone: the inner fits do not denoise controls
+        inner_params = asdict(
+            replace(self.params, gate_folds=0, bound_change=False, denoise_control=False, seed=seed)
+        )
         is_key = {key: _cells_of(conditions, doses, key) for key in keys}
         evidence: dict[str, list[Evidence]] = {c: [] for c, _ in keys}
         for held_groups, held_keys in folds:
@@ -1062,6 +1105,9 @@ class MultiTaskModel(TrainedModel):
                     "gene_gated": self.gene_gates is not None,
                     "linear_anchor": self.anchors.linear is not None,
                     "gate_note": self.gate_note,
+                    "control_between": (
+                        None if self.control_reference is None else self.control_reference.between
+                    ),
                 }
             ),
         }
@@ -1074,6 +1120,8 @@ class MultiTaskModel(TrainedModel):
             anchor["gene_gates"] = torch.as_tensor(self.gene_gates)
         if self.correction_reach is not None:
             anchor["correction_reach"] = torch.as_tensor(self.correction_reach)
+        if self.control_reference is not None:
+            anchor["control_average"] = torch.as_tensor(self.control_reference.average)
         if self.anchors is not None and self.anchors.linear is not None:
             anchor["linear_intercept"] = torch.as_tensor(self.anchors.linear.intercept)
             anchor["linear_parts"] = torch.as_tensor(self.anchors.linear.parts)
@@ -1120,6 +1168,8 @@ class MultiTaskModel(TrainedModel):
             expected["correction_reach"] = (len(self.genes),)  # type: ignore[arg-type]
             if learned.get("gene_gated"):
                 expected["gene_gates"] = (len(self.genes),)  # type: ignore[arg-type]
+            if learned.get("control_between") is not None:
+                expected["control_average"] = (len(self.genes),)  # type: ignore[arg-type]
             if learned.get("linear_anchor"):
                 expected["linear_intercept"] = (len(self.genes),)  # type: ignore[arg-type]
                 expected["linear_parts"] = (len(keys), len(self.genes))  # type: ignore[arg-type]
@@ -1140,6 +1190,12 @@ class MultiTaskModel(TrainedModel):
             gated = tensors.pop("gene_gates", None)
             self.gene_gates = None if gated is None else gated.cpu().numpy()
             self.correction_reach = tensors.pop("correction_reach").cpu().numpy()
+            between = learned.get("control_between")
+            self.control_reference = (
+                None
+                if between is None
+                else ControlReference(tensors.pop("control_average").cpu().numpy(), between)
+            )
         self.net.load_state_dict(tensors)
         self.net.to(self.device).eval()
 

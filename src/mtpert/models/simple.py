@@ -54,13 +54,17 @@ class MeanChanges:
     cell-type key) minus the mean of that group's control cells; NaN where the group lacks
     ``min_cells`` of either (:func:`mean_changes`). Every key has at least one group's change.
     ``noise`` (same shape, optional): the sampling variance of each change (the two means' variances
-    over their cells, summed), for judging how far a change is only noise.
+    over their cells, summed), for judging how far a change is only noise. ``controls`` (groups,
+    genes; with ``noise``): each group's mean control log-expression and, in ``control_noise``,
+    its sampling variance.
     """
 
     keys: list[ConditionKey]
     groups: list[str]
     changes: np.ndarray
     noise: np.ndarray | None = None
+    controls: np.ndarray | None = None
+    control_noise: np.ndarray | None = None
 
     def averaged(self) -> np.ndarray:
         """Each key's change averaged over the groups that have one, with equal weight, so an
@@ -152,6 +156,8 @@ def mean_changes(
         groups,
         changes[estimated],
         None if spread is None else spread[estimated],
+        None if variances is None else np.stack([control_mean[g] for g in groups]),
+        None if variances is None else np.stack([variances[control_row[g]] for g in groups]),
     )
 
 
