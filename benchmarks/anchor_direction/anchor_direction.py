@@ -21,9 +21,9 @@ weight does not matter here; which direction it points in does. The candidates:
   by :func:`mtpert.models.anchor.anchor_weights` (``expected``), and ``..._lower_bound`` with the
   deviations weighted by the ``lower_bound`` rule (no deviation where it does not repeat);
 * ``anchor_denoised``: the anchored model's closed-form prediction, ``group_average`` times its
-  anchor weight plus the denoising of the held-out group's control cells
-  (:class:`mtpert.models.anchor.ControlReference`, ``denoise_control``), which moves their mean
-  towards the training groups' average by the share of its deviation that noise explains.
+  anchor weight plus, where it pays on the training groups, the denoising of the held-out group's
+  control cells (:class:`mtpert.models.anchor.ControlReference`, ``denoise_control``), which
+  removes the part of their mean's deviation from the groups' average that noise explains.
 
 Writes benchmarks/anchor_direction/anchor_direction.{csv,md}.
 """
@@ -90,7 +90,8 @@ def candidates(
     units = obs[unit].astype(str).to_numpy()
     control_mean = {u: X[control & (units == u)].mean(0) for u in table.groups}
     weights = anchor_weights(table)
-    denoising = ControlReference.of(table).shift(held_out_control)
+    reference, _ = ControlReference.of(table, weights)
+    denoising = 0.0 if reference is None else reference.shift(held_out_control)
     out: dict[str, dict[str, np.ndarray]] = {}
     for k, (condition, _) in enumerate(table.keys):
         cells = (obs[spec.condition_key] == condition).to_numpy()

@@ -26,7 +26,7 @@ shrinks that correction towards 0 per condition (:func:`gate`).
 A prediction adds its change to the control cells it is given, whose mean carries their sampling
 noise, which the perturbed cells to predict do not share. Where the training groups' control means
 differ by little more than that noise (replicates of one cell line), :class:`ControlReference`
-removes the share of the given cells' deviation from the groups' average that noise explains.
+removes the part of the given cells' deviation from the groups' average that noise explains.
 """
 
 from __future__ import annotations
@@ -246,46 +246,77 @@ def anchor_per_cell(
 
 @dataclass(frozen=True)
 class ControlReference:
-    """The training groups' average control mean (genes,) and how far the groups' true control
-    means spread around it (``between``: their variance, summed over genes), for pulling the mean
-    of the control cells a prediction is given towards that average by the share of their
-    deviation that sampling noise explains (:meth:`shift`).
+    """The anchor groups' average control mean (genes,), towards which a prediction pulls the mean
+    of the control cells it is given by the part of their deviation that sampling noise explains.
 
-    The given cells' mean ``m`` estimates their group's true control mean with the sampling
-    variance ``v`` (summed over genes, from the cells themselves); the groups' true means spread
-    around the average with variance ``between``. The best estimate of the group's true mean is
-    then ``m - w (m - average)`` with ``w = v / (v + between)`` (empirical Bayes; one weight over
-    all genes, as three groups per gene would judge it by noise). The perturbed cells of the group
-    share its true control mean, not the noise of the control cells measured beside them, so a
-    prediction is shifted by ``-w (m - average)``. Groups as different as cell types give ``w``
-    near 0; replicates of one line, whose control means differ by sampling noise, a larger one.
+    The given cells' mean ``m`` is their group's true control mean plus noise of variance ``v``
+    (per gene, from the cells themselves). The perturbed cells to predict share the true mean, not
+    that noise, so a prediction is shifted by ``-w (m - average)``, per gene ``w = min(1, v / d^2)``
+    with ``d = m - average`` (the positive-part James-Stein share of the deviation that is noise):
+    all of a deviation within the noise, little of one far beyond it. Whether groups differ by
+    noise alone (replicates of one cell line) or by biology that their perturbed cells share
+    (cell lines, cell types) is judged on the training groups (:meth:`of`).
     """
 
     average: np.ndarray
-    between: float
 
     @classmethod
-    def of(cls, table: MeanChanges) -> ControlReference | None:
-        """From ``table``'s control means and their noise (:func:`mean_changes` with ``noise``);
-        None with fewer than 2 groups (no spread to judge the noise against)."""
+    def of(cls, table: MeanChanges, weights: np.ndarray) -> tuple[ControlReference | None, str]:
+        """The reference of ``table``'s groups where denoising pays, else None, and a note saying
+        which. It pays where, leaving each training group out, the anchor of the other groups
+        (``weights``, :func:`anchor_weights`) plus the group's denoising predicts its observed
+        changes (each with its sampling variance, ``table.noise``) with a smaller squared error
+        than the anchor alone, summed over its conditions, by more than one sd of the gain's
+        sampling noise (as :func:`gate` judges a correction): a gain by chance is no gain."""
         if table.controls is None or table.control_noise is None or len(table.groups) < 2:
-            return None
-        means = table.controls.astype(np.float64)
-        # E[sample variance of the means] = true spread + the means' average sampling variance
-        spread = means.var(axis=0, ddof=1).sum() - table.control_noise.mean(axis=0).sum()
-        return cls(means.mean(axis=0).astype(np.float32), max(float(spread), 0.0))
-
-    def weight(self, X: np.ndarray) -> float:
-        """The share in [0, 1] of control cells ``X``'s deviation from the average that their
-        sampling noise explains; 0 for fewer than 2 cells (no noise to measure)."""
-        noise = float(mean_and_noise(X)[1].sum())
-        total = noise + self.between
-        return noise / total if total > 0 else 0.0
+            return None, "no control denoising (fewer than 2 groups with control cells)"
+        reference = cls(table.controls.mean(axis=0).astype(np.float32))
+        gain = variance = plain = 0.0
+        for j, group in enumerate(table.groups):
+            others = [i for i in range(len(table.groups)) if i != j]
+            judged = [
+                k
+                for k in range(len(table.keys))
+                if not np.isnan(table.changes[k, j]).all()
+                and not np.isnan(table.changes[k, others]).all(axis=1).all()
+            ]
+            if not judged:
+                continue
+            anchors = Anchors.of(table, weights, without=group).shifts
+            shift = reference._shift(table.controls[j], table.control_noise[j])
+            for k in judged:
+                miss = table.changes[k, j] - anchors[k]
+                # ||miss||^2 - ||shift - miss||^2, and the variance of its 2 <shift, miss> term
+                gain += float(2 * shift @ miss - shift @ shift)
+                noise = 0.0 if table.noise is None else table.noise[k, j]
+                variance += float(4 * np.sum(shift**2 * noise))
+                plain += float(miss @ miss)
+        if plain == 0.0:
+            return None, "no control denoising (no group to judge it on)"
+        judged_by = (
+            f"on held-out training groups: squared error x{1 - gain / plain:.3f}, "
+            f"{gain / np.sqrt(variance) if variance else np.inf:.1f} sd of its noise"
+        )
+        if gain <= np.sqrt(variance):
+            return None, f"no control denoising (it did not pay {judged_by})"
+        return reference, f"control cells denoised (it paid {judged_by})"
 
     def shift(self, X: np.ndarray) -> np.ndarray:
-        """What to add to each prediction from control cells ``X`` (genes,): minus the noise share
-        of their mean's deviation from the average."""
-        return (-self.weight(X) * (X.mean(0) - self.average)).astype(np.float32)
+        """What to add to each prediction from control cells ``X`` (cells, genes): (genes,)."""
+        return self._shift(*mean_and_noise(X))
+
+    def weight(self, X: np.ndarray) -> float:
+        """The share of control cells ``X``'s deviation from the average removed, over genes:
+        ``|shift| / |deviation|`` (0 for fewer than 2 cells: no noise to measure)."""
+        mean, noise = mean_and_noise(X)
+        deviation = float(np.linalg.norm(mean - self.average))
+        return float(np.linalg.norm(self._shift(mean, noise))) / deviation if deviation else 0.0
+
+    def _shift(self, mean: np.ndarray, noise: np.ndarray) -> np.ndarray:
+        deviation = mean - self.average
+        with np.errstate(divide="ignore", invalid="ignore"):
+            share = np.where(deviation != 0, np.minimum(1.0, noise / deviation**2), 0.0)
+        return (-share * deviation).astype(np.float32)
 
 
 def mean_and_noise(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

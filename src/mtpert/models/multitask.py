@@ -426,12 +426,13 @@ class MultiTaskParams(Hyperparameters):
             shared change given the measured agreement: a change that does not repeat gets a
             small weight that keeps its direction) or ``lower_bound`` (the agreement less one
             sd of its noise: such a change is predicted as exactly none).
-        denoise_control: with an anchor and at least two anchor groups, shift each prediction by
-            the share of its control cells' mean deviation from the groups' average control that
-            their sampling noise explains (:class:`~mtpert.models.anchor.ControlReference`): the
-            perturbed cells to predict share their group's true control mean, not the noise of
-            the control cells measured beside them. Near 0 between cell types; it matters
-            between replicates of one line.
+        denoise_control: with an anchor and at least two anchor groups, remove from each
+            prediction the part of its control cells' mean deviation from the groups' average
+            control that their sampling noise explains, per gene
+            (:class:`~mtpert.models.anchor.ControlReference`): the perturbed cells to predict
+            share their group's true control mean, not the noise of the control cells measured
+            beside them. Kept only where it predicts held-out training groups better (replicates
+            of one cell line, not cell lines that differ in biology their perturbed cells share).
         hidden: encoder hidden widths (the decoder mirrors them).
         latent_dim: latent size.
         dose_dim: width of the dose embedding, used when the spec has a dose key.
@@ -557,8 +558,8 @@ class MultiTaskModel(TrainedModel):
     gate_note: str = ""
     """How the anchors' weights and the gates were chosen (or why gates are 0)."""
     control_reference: ControlReference | None = None
-    """With an anchor, ``denoise_control`` and two or more anchor groups: their average control
-    and spread, against which a prediction's control cells are denoised."""
+    """With an anchor and ``denoise_control``, where denoising paid on held-out training groups:
+    the anchor groups' average control, towards which a prediction's control cells are denoised."""
     correction_reach: np.ndarray | None = None
     """With an anchor: per gene, the largest mean change from control of any training (condition,
     group), which bounds the correction of each cell on that gene: the network may not move a gene
@@ -680,8 +681,10 @@ class MultiTaskModel(TrainedModel):
             self.anchor_weights = {
                 key_string(*k): float(w) for k, w in zip(table.keys, weights, strict=True)
             }
-            self.control_reference = (
-                ControlReference.of(table) if self.params.denoise_control else None
+            self.control_reference, control_note = (
+                ControlReference.of(table, weights)
+                if self.params.denoise_control
+                else (None, "denoise_control=False: control cells as given")
             )
             net_train = self._minus_anchor(train_data, table, weights)
             net_val = None if net_val is None else self._minus_anchor(net_val, table, weights)
@@ -700,7 +703,9 @@ class MultiTaskModel(TrainedModel):
             self.net.start_at_mean(torch.as_tensor(data.column_means(), dtype=torch.float32))
             self._histories = [self._train(self.net, data, val_data, generator)]
         if table is not None:
-            self._choose_gates(train_data, table, seed, combinations, combination_note)
+            self._choose_gates(
+                train_data, table, seed, combinations, [combination_note, control_note]
+            )
         self.change_bounds = self._change_bounds(train_data) if self.params.bound_change else None
 
     def _predict(self, control: AnnData, condition: str, dose: float | None) -> np.ndarray:
@@ -917,11 +922,12 @@ class MultiTaskModel(TrainedModel):
         table: MeanChanges,
         seed: int,
         combinations: list[ConditionKey],
-        combination_note: str,
+        anchor_notes: list[str],
     ) -> None:
         """Set the gates, chosen on inner folds of the training groups and of the training
-        ``combinations`` anchored on their parts (see ``gate_folds``), and a note saying how
-        (``combination_note``: how their anchor was chosen)."""
+        ``combinations`` anchored on their parts (see ``gate_folds``), and a note saying how,
+        after ``anchor_notes`` (how the combinations' anchor was chosen, whether the control
+        cells are denoised; empty ones are left out)."""
         weights = list((self.anchor_weights or {}).values())
         muted = sum(w < NEAR_NO_CHANGE for w in weights)
         notes = [
@@ -929,7 +935,7 @@ class MultiTaskModel(TrainedModel):
             f"to group (anchor weight below {NEAR_NO_CHANGE}: predicted as (nearly) no change)"
             if muted
             else f"every anchor weight at least {NEAR_NO_CHANGE}",
-            *([combination_note] if combination_note else []),
+            *[note for note in anchor_notes if note],
         ]
         self.gates, self.combination_gate, self.gene_gates = None, None, None
         if self.params.gate_folds == 0:
@@ -1105,9 +1111,7 @@ class MultiTaskModel(TrainedModel):
                     "gene_gated": self.gene_gates is not None,
                     "linear_anchor": self.anchors.linear is not None,
                     "gate_note": self.gate_note,
-                    "control_between": (
-                        None if self.control_reference is None else self.control_reference.between
-                    ),
+                    "control_denoised": self.control_reference is not None,
                 }
             ),
         }
@@ -1130,7 +1134,8 @@ class MultiTaskModel(TrainedModel):
     def fit_summary(self) -> dict[str, float]:
         """The trained model's summary; with an anchor, also the mean and largest gate, the
         combinations' gate and whether their anchor is the linear model (1) or the sum of the parts
-        (0), the mean anchor weight and how many anchors were set to no change."""
+        (0), whether the control cells are denoised (1) or not (0), the mean anchor weight and how
+        many anchors were set to no change."""
         summary = super().fit_summary()
         if self.gates is not None:
             gates = list(self.gates.values()) or [0.0]
@@ -1138,6 +1143,7 @@ class MultiTaskModel(TrainedModel):
             summary["combination_gate"] = self.combination_gate or 0.0
         if self.anchors is not None:
             summary["linear_combination_anchor"] = float(self.anchors.linear is not None)
+            summary["controls_denoised"] = float(self.control_reference is not None)
         if self.gene_gates is not None:
             summary |= {
                 "gene_gate_mean": float(self.gene_gates.mean()),
@@ -1168,7 +1174,7 @@ class MultiTaskModel(TrainedModel):
             expected["correction_reach"] = (len(self.genes),)  # type: ignore[arg-type]
             if learned.get("gene_gated"):
                 expected["gene_gates"] = (len(self.genes),)  # type: ignore[arg-type]
-            if learned.get("control_between") is not None:
+            if learned.get("control_denoised"):
                 expected["control_average"] = (len(self.genes),)  # type: ignore[arg-type]
             if learned.get("linear_anchor"):
                 expected["linear_intercept"] = (len(self.genes),)  # type: ignore[arg-type]
@@ -1190,11 +1196,10 @@ class MultiTaskModel(TrainedModel):
             gated = tensors.pop("gene_gates", None)
             self.gene_gates = None if gated is None else gated.cpu().numpy()
             self.correction_reach = tensors.pop("correction_reach").cpu().numpy()
-            between = learned.get("control_between")
             self.control_reference = (
-                None
-                if between is None
-                else ControlReference(tensors.pop("control_average").cpu().numpy(), between)
+                ControlReference(tensors.pop("control_average").cpu().numpy())
+                if learned.get("control_denoised")
+                else None
             )
         self.net.load_state_dict(tensors)
         self.net.to(self.device).eval()
