@@ -378,6 +378,13 @@ def test_the_control_cells_noise_is_removed_where_replicates_differ_by_noise_alo
     if batch == 0.0:
         assert denoised.fit_summary()["controls_denoised"] == 1.0 and "control cells denoised" in denoised.gate_note
         assert record["control_denoising"] > 0.5 and error["denoised"] < 0.8 * error["plain"]
+        # the cells' genes in another order, plus one the model does not know: the same prediction
+        shuffled = AnnData(dense(control.X)[:, ::-1], obs=control.obs, var=control.var.iloc[::-1])
+        extra = AnnData(np.hstack([dense(shuffled.X), np.ones((shuffled.n_obs, 1))]), obs=control.obs)
+        extra.var_names = [*shuffled.var_names, "not_in_training"]
+        again = denoised.predict(extra, "knockout")
+        np.testing.assert_allclose(again.X, denoised.predict(control, "knockout").X, atol=1e-5)
+        assert again.uns["mtpert_prediction"]["control_denoising"] == pytest.approx(record["control_denoising"], rel=1e-4)
     else:
         assert denoised.control_reference is None and "no control denoising" in denoised.gate_note
         assert record["control_denoising"] == 0.0 and error["denoised"] == pytest.approx(error["plain"])

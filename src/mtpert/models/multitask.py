@@ -799,7 +799,9 @@ class MultiTaskModel(TrainedModel):
             record["anchor"], record["gate"] = self.anchor_of(record["condition"], dose)
             reference = self.control_reference
             record["control_denoising"] = (
-                0.0 if reference is None else reference.weight(dense(rows_in_memory(control)))
+                0.0
+                if reference is None
+                else reference.weight(dense(rows_in_memory(self._aligned(control))))
             )
         return out
 
