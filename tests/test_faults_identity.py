@@ -4,6 +4,7 @@ test failed before its fix:
     a changed default reruns what it changes     test_a_changed_class_default_gives_new_run_ids,
                                                  test_a_resume_over_a_changed_default_reruns_those_runs_and_says_so,
                                                  test_runs_recorded_before_effective_settings_stand_only_without_defaults
+    a metric redefined since a run was scored    test_values_of_a_redefined_metric_are_left_out_until_rescored
     provenance names what was modified           test_git_state_lists_changes_outside_the_output_folder,
                                                  test_a_benchmark_inside_the_repository_is_not_dirty_by_its_own_output
     --split-seeds 1,1 (CLI and config)           test_repeated_split_seeds_run_once_and_are_said,
@@ -136,6 +137,33 @@ def test_runs_recorded_before_effective_settings_stand_only_without_defaults(sim
     assert sorted(runs.index) == ["control", "mean_shift"]
     assert run_files(out)[f"{runs.at['control', 'run_id']}.parquet"] == legacy[f"{runs.at['control', 'run_id']}.parquet"]
     assert json.loads(runs.at["mean_shift", "hparams"]) == {"min_cells": 5}  # rerun, now recorded
+
+
+def test_values_of_a_redefined_metric_are_left_out_until_rescored(sim_path, tmp_path, caplog) -> None:
+    """Run files scored before a metric's definition changed (here: before versions were recorded,
+    so version 1 of deg_overlap_top100, now 2): their other metrics stand, that one is left out
+    with the command that scores it anew, and ``rescore`` redoes those runs alone."""
+    out = tmp_path / "out"
+    run_benchmark(config(sim_path), out)
+    for file in (out / "runs").iterdir():  # rewrite them as mtpert wrote them before
+        pd.read_parquet(file).drop(columns=[store_module.METRIC_VERSION]).to_parquet(file)
+    old = run_files(out)
+    with caplog.at_level(logging.WARNING, logger="mtpert.benchmark"):
+        results = run_benchmark(config(sim_path), out).results()  # a resume redoes nothing
+    assert run_files(out) == old
+    assert "left out deg_overlap_top100 of 2 runs (models: control, mean_shift)" in caplog.text
+    assert f"mtpert benchmark --out {out} --rescore" in caplog.text
+    assert "deg_overlap_top100" not in set(results["metric"]) and "r2_all" in set(results["metric"])
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="mtpert.benchmark"):
+        rescored = run_benchmark(config(sim_path), out, rescore=True).results()
+    assert "2 runs are redone to score deg_overlap_top100 anew (--rescore)" in caplog.text
+    assert "left out" not in caplog.text
+    overlap = rescored[rescored["metric"] == "deg_overlap_top100"]
+    assert len(overlap) == 2 and (overlap[store_module.METRIC_VERSION] == 2).all()
+    before, after = (t[t["metric"] == "r2_all"].set_index("model")["value"] for t in (results, rescored))
+    pd.testing.assert_series_equal(before.sort_index(), after.sort_index())  # seeded: the same otherwise
+    assert sorted(f.name.split(".")[0] for f in (out / "superseded").iterdir()) == sorted(n.split(".")[0] for n in old)
 
 
 # ============================================================================ provenance

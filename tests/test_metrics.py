@@ -347,6 +347,27 @@ def test_tiny_shifts_of_undetected_genes_do_not_outrank_real_degs() -> None:
     assert top_degs(control, pred, n=1, genes=[f"g{i}" for i in range(50)])[0] == "g1"
 
 
+def test_deg_overlap_does_not_let_a_prediction_set_its_own_noise_scale() -> None:
+    """A network's prediction nudges genes no control cell expresses, with ~1e-5 of cell-to-cell
+    variation (or float rounding: a constant 0.02 has a variance of 1e-32): with its own fudge
+    constant their tiny standard errors would pull it to ~0 and
+    rank them above the real DEGs. Ranked with the truth's, the dust changes nothing."""
+    rng = np.random.default_rng(0)
+    n, genes = 300, 400
+    control = np.abs(rng.normal(1.0, 0.5, size=(n, genes)))
+    control[:, 100:] = 0.0  # most genes are never detected
+    truth = np.abs(rng.normal(1.0, 0.5, size=(n, genes)))
+    truth[:, 100:] = 0.0
+    truth[:, :40] += np.linspace(-0.9, 1.5, 40)  # 40 real DEGs
+    change = truth.mean(axis=0) - control.mean(axis=0)
+    smooth = control + change
+    smooth[:, 100:] += 0.02  # the network's small shift of every undetected gene
+    dusty = smooth + np.concatenate([np.zeros((n, 100)), 1e-5 * rng.random((n, 300))], axis=1)
+    smooth_overlap = values(evaluate(control, truth, smooth))["deg_overlap_top100"]
+    assert values(evaluate(control, truth, dusty))["deg_overlap_top100"] == smooth_overlap
+    assert smooth_overlap >= 40, "the real DEGs are found"
+
+
 def test_deg_overlap_with_fewer_genes_than_100_uses_all(data) -> None:
     control, truth, _ = data
     shuffled = np.random.default_rng(1).permuted(truth[:, :30], axis=1)

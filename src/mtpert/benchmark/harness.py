@@ -54,6 +54,7 @@ def run_benchmark(
     on_plan: Callable[[Plan], None] | None = None,
     on_result: Callable[[RunResult], None] | None = None,
     on_failure: Callable[[RunFailure], None] | None = None,
+    rescore: bool = False,
 ) -> Store:
     """Run every unfinished run of ``config`` with ``executor`` (default: one at a time, here),
     saving each as it finishes to the benchmark directory ``out`` (or to a store object, such as
@@ -69,6 +70,9 @@ def run_benchmark(
 
     ``adata``: the data itself, instead of reading ``config.data`` (which then only names it);
     runs must execute in this process (the default executor).
+
+    ``rescore``: also redo the finished runs that hold values of a metric whose definition has
+    changed since (:attr:`mtpert.metrics.Metric.version`; the report leaves those values out).
     """
     executor = executor or LocalExecutor()
     if adata is not None and not executor.in_process:
@@ -83,7 +87,7 @@ def run_benchmark(
     key = config.data if adata is None else f"in-memory:{digest}"
     with store.open(dataclasses.replace(config, showcase=grid.showcase), digest) as merged, _provided(adata, key):
         tuning = str(store.root / TUNING_DIR) if isinstance(store, ResultStore) else None
-        store.retire_superseded(grid.runs)
+        store.retire_superseded(grid.runs, rescore=rescore)
         todo = tuple(
             Task(run, key, grid.keeps_prediction(run, config), config.save_models, tuning)
             for run in grid.runs

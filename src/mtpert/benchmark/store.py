@@ -62,6 +62,7 @@ from mtpert.io import (
     write_table,
 )
 from mtpert.lock import output_lock
+from mtpert.metrics import METRICS
 from mtpert.models.base import PerturbationModel
 from mtpert.scoring import Prediction
 
@@ -83,6 +84,10 @@ PROVENANCE = ("mtpert_version", "git_commit", "data_sha256", "invocation", "fini
 IDENTITY = ("run_slot", "hparams")
 """Columns of every run table saying which place of the grid it fills, and with which effective
 hyperparameters (those recorded before they were have neither)."""
+
+METRIC_VERSION = "metric_version"
+"""Column of every run table holding the version of each row's metric definition
+(:attr:`mtpert.metrics.Metric.version`; tables written before it was recorded: version 1)."""
 
 GIT_CHANGES_SHOWN = 20
 """Changed paths of the source tree listed in an invocation's provenance (all are counted)."""
@@ -139,6 +144,9 @@ class ResultStore:
         """Run files this invocation moved to ``quarantine/``, each with what was wrong with it."""
         self._places: dict[str, list[tuple[Path, bool]]] = {}
         """Run files by the place in the grid they fill, each with whether it records ``hparams``."""
+        self._outdated: dict[str, list[str]] = {}
+        """Run files (by stem) holding values of a metric whose definition changed since, with
+        those metrics."""
 
     # ------------------------------------------------------------------ writing
     @contextmanager
@@ -197,6 +205,8 @@ class ResultStore:
                 foreign |= set(table.get("data_sha256", pd.Series(dtype=str)).dropna()) - {data_sha256}
                 place = str(table["run_slot"].iloc[0]) if "run_slot" in table.columns else file.stem
                 self._places.setdefault(place, []).append((file, "hparams" in table.columns))
+                if outdated := sorted(set(table.loc[_outdated(table), "metric"])):
+                    self._outdated[file.stem] = outdated
                 continue
             stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
             target = self.root / "quarantine" / f"{file.name}.{stamp}"
@@ -243,18 +253,23 @@ class ResultStore:
         }
         return BenchmarkConfig.from_dict(values)
 
-    def retire_superseded(self, runs: Sequence[RunSpec]) -> None:
+    def retire_superseded(self, runs: Sequence[RunSpec], *, rescore: bool = False) -> None:
         """Move to ``superseded/`` every run file in the place of one of ``runs`` under another id:
         made with other effective hyperparameters (or before they were recorded, so unchecked),
-        it does not stand for the run, which is redone. One warning says how many, and why."""
+        it does not stand for the run, which is redone. One warning says how many, and why.
+
+        ``rescore``: also the files of ``runs`` holding values of a metric whose definition
+        changed since (:attr:`mtpert.metrics.Metric.version`), so that those runs are redone and
+        scored anew (their other metrics come out the same: the runs are seeded)."""
+        if rescore:
+            rescored = [file for run in runs for file, _ in self._places.get(run.slot, ()) if file.stem == run.id and file.stem in self._outdated]
+            if rescored:
+                metrics = ", ".join(sorted({m for file in rescored for m in self._outdated[file.stem]}))
+                log.warning("%d runs are redone to score %s anew (--rescore); their old results are kept in %s.", len(rescored), metrics, self._retire(rescored))
         stale = [(run, file, recorded) for run in runs for file, recorded in self._places.get(run.slot, ()) if file.stem != run.id]
         if not stale:
             return
-        folder = self.root / "superseded"
-        folder.mkdir(exist_ok=True)
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-        for _, file, _ in stale:
-            shutil.move(file, folder / f"{file.stem}.{stamp}{file.suffix}")
+        folder = self._retire([file for _, file, _ in stale])
         unchecked = sum(not recorded for _, _, recorded in stale)
         models = ", ".join(sorted({run.model for run, _, _ in stale}))
         log.warning(
@@ -263,6 +278,16 @@ class ResultStore:
             f"; {unchecked} of them were recorded before runs kept those settings, so they cannot be checked" if unchecked else "",
             folder,
         )  # fmt: skip
+
+    def _retire(self, files: Sequence[Path]) -> Path:
+        """Move ``files`` to ``superseded/``, stamped with the time (their runs are redone);
+        return the folder."""
+        folder = self.root / "superseded"
+        folder.mkdir(exist_ok=True)
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+        for file in files:
+            shutil.move(file, folder / f"{file.stem}.{stamp}{file.suffix}")
+        return folder
 
     def write(self, result: RunResult) -> Path:
         """Save what was kept of a run, then its table: the table's existence marks it done."""
@@ -283,7 +308,8 @@ class ResultStore:
         finished = datetime.now(UTC).isoformat(timespec="seconds")
         stamps = dict(zip(PROVENANCE, (i.mtpert_version, i.git_commit or "", i.data_sha256, i.id, finished), strict=True))
         identity = dict(zip(IDENTITY, (run.slot, run.hparams), strict=True))
-        return result.table.assign(**identity, **stamps, **{ROW_COUNT: len(result.table)})
+        versions = result.table["metric"].map(lambda m: METRICS[m].version if m in METRICS else 1)
+        return result.table.assign(**identity, **stamps, **{METRIC_VERSION: versions, ROW_COUNT: len(result.table)})
 
     def write_skipped(self, skipped: pd.DataFrame, models: Iterable[str] = ()) -> None:
         """Record what is not run, with the reason (``skipped.csv``): the held-out targets too
@@ -344,7 +370,9 @@ class ResultStore:
 
     def results(self) -> pd.DataFrame:
         """Every finished run's table, concatenated. A run file that does not read back whole is
-        left out with a warning (the next ``mtpert benchmark`` on the directory redoes its run)."""
+        left out with a warning (the next ``mtpert benchmark`` on the directory redoes its run),
+        and so are the values of a metric whose definition changed since they were scored (one
+        warning per metric: ``mtpert benchmark --rescore`` scores them anew)."""
         tables = []
         for file in self._run_files():
             table, problem = _read_run(file)
@@ -354,7 +382,15 @@ class ResultStore:
                 log.warning("left out run file %s: it %s; rerun `mtpert benchmark --out %s` to redo it", file, problem, self.root)
         if not tables:
             raise FileNotFoundError(f"No finished runs in {self.runs}; run `mtpert benchmark --out {self.root}` first.")
-        return pd.concat(tables, ignore_index=True)
+        results = pd.concat(tables, ignore_index=True)
+        outdated = _outdated(results)
+        for metric, runs in results[outdated].groupby("metric")["run_id"]:
+            log.warning(
+                "left out %s of %d runs (models: %s): scored before its definition changed (version %d); "
+                "rerun `mtpert benchmark --out %s --rescore` (with the same config and --models) to score them anew",
+                metric, runs.nunique(), ", ".join(sorted(set(results.loc[runs.index, "model"]))), METRICS[metric].version, self.root,
+            )  # fmt: skip
+        return results[~outdated].reset_index(drop=True)
 
     def predictions(
         self, group: str, condition: str, dose: float | None = None
@@ -445,6 +481,13 @@ def _read_json(path: Path, what: str) -> object:
         ) from None
 
 
+def _outdated(table: pd.DataFrame) -> pd.Series:
+    """Rows of a run table whose metric's definition changed since they were scored."""
+    current = table["metric"].map(lambda m: METRICS[m].version if m in METRICS else 1)
+    recorded = table[METRIC_VERSION] if METRIC_VERSION in table.columns else pd.Series(1, index=table.index)
+    return recorded.fillna(1) < current
+
+
 def _read_table(path: Path) -> pd.DataFrame:
     if path.suffix == ".parquet":
         return pd.read_parquet(path)
@@ -487,7 +530,7 @@ class MemoryStore:
     def done(self, run: RunSpec) -> bool:
         return False
 
-    def retire_superseded(self, runs: Sequence[RunSpec]) -> None:
+    def retire_superseded(self, runs: Sequence[RunSpec], *, rescore: bool = False) -> None:
         """Nothing was recorded before: nothing is superseded."""
 
     def write(self, result: RunResult) -> None:

@@ -71,6 +71,7 @@ def benchmark(
     min_cells: Annotated[int | None, typer.Option(help="Fewest control and perturbed cells a held-out group needs.", show_default="20")] = None,
     save_models: Annotated[bool | None, typer.Option("--save-models/--no-save-models", help="Keep every fitted model under DIR/models.")] = None,
     report: Annotated[bool, typer.Option("--report/--no-report", help="Write the report when the grid is done.")] = True,
+    rescore: Annotated[bool, typer.Option("--rescore", help="Also redo the finished runs holding values of a metric whose definition changed since (the report leaves those values out).")] = False,
     cell_type_key: CellTypeKey = None,
     condition_key: ConditionKey = None,
     control: Control = None,
@@ -113,7 +114,7 @@ def benchmark(
         live = _LiveView(runner)
         start = time.perf_counter()
         try:
-            run_benchmark(settings, out, executor=runner, on_plan=live.start, on_result=live.add, on_failure=live.fail)
+            run_benchmark(settings, out, executor=runner, on_plan=live.start, on_result=live.add, on_failure=live.fail, rescore=rescore)
         except BaseException as error:
             live.stop()  # its refreshing thread ends, and the message goes below its last table
             if not isinstance(error, KeyboardInterrupt):

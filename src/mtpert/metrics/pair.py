@@ -29,7 +29,7 @@ from numpy.typing import ArrayLike, DTypeLike
 
 from mtpert._array import one_blas_thread
 from mtpert.errors import DataError
-from mtpert.metrics.de import rank_genes
+from mtpert.metrics.de import fudge, rank_genes
 from mtpert.metrics.distances import ToTruth, mean_distance, mean_kernel, median_heuristic_gamma
 from mtpert.metrics.effect import EffectTest, Relabellings
 from mtpert.metrics.inputs import Cells, load_sets
@@ -183,14 +183,20 @@ class EvalPair:
         return MappingProxyType({"control": control, **means})
 
     @cached_property
+    def degs_s0(self) -> float:
+        """The fudge constant of truth vs control, with which the true and the predicted DEGs are
+        both ranked (:mod:`mtpert.metrics.de`: a prediction may not set its own)."""
+        return fudge(self.data["control"], self.data["truth"])
+
+    @cached_property
     def truth_degs(self) -> np.ndarray:
         """Every gene index, ranked by |Welch t| of truth vs control (the true DEGs first)."""
-        return rank_genes(self.data["control"], self.data["truth"])
+        return rank_genes(self.data["control"], self.data["truth"], s0=self.degs_s0)
 
     @cached_property
     def pred_degs(self) -> np.ndarray:
-        """Every gene index, ranked by |Welch t| of pred vs control."""
-        return rank_genes(self.data["control"], self.data["pred"])
+        """Every gene index, ranked by |Welch t| of pred vs control, moderated by ``degs_s0``."""
+        return rank_genes(self.data["control"], self.data["pred"], s0=self.degs_s0)
 
     @cached_property
     def effect(self) -> EffectTest:

@@ -67,6 +67,10 @@ class Metric:
             ``"other"``.
         scope: ``"per_target"`` (computed from one target's cells) or ``"across_targets"``
             (computed from all predictions of a group at once, like ``rank``).
+        version: of the definition, raised when a change of the computation makes earlier
+            values incomparable. A benchmark records it with every value (``metric_version``),
+            leaves out older values from its results, and ``mtpert benchmark --rescore`` redoes
+            their runs.
     """
 
     name: str
@@ -76,6 +80,7 @@ class Metric:
     description: str
     kind: MetricKind = "other"
     scope: Scope = "per_target"
+    version: int = 1
 
     def __post_init__(self) -> None:
         if not self.name.isidentifier():
@@ -86,6 +91,8 @@ class Metric:
             raise ValueError(f"Metric scope {self.scope!r} is not one of {SCOPES}.")
         if not callable(self.function):
             raise TypeError(f"The function of metric '{self.name}' is not callable: {self.function!r}.")
+        if isinstance(self.version, bool) or not isinstance(self.version, int) or self.version < 1:
+            raise ValueError(f"Metric version must be a whole number from 1, got {self.version!r}.")
 
     def __call__(self, pair: EvalPair) -> tuple[float, float]:
         """``(value, spread)`` of a per-target metric; spread is NaN for metrics computed once."""
@@ -204,6 +211,7 @@ _ALL: tuple[Metric, ...] = (
         True,
         "Shared genes among the top-100 DEGs (|Welch t| vs control) of truth and of pred",
         "de",
+        version=2,  # 2: the prediction's DEGs are ranked with the truth's fudge constant
     ),
     *_distances("e_distance", dist.e_distance_to_truth, "Energy distance"),
     *_distances(
@@ -345,6 +353,7 @@ def register_metric(
     description: str,
     scope: Scope = "per_target",
     kind: MetricKind = "other",
+    version: int = 1,
 ) -> Metric:
     """Add a metric to :data:`METRICS`, so that evaluation, the benchmark and its report compute it.
 
@@ -356,11 +365,11 @@ def register_metric(
     Ray) computes only the metrics they find too, mtpert's and those of installed plugins. Call
     it from your package's ``mtpert.metrics`` entry point to have it everywhere.
     """
-    return METRICS.register(Metric(name, function, best, higher_is_better, description, kind, scope))
+    return METRICS.register(Metric(name, function, best, higher_is_better, description, kind, scope, version))
 
 
 def list_metrics() -> pd.DataFrame:
-    """One row per metric: name, kind, scope, best value, direction and description."""
+    """One row per metric: name, kind, scope, best value, direction, description and version."""
     return pd.DataFrame(
         [
             {
@@ -370,6 +379,7 @@ def list_metrics() -> pd.DataFrame:
                 "best": m.best,
                 "higher_is_better": m.higher_is_better,
                 "description": m.description,
+                "version": m.version,
             }
             for m in METRICS.values()
         ]
