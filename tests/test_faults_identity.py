@@ -32,7 +32,7 @@ import pytest
 from typer.testing import CliRunner
 
 import mtpert
-from mtpert.benchmark import BenchmarkConfig, expand, run_benchmark
+from mtpert.benchmark import BenchmarkConfig, expand, run_benchmark, write_report
 from mtpert.benchmark import store as store_module
 from mtpert.cli import app
 from mtpert.data import DatasetSpec, prepare, simulate, simulate_screen
@@ -154,6 +154,8 @@ def test_values_of_a_redefined_metric_are_left_out_until_rescored(sim_path, tmp_
     assert "left out deg_overlap_top100 of 2 runs (models: control, mean_shift)" in caplog.text
     assert f"mtpert benchmark --out {out} --rescore" in caplog.text
     assert "deg_overlap_top100" not in set(results["metric"]) and "r2_all" in set(results["metric"])
+    summary = write_report(out, formats=("png",))["markdown"].read_text()
+    assert "Left out, scored before the metric's definition changed: deg_overlap_top100 of control, mean_shift." in summary
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="mtpert.benchmark"):
         rescored = run_benchmark(config(sim_path), out, rescore=True).results()

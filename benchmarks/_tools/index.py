@@ -38,6 +38,13 @@ The real-data studies read the shared datasets from `$MTPERT_DATA_DIR` (`../shar
 the repository for the scripts); they are never copied into the repository. Commands that compare
 with a peer implementation name its interpreter by an environment variable (`$PEER_PERTPY_PYTHON`,
 `$PEER_CELLEVAL_PYTHON`), described in the study's `NOTES.md`.
+
+Metrics have versions (`mtpert.metrics.Metric.version`). DEG overlap is at version 2 since commit
+1f42451: a prediction's DEGs are ranked with its truth's fudge constant, where version 1 let the
+prediction set its own and undercounted the networks' overlap (on Norman's pairs by up to 40 of
+100). A study's report leaves out values of an older version; figures quoted in a study's
+`NOTES.md` or summary from before that commit are version 1, as each study's NOTES say where it
+matters.
 """
 
 

@@ -24,7 +24,7 @@ import io
 import json
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from mtpert.benchmark.grid import NOISE_CEILING, BenchmarkConfig
-from mtpert.benchmark.store import PROVENANCE, ResultStore
+from mtpert.benchmark.store import LEFT_OUT, PROVENANCE, ResultStore
 from mtpert.benchmark.verdict import MIN_PAIRS, RESAMPLES, paired_verdict, verdict_counts
 from mtpert.data.split import condition_label
 from mtpert.errors import ConfigError
@@ -220,6 +220,7 @@ def write_report(
             f"{full} holds the report on every model; write the report on {list(models)} elsewhere (--out)."
         )
     results = store.results()
+    outdated = _outdated_note(results.attrs.get(LEFT_OUT, {}), store.root)
     if models is not None:
         unknown = sorted(set(models) - set(results["model"]))
         if unknown:
@@ -246,7 +247,7 @@ def write_report(
     )
     seeds = sorted(results["seed"].unique())
     n_targets = len(results[["group", "condition", "dose"]].drop_duplicates())
-    notes = " ".join(filter(None, [_incomplete(results), _detectable(results)]))
+    notes = " ".join(filter(None, [_incomplete(results), outdated, _detectable(results)]))
     written: dict[str, Path] = {"verdict": write_table(detail, folder / "verdict.csv")}
     figures = []
     pngs = {}  # each figure rendered once per format; the PNG is also embedded in the HTML
@@ -383,6 +384,18 @@ def _detectable(results: pd.DataFrame) -> str:
         f"{len(flags) - undetected} of {len(flags)} held-out targets have a detectable true change (a permutation test "
         f"against control); on the other {undetected}, a model can only do harm: effect_false_positive scores the change it "
         "invents there (0 best)."
+    )
+
+
+def _outdated_note(left_out: Mapping[str, Sequence[str]], root: Path) -> str:
+    """Which models' values of which metrics the results leave out, scored before the metric's
+    definition changed, and how to score them anew; empty when none."""
+    if not left_out:
+        return ""
+    which = "; ".join(f"{metric} of {', '.join(models)}" for metric, models in left_out.items())
+    return (
+        f"Left out, scored before the metric's definition changed: {which}. The same `mtpert benchmark "
+        f"--out {root}` call with `--rescore` scores them anew."
     )
 
 

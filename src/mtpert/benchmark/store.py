@@ -89,6 +89,10 @@ METRIC_VERSION = "metric_version"
 """Column of every run table holding the version of each row's metric definition
 (:attr:`mtpert.metrics.Metric.version`; tables written before it was recorded: version 1)."""
 
+LEFT_OUT = "outdated_metrics"
+"""Key of ``ResultStore.results().attrs``: the models whose values of each metric were left out,
+scored before the metric's definition changed."""
+
 GIT_CHANGES_SHOWN = 20
 """Changed paths of the source tree listed in an invocation's provenance (all are counted)."""
 
@@ -384,13 +388,17 @@ class ResultStore:
             raise FileNotFoundError(f"No finished runs in {self.runs}; run `mtpert benchmark --out {self.root}` first.")
         results = pd.concat(tables, ignore_index=True)
         outdated = _outdated(results)
+        left_out = {}
         for metric, runs in results[outdated].groupby("metric")["run_id"]:
+            left_out[metric] = sorted(set(results.loc[runs.index, "model"]))
             log.warning(
                 "left out %s of %d runs (models: %s): scored before its definition changed (version %d); "
                 "rerun `mtpert benchmark --out %s --rescore` (with the same config and --models) to score them anew",
-                metric, runs.nunique(), ", ".join(sorted(set(results.loc[runs.index, "model"]))), METRICS[metric].version, self.root,
+                metric, runs.nunique(), ", ".join(left_out[metric]), METRICS[metric].version, self.root,
             )  # fmt: skip
-        return results[~outdated].reset_index(drop=True)
+        kept = results[~outdated].reset_index(drop=True)
+        kept.attrs[LEFT_OUT] = left_out
+        return kept
 
     def predictions(
         self, group: str, condition: str, dose: float | None = None
