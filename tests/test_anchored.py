@@ -90,6 +90,9 @@ def test_a_cell_type_specific_deviation_is_recovered_on_the_held_out_type() -> N
         "mean_shift",
         model.gates["stimulated"],
     )
+    [many] = model.predict_many([(data[data.obs["condition"] == "control"][:5], "stimulated", None)])
+    keys = ("anchor", "gate", "control_denoising")  # the benchmark's path records them too
+    assert [many.uns["mtpert_prediction"][k] for k in keys] == [record["mtpert_prediction"][k] for k in keys]
     error = {k: np.linalg.norm(change[k] - change["truth"]) for k in ("anchor", "model")}
     assert error["model"] < error["anchor"]
 

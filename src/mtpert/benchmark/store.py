@@ -312,7 +312,7 @@ class ResultStore:
         finished = datetime.now(UTC).isoformat(timespec="seconds")
         stamps = dict(zip(PROVENANCE, (i.mtpert_version, i.git_commit or "", i.data_sha256, i.id, finished), strict=True))
         identity = dict(zip(IDENTITY, (run.slot, run.hparams), strict=True))
-        versions = result.table["metric"].map(lambda m: METRICS[m].version if m in METRICS else 1)
+        versions = _current_versions(result.table["metric"])
         return result.table.assign(**identity, **stamps, **{METRIC_VERSION: versions, ROW_COUNT: len(result.table)})
 
     def write_skipped(self, skipped: pd.DataFrame, models: Iterable[str] = ()) -> None:
@@ -489,11 +489,16 @@ def _read_json(path: Path, what: str) -> object:
         ) from None
 
 
+def _current_versions(metrics: pd.Series) -> pd.Series:
+    """The version of each metric's definition today (1 for a name no metric has, such as an
+    interval's rows or a metric of a plugin not installed here)."""
+    return metrics.map(lambda m: METRICS[m].version if m in METRICS else 1)
+
+
 def _outdated(table: pd.DataFrame) -> pd.Series:
     """Rows of a run table whose metric's definition changed since they were scored."""
-    current = table["metric"].map(lambda m: METRICS[m].version if m in METRICS else 1)
     recorded = table[METRIC_VERSION] if METRIC_VERSION in table.columns else pd.Series(1, index=table.index)
-    return recorded.fillna(1) < current
+    return recorded.fillna(1) < _current_versions(table["metric"])
 
 
 def _read_table(path: Path) -> pd.DataFrame:

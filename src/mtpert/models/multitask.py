@@ -789,19 +789,21 @@ class MultiTaskModel(TrainedModel):
 
         return predict
 
-    def predict(self, control: AnnData, condition: str, dose: float | None = None) -> AnnData:
-        """See :meth:`PerturbationModel.predict`; with an anchor, ``uns['mtpert_prediction']``
-        also records the anchor the prediction started from, the gate of the correction and the
-        weight of the control cells' denoising (``denoise_control``; 0 where it is off)."""
-        out = super().predict(control, condition, dose)
+    def _predicted(
+        self, control: AnnData, condition: str, dose: float | None, X: np.ndarray
+    ) -> AnnData:
+        """See :meth:`PerturbationModel._predicted`; with an anchor, ``uns['mtpert_prediction']``
+        of every prediction (:meth:`predict` and :meth:`predict_many`) also records the anchor it
+        started from, the gate of the correction and the weight of the control cells' denoising
+        (``denoise_control``; 0 where it is off). ``control``: the request's cells, on the
+        model's genes."""
+        out = super()._predicted(control, condition, dose, X)
         if self.anchors is not None:
             record = out.uns[PREDICTION_KEY]
-            record["anchor"], record["gate"] = self.anchor_of(record["condition"], dose)
+            record["anchor"], record["gate"] = self.anchor_of(condition, dose)
             reference = self.control_reference
             record["control_denoising"] = (
-                0.0
-                if reference is None
-                else reference.weight(dense(rows_in_memory(self._aligned(control))))
+                0.0 if reference is None else reference.weight(dense(rows_in_memory(control)))
             )
         return out
 
