@@ -12,7 +12,7 @@ above ISG15. Following SAM (Tusher et al. 2001, PNAS 98:5116), a fudge constant 
 median standard error over genes -- is added to every gene's standard error, so a difference
 must be large against typical noise, not merely against a degenerate zero.
 
-A prediction's DEGs are ranked with the *truth's* ``s0`` (:func:`fudge`), the noise scale of the
+A prediction's DEGs are ranked with the *truth's* ``s0`` (:class:`~mtpert.metrics.EvalPair`), the noise scale of the
 target, the same for every model. Its own would let the prediction set the scale: a network
 adds ~1e-4 of cell-to-cell variation to the genes no control cell expresses, their standard
 errors then pull the median towards 0, and every gene it nudges from 0 ranks above the true
@@ -65,9 +65,12 @@ def welch_t_of(control: Moments, perturbed: Moments, *, s0: float | None = None)
         raise ValueError(
             f"A t-test needs at least 2 cells per group (got {control.n} control, {perturbed.n} perturbed)."
         )
-    diff = perturbed.mean - control.mean
-    se = np.sqrt(perturbed.var / perturbed.n + control.var / control.n)
-    return moderated_t(diff, se, s0=s0)
+    return moderated_t(perturbed.mean - control.mean, welch_se(control, perturbed), s0=s0)
+
+
+def welch_se(control: Moments, perturbed: Moments) -> np.ndarray:
+    """Welch's standard error of the difference of the two sets' means, per gene."""
+    return np.sqrt(perturbed.var / perturbed.n + control.var / control.n)
 
 
 def moderated_t(diff: np.ndarray, se: np.ndarray, *, s0: float | None = None) -> np.ndarray:
@@ -87,21 +90,14 @@ def median_se(se: np.ndarray) -> float:
     return float(np.median(positive)) if positive.size else 1.0
 
 
-def fudge(control: np.ndarray, perturbed: np.ndarray) -> float:
-    """The ``s0`` of ``perturbed`` vs ``control``: the median positive Welch standard error."""
-    c, p = Moments.of(control), Moments.of(perturbed)
-    return median_se(np.sqrt(p.var / p.n + c.var / c.n))
-
-
-def rank_genes(control: np.ndarray, perturbed: np.ndarray, *, s0: float | None = None) -> np.ndarray:
+def rank_genes(control: np.ndarray, perturbed: np.ndarray) -> np.ndarray:
     """Indices of genes whose means differ, from most to least differentially expressed.
 
-    Ordered by |moderated t|, descending; ``s0``: the fudge constant (None: this comparison's
-    own, :func:`fudge`; a prediction is ranked with its truth's). Genes with exactly equal means
-    are no DEGs and are left out, so a prediction identical to control has no DEGs (and a DEG
-    overlap of 0), rather than an arbitrary top-k taken in gene order.
+    Ordered by |moderated t|, descending. Genes with exactly equal means are no DEGs and are left
+    out, so a prediction identical to control has no DEGs (and a DEG overlap of 0), rather than
+    an arbitrary top-k taken in gene order.
     """
-    return by_strength(welch_t(control, perturbed, s0=s0))
+    return by_strength(welch_t(control, perturbed))
 
 
 def by_strength(t: np.ndarray) -> np.ndarray:

@@ -29,7 +29,7 @@ from numpy.typing import ArrayLike, DTypeLike
 
 from mtpert._array import one_blas_thread
 from mtpert.errors import DataError
-from mtpert.metrics.de import fudge, rank_genes
+from mtpert.metrics.de import Moments, by_strength, median_se, welch_se, welch_t_of
 from mtpert.metrics.distances import ToTruth, mean_distance, mean_kernel, median_heuristic_gamma
 from mtpert.metrics.effect import EffectTest, Relabellings
 from mtpert.metrics.inputs import Cells, load_sets
@@ -164,6 +164,7 @@ class EvalPair:
         self.seed = seed
         self._distances: dict[tuple[ToTruth, Which], float] = {}
         self._pair_means: dict[tuple[Which, Which, PairMean], float] = {}
+        self._moments: dict[Which, Moments] = {}
 
     def __repr__(self) -> str:
         sizes = ", ".join(f"{len(X)} {which}" for which, X in self.data.items())
@@ -186,17 +187,26 @@ class EvalPair:
     def degs_s0(self) -> float:
         """The fudge constant of truth vs control, with which the true and the predicted DEGs are
         both ranked (:mod:`mtpert.metrics.de`: a prediction may not set its own)."""
-        return fudge(self.data["control"], self.data["truth"])
+        return median_se(welch_se(self.moments("control"), self.moments("truth")))
 
     @cached_property
     def truth_degs(self) -> np.ndarray:
         """Every gene index, ranked by |Welch t| of truth vs control (the true DEGs first)."""
-        return rank_genes(self.data["control"], self.data["truth"], s0=self.degs_s0)
+        return self._degs("truth")
 
     @cached_property
     def pred_degs(self) -> np.ndarray:
         """Every gene index, ranked by |Welch t| of pred vs control, moderated by ``degs_s0``."""
-        return rank_genes(self.data["control"], self.data["pred"], s0=self.degs_s0)
+        return self._degs("pred")
+
+    def _degs(self, of: Which) -> np.ndarray:
+        return by_strength(welch_t_of(self.moments("control"), self.moments(of), s0=self.degs_s0))
+
+    def moments(self, of: Which) -> Moments:
+        """Per-gene mean and variance of set ``of``, for the t statistics of the DEGs (cached)."""
+        if of not in self._moments:
+            self._moments[of] = Moments.of(self.data[of])
+        return self._moments[of]
 
     @cached_property
     def effect(self) -> EffectTest:
